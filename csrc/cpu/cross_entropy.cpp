@@ -1,0 +1,413 @@
+// Softmax cross-entropy, C++ kernels for CPU tensors (float32, float64).
+//
+// Math. Row i has logits x (C classes), log-sum-exp lse = log sum_c exp(x_c), class weights w
+// (1 when absent), W = sum_c w_c, label smoothing e.
+//   class index y:  loss = (1-e) w_y (lse - x_y) + e/C (W lse - sum_c w_c x_c)   (0 if y == ignore)
+//                   dloss/dx_c = g [ p_c ((1-e) w_y + e W / C) - (1-e) w_y [c == y] - e/C w_c ]
+//   probabilities t: with t' = (1-e) t + e/C,
+//                   loss = lse sum_c w_c t'_c - sum_c w_c t'_c x_c
+//                   dloss/dx_c = g [ p_c sum_k w_k t'_k - w_c t'_c ]
+//   where p_c = exp(x_c - lse) and g is the row's upstream gradient (reduction folded in).
+//
+// Decomposition. logits are viewed as (B, C, D), row r = (b, d). D == 1 ((N, C) and (C,)): rows
+// are contiguous; at::parallel_for splits rows over threads and each row is swept with at::vec in
+// blocks of kBlock elements that stay in L1: the block's max, then one exp per element into the
+// running sum (rescaled once per block, not per element), then the weighted/target sums the loss
+// needs, all from L1. D > 1 ((N, C, d1..dk)): a row is strided by D, so the SIMD lanes run over
+// D consecutive rows instead (contiguous loads along d) with a per-lane online max/sum-exp.
+//
+// Traffic (float32, N x C logits): forward reads N*C*4 bytes once and writes 2 floats per row;
+// backward reads the logits once and writes the gradient once: 12*N*C bytes for forward+backward
+// (+4*N*C with probability targets, read once per pass). Unfused PyTorch (log_softmax, nll_loss,
+// their backwards) moves about 6 N x C tensors: ~24*N*C bytes, and keeps an N x C log_softmax.
+//
+// Numerics. Accumulation in the input dtype (these kernels take only float32/float64); sums are
+// two-level (SIMD lanes within an L1 block, then across blocks), which bounds the error growth on
+// 128k-class rows. Max subtraction makes exp never overflow. NaN in a row gives NaN loss and
+// gradient; a row of all -inf gives lse = -inf and a NaN loss (as torch); +inf gives NaN.
+//
+// Preconditions (checked in check_cross_entropy_args): C >= 1; target int64 of the row shape or
+// float of logits' shape; weight (C,). Class indices outside [0, C) other than ignore_index raise
+// IndexError before anything is read at that index.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "fastops.h"
+
+namespace fastops {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& v) {
+  return v.exp();
+}
+// Sleef's 1-ulp exp is twice the cost of the 2-ulp one; the loss is a sum of such terms, so the
+// 2-ulp version changes nothing measurable in float32.
+template <>
+inline Vectorized<float> vexp(const Vectorized<float>& v) {
+  return v.exp_u20();
+}
+
+template <typename T>
+struct Args {
+  const T* x;          // logits (B, C, D)
+  const int64_t* y;    // class indices (B, D), or null
+  const T* t;          // class probabilities (B, C, D), or null
+  const T* w;          // class weights (C,), or null
+  int64_t B, C, D;
+  int64_t ignore_index;
+  T eps;               // label smoothing
+  T wsum;              // W = sum_c w_c (C without weights)
+};
+
+template <typename T>
+inline void check_index(int64_t yv, int64_t r, const Args<T>& a) {
+  TORCH_CHECK_INDEX(yv >= 0 && yv < a.C, "cross_entropy: target[", r, "] = ", yv, " is out of bounds for ", a.C,
+                    " classes (expected 0 <= target < ", a.C, ", or target == ignore_index ", a.ignore_index, ")");
+}
+
+// L1-resident block: 8 KiB of float32 logits plus the same of target probabilities.
+template <typename T>
+constexpr int64_t kBlock = 8192 / sizeof(T);
+
+// ---- D == 1: contiguous rows ------------------------------------------------------------------
+
+template <typename T>
+struct RowSums {
+  T lse;
+  T sx;   // sum_c w_c x_c              (smoothing)
+  T swt;  // sum_c w_c t_c              (probabilities)
+  T swtx; // sum_c w_c t_c x_c          (probabilities)
+};
+
+template <typename T>
+RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx) {
+  using V = Vectorized<T>;
+  const auto vmax = [](const V& a, const V& b) { return at::vec::maximum(a, b); };
+  const auto vadd = [](const V& a, const V& b) { return a + b; };
+  const auto vmul = [](const V& a, const V& b) { return a * b; };
+  T m = -std::numeric_limits<T>::infinity(), s = 0;
+  RowSums<T> out{0, 0, 0, 0};
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
+    const int64_t n = std::min(kBlock<T>, C - c0);
+    const T* xb = x + c0;
+    const T bm = at::vec::reduce_all<T>(vmax, xb, n);
+    if (std::isnan(bm)) {
+      m = bm;
+      s = 1;
+    } else if (bm > m) {
+      s *= std::exp(m - bm);
+      m = bm;
+    }
+    if (m != -std::numeric_limits<T>::infinity() && !std::isnan(m)) {
+      const V vm(m);
+      s += at::vec::map_reduce_all<T>([&](V v) { return vexp(v - vm); }, vadd, xb, n);
+    }
+    if (need_sx) {
+      out.sx += w ? at::vec::map2_reduce_all<T>(vmul, vadd, xb, w + c0, n) : at::vec::reduce_all<T>(vadd, xb, n);
+    }
+    if (t) {
+      const T* tb = t + c0;
+      if (w) {
+        out.swt += at::vec::map2_reduce_all<T>(vmul, vadd, tb, w + c0, n);
+        out.swtx += at::vec::map3_reduce_all<T>([](V a, V b, V c) { return a * b * c; }, vadd, tb, w + c0, xb, n);
+      } else {
+        out.swt += at::vec::reduce_all<T>(vadd, tb, n);
+        out.swtx += at::vec::map2_reduce_all<T>(vmul, vadd, tb, xb, n);
+      }
+    }
+  }
+  out.lse = m + std::log(s);
+  return out;
+}
+
+template <typename T>
+T row_loss(const Args<T>& a, int64_t r, const RowSums<T>& rs, T x_y) {
+  const T e = a.eps, C = static_cast<T>(a.C);
+  if (a.t) {
+    return rs.lse * ((1 - e) * rs.swt + e / C * a.wsum) - ((1 - e) * rs.swtx + e / C * rs.sx);
+  }
+  const int64_t yv = a.y[r];
+  if (yv == a.ignore_index) return 0;
+  const T wy = a.w ? a.w[yv] : T(1);
+  T loss = (1 - e) * wy * (rs.lse - x_y);
+  if (e > 0) loss += e / C * (a.wsum * rs.lse - rs.sx);
+  return loss;
+}
+
+template <typename T>
+void fwd_rows(const Args<T>& a, T* loss, T* lse) {
+  const int64_t rows = a.B;
+  at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* x = a.x + r * a.C;
+      T x_y = 0;
+      if (!a.t) {
+        const int64_t yv = a.y[r];
+        if (yv != a.ignore_index) {
+          check_index(yv, r, a);
+          x_y = x[yv];
+        }
+      }
+      const RowSums<T> rs = row_sums<T>(x, a.t ? a.t + r * a.C : nullptr, a.w, a.C, a.eps > 0);
+      lse[r] = rs.lse;
+      loss[r] = row_loss(a, r, rs, x_y);
+    }
+  });
+}
+
+template <typename T>
+void bwd_rows(const Args<T>& a, const T* grad, const T* lse, T* out) {
+  using V = Vectorized<T>;
+  const T e = a.eps, C = static_cast<T>(a.C);
+  at::parallel_for(0, a.B, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* x = a.x + r * a.C;
+      T* o = out + r * a.C;
+      const T g = grad[r];
+      const V vlse(lse[r]);
+      if (a.t) {
+        const T* t = a.t + r * a.C;
+        const auto vadd = [](const V& p, const V& q) { return p + q; };
+        const T swt = a.w ? at::vec::map2_reduce_all<T>([](V p, V q) { return p * q; }, vadd, t, a.w, a.C)
+                          : at::vec::reduce_all<T>(vadd, t, a.C);
+        const V coef(g * ((1 - e) * swt + e / C * a.wsum)), g1(g * (1 - e)), g0(g * e / C);
+        if (a.w) {
+          at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * vexp(xv - vlse) - (g1 * tv + g0) * wv; }, o, x, t,
+                           a.w, a.C);
+        } else {
+          at::vec::map2<T>([&](V xv, V tv) { return coef * vexp(xv - vlse) - (g1 * tv + g0); }, o, x, t, a.C);
+        }
+        continue;
+      }
+      const int64_t yv = a.y[r];
+      if (yv == a.ignore_index) {
+        std::fill(o, o + a.C, T(0));
+        continue;
+      }
+      check_index(yv, r, a);
+      const T wy = a.w ? a.w[yv] : T(1);
+      const V coef(g * ((1 - e) * wy + e * a.wsum / C)), g0(g * e / C);
+      if (a.w && e > 0) {
+        at::vec::map2<T>([&](V xv, V wv) { return coef * vexp(xv - vlse) - g0 * wv; }, o, x, a.w, a.C);
+      } else {
+        at::vec::map<T>([&](V xv) { return coef * vexp(xv - vlse) - g0; }, o, x, a.C);
+      }
+      o[yv] -= g * (1 - e) * wy;
+    }
+  });
+}
+
+// ---- D > 1: SIMD lanes over consecutive rows (b, d0 .. d0+L) ----------------------------------
+
+// a - m, but -inf where the running max m is still -inf (exp of it is then 0, not NaN).
+template <typename T>
+inline Vectorized<T> sub_max(const Vectorized<T>& a, const Vectorized<T>& m) {
+  using V = Vectorized<T>;
+  const V ninf(-std::numeric_limits<T>::infinity());
+  return V::blendv(a - m, ninf, m == ninf);
+}
+
+template <typename T>
+void fwd_cols(const Args<T>& a, T* loss, T* lse) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t chunks = (a.D + L - 1) / L;
+  const bool need_sx = a.eps > 0;
+  at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.C * L)), [&](int64_t i0,
+                                                                                                      int64_t i1) {
+    T m_[L], s_[L], sx_[L], swt_[L], swtx_[L];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
+      const T* xb = a.x + b * a.C * a.D + d0;
+      const T* tb = a.t ? a.t + b * a.C * a.D + d0 : nullptr;
+      V m(-std::numeric_limits<T>::infinity()), s(0), sx(0), swt(0), swtx(0);
+      for (int64_t c = 0; c < a.C; ++c) {
+        const V xv = V::loadu(xb + c * a.D, n);
+        const V mn = at::vec::maximum(m, xv);
+        s = s * vexp(sub_max(m, mn)) + vexp(sub_max(xv, mn));
+        m = mn;
+        const V wc(a.w ? a.w[c] : T(1));
+        if (need_sx) sx = sx + wc * xv;
+        if (tb) {
+          const V tv = V::loadu(tb + c * a.D, n) * wc;
+          swt = swt + tv;
+          swtx = swtx + tv * xv;
+        }
+      }
+      m.store(m_, n);
+      s.store(s_, n);
+      sx.store(sx_, n);
+      swt.store(swt_, n);
+      swtx.store(swtx_, n);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t r = b * a.D + d0 + j;
+        const RowSums<T> rs{m_[j] + std::log(s_[j]), sx_[j], swt_[j], swtx_[j]};
+        T x_y = 0;
+        if (!a.t && a.y[r] != a.ignore_index) {
+          check_index(a.y[r], r, a);
+          x_y = xb[a.y[r] * a.D + j];
+        }
+        lse[r] = rs.lse;
+        loss[r] = row_loss(a, r, rs, x_y);
+      }
+    }
+  });
+}
+
+template <typename T>
+void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t chunks = (a.D + L - 1) / L;
+  const T e = a.eps, C = static_cast<T>(a.C);
+  at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.C * L)), [&](int64_t i0,
+                                                                                                      int64_t i1) {
+    T coef_[L], g1_[L], g0_[L];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
+      const int64_t base = b * a.C * a.D + d0, r0 = b * a.D + d0;
+      const T* xb = a.x + base;
+      T* ob = out + base;
+      const V vlse = V::loadu(lse + r0, n), vg = V::loadu(grad + r0, n);
+      if (a.t) {
+        const T* tb = a.t + base;
+        V swt(0);
+        for (int64_t c = 0; c < a.C; ++c) swt = swt + V::loadu(tb + c * a.D, n) * V(a.w ? a.w[c] : T(1));
+        const V coef = vg * (V(1 - e) * swt + V(e / C * a.wsum)), g1 = vg * V(1 - e), g0 = vg * V(e / C);
+        for (int64_t c = 0; c < a.C; ++c) {
+          const V wc(a.w ? a.w[c] : T(1));
+          const V tv = V::loadu(tb + c * a.D, n);
+          (coef * vexp(V::loadu(xb + c * a.D, n) - vlse) - (g1 * tv + g0) * wc).store(ob + c * a.D, n);
+        }
+        continue;
+      }
+      // Ignored rows get coef = g0 = g1 = 0: an exact zero gradient.
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t r = r0 + j, yv = a.y[r];
+        coef_[j] = g1_[j] = g0_[j] = 0;
+        if (yv == a.ignore_index) continue;
+        check_index(yv, r, a);
+        const T wy = a.w ? a.w[yv] : T(1);
+        coef_[j] = grad[r] * ((1 - e) * wy + e * a.wsum / C);
+        g1_[j] = grad[r] * (1 - e) * wy;
+        g0_[j] = grad[r] * e / C;
+      }
+      const V g0 = V::loadu(g0_, n);
+      const V coef = V::loadu(coef_, n);
+      for (int64_t c = 0; c < a.C; ++c) {
+        const V wc(a.w ? a.w[c] : T(1));
+        (coef * vexp(V::loadu(xb + c * a.D, n) - vlse) - g0 * wc).store(ob + c * a.D, n);
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t yv = a.y[r0 + j];
+        if (yv != a.ignore_index) ob[yv * a.D + j] -= g1_[j];
+      }
+    }
+  });
+}
+
+template <typename T>
+Args<T> make_args(const CrossEntropyGeometry& g, const at::Tensor& logits, const at::Tensor& target,
+                  const at::Tensor& weight, int64_t ignore_index, double eps) {
+  Args<T> a;
+  a.x = logits.const_data_ptr<T>();
+  a.y = g.probs ? nullptr : target.const_data_ptr<int64_t>();
+  a.t = g.probs ? target.const_data_ptr<T>() : nullptr;
+  a.w = weight.defined() ? weight.const_data_ptr<T>() : nullptr;
+  a.B = g.B;
+  a.C = g.C;
+  a.D = g.D;
+  a.ignore_index = ignore_index;
+  a.eps = static_cast<T>(eps);
+  a.wsum = weight.defined() ? weight.sum().item<T>() : static_cast<T>(g.C);
+  return a;
+}
+
+void check_cpu_dtype(const char* op, const at::Tensor& logits) {
+  TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel takes float32 or float64 logits, got ", logits.scalar_type(),
+                   " (use backend='torch' for low precision on CPU)");
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& logits_, const at::Tensor& target_,
+                                                         const std::optional<at::Tensor>& weight_,
+                                                         int64_t ignore_index, double label_smoothing) {
+  const char* op = "cross_entropy_fwd";
+  const auto g = check_cross_entropy_args(op, logits_, target_, weight_, label_smoothing);
+  check_cpu_dtype(op, logits_);
+  const at::Tensor logits = logits_.contiguous(), target = target_.contiguous();
+  const at::Tensor weight = weight_.has_value() ? weight_->contiguous() : at::Tensor();
+  at::Tensor loss = new_output(g.row_shape, logits.options());
+  at::Tensor lse = new_output(g.row_shape, logits.options());
+  if (g.rows() == 0) return {loss, lse};
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "cross_entropy_fwd_cpu", [&] {
+    const auto a = make_args<scalar_t>(g, logits, target, weight, ignore_index, label_smoothing);
+    if (g.D == 1) {
+      fwd_rows<scalar_t>(a, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    } else {
+      fwd_cols<scalar_t>(a, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    }
+  });
+  return {loss, lse};
+}
+
+void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const at::Tensor& logits,
+                            const at::Tensor& target_, const std::optional<at::Tensor>& weight_,
+                            const at::Tensor& lse_, int64_t ignore_index, double label_smoothing, at::Tensor& out) {
+  const auto g = check_cross_entropy_args(op, logits, target_, weight_, label_smoothing);
+  check_cpu_dtype(op, logits);
+  check_cross_entropy_bwd_args(op, g, logits, grad_loss_, lse_);
+  if (g.rows() == 0) return;
+  const at::Tensor target = target_.contiguous(), grad_loss = grad_loss_.contiguous(), lse = lse_.contiguous();
+  const at::Tensor weight = weight_.has_value() ? weight_->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "cross_entropy_bwd_cpu", [&] {
+    const auto a = make_args<scalar_t>(g, logits, target, weight, ignore_index, label_smoothing);
+    if (g.D == 1) {
+      bwd_rows<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+                         out.data_ptr<scalar_t>());
+    } else {
+      bwd_cols<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+                         out.data_ptr<scalar_t>());
+    }
+  });
+}
+
+at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
+                                 const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                 int64_t ignore_index, double label_smoothing) {
+  const at::Tensor logits = logits_.contiguous();
+  at::Tensor out = new_output(logits.sizes(), logits.options());
+  cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing,
+                         out);
+  return out;
+}
+
+void cross_entropy_bwd_inplace_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                   int64_t ignore_index, double label_smoothing) {
+  TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
+  at::Tensor out = logits;
+  cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, lse, ignore_index,
+                         label_smoothing, out);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd_inplace_cpu);
+}
+
+}  // namespace fastops

@@ -1,0 +1,124 @@
+// Host-function declarations and the shared input checks of the fastops extension.
+//
+// Every registered op validates its arguments here, once, before any kernel runs, so that a bad
+// call raises a c10::Error (a Python RuntimeError / ValueError) naming the argument, and no kernel
+// ever indexes out of bounds. Checks that need the data (class indices in range) live in the
+// kernels, which report through an error flag instead of reading past the end.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fastops {
+
+// Test hook: with FASTOPS_POISON=1 every output a kernel must fully overwrite starts as NaN (0xFF..
+// for integers), so an element a kernel forgot to write shows in the tests instead of reading back
+// a stale, plausible value from the caching allocator.
+inline bool poison_outputs() {
+  static const bool on = [] {
+    const char* v = std::getenv("FASTOPS_POISON");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
+
+inline at::Tensor new_output(at::IntArrayRef shape, const at::TensorOptions& opts) {
+  at::Tensor t = at::empty(shape, opts);
+  if (poison_outputs()) {
+    if (at::isFloatingType(t.scalar_type())) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    else t.fill_(-1);
+  }
+  return t;
+}
+
+// ---- softmax cross-entropy --------------------------------------------------------------------
+
+// logits seen as (B, C, D): B = batch (1 when unbatched), C = classes, D = product of the spatial
+// dims (1 for (N, C) and (C,)). Row r = b * D + d holds the C logits at stride D.
+struct CrossEntropyGeometry {
+  int64_t B = 0, C = 0, D = 1;
+  bool probs = false;                // target holds class probabilities (logits' shape, float)
+  std::vector<int64_t> row_shape;    // logits' shape without the class dim
+  int64_t rows() const { return B * D; }
+};
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+// Accumulation dtype: float32 for fp16/bf16/fp32, float64 for fp64.
+inline at::ScalarType cross_entropy_acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline CrossEntropyGeometry check_cross_entropy_args(
+    const char* op, const at::Tensor& logits, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, double label_smoothing) {
+  CrossEntropyGeometry g;
+  TORCH_CHECK_VALUE(logits.dim() >= 1, op, ": logits must have shape (C,), (N, C) or (N, C, d1, ...), got ",
+                    shape_str(logits.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op,
+                   ": logits must be a floating tensor, got ", logits.scalar_type());
+  const int64_t cdim = logits.dim() == 1 ? 0 : 1;
+  g.C = logits.size(cdim);
+  TORCH_CHECK_VALUE(g.C >= 1, op, ": logits must have at least one class, got shape ", shape_str(logits.sizes()));
+  g.B = logits.dim() == 1 ? 1 : logits.size(0);
+  for (int64_t i = 0; i < logits.dim(); ++i) {
+    if (i == cdim) continue;
+    g.row_shape.push_back(logits.size(i));
+    if (i >= 2) g.D *= logits.size(i);
+  }
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+                    ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
+  TORCH_CHECK_VALUE(target.device() == logits.device(), op, ": target is on ", target.device(),
+                    " but logits are on ", logits.device());
+  g.probs = at::isFloatingType(target.scalar_type());
+  if (g.probs) {
+    TORCH_CHECK_VALUE(target.sizes() == logits.sizes(), op,
+                      ": class-probability target must have logits' shape ", shape_str(logits.sizes()),
+                      ", got ", shape_str(target.sizes()));
+    TORCH_CHECK_TYPE(target.scalar_type() == logits.scalar_type(), op,
+                     ": class-probability target must have logits' dtype ", logits.scalar_type(), ", got ",
+                     target.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op,
+                     ": class-index target must be int64 (or float class probabilities), got ",
+                     target.scalar_type());
+    TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(g.row_shape), op, ": class-index target must have shape ",
+                      shape_str(g.row_shape), " for logits of shape ", shape_str(logits.sizes()), ", got ",
+                      shape_str(target.sizes()));
+  }
+  if (weight.has_value()) {
+    const at::Tensor& w = *weight;
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.C, op, ": weight must have shape (", g.C,
+                      ",) (one per class), got ", shape_str(w.sizes()));
+    TORCH_CHECK_TYPE(w.scalar_type() == logits.scalar_type(), op, ": weight must have logits' dtype ",
+                     logits.scalar_type(), ", got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == logits.device(), op, ": weight is on ", w.device(), " but logits are on ",
+                      logits.device());
+  }
+  return g;
+}
+
+inline void check_cross_entropy_bwd_args(const char* op, const CrossEntropyGeometry& g, const at::Tensor& logits,
+                                         const at::Tensor& grad_loss, const at::Tensor& lse) {
+  const auto acc = cross_entropy_acc_dtype(logits.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss}, {"lse", lse}}) {
+    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(g.row_shape), op, ": ", name, " must have shape ",
+                      shape_str(g.row_shape), ", got ", shape_str(t.sizes()));
+    TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", logits.scalar_type(),
+                     " logits, got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == logits.device(), op, ": ", name, " is on ", t.device(), " but logits are on ",
+                      logits.device());
+  }
+}
+
+}  // namespace fastops

@@ -1,0 +1,27 @@
+// The one TORCH_LIBRARY(fastops, m): every schema of the library, in one screen.
+//
+// Conventions (design.md): forward and backward are separate ops (<stem>_fwd, <stem>_bwd); an op
+// that writes into an argument ends in `_` and declares it with Tensor(a!). Each
+// csrc/cpu/<stem>.cpp and csrc/cuda/<stem>.cu registers only its own CPU / CUDA kernels; the fake
+// (meta) kernels live in fastops/ops/<stem>.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastops, m) {
+  // ---- softmax cross-entropy ------------------------------------------------------------------
+  // logits (C,), (N, C) or (N, C, d1..dk); target int64 class indices of logits' shape without
+  // the class dim, or float class probabilities of logits' shape. `loss` and `lse` have the
+  // target-index shape, in the accumulation dtype (float32 for fp16/bf16/fp32, float64 for fp64):
+  // `loss` is the unreduced (weighted, smoothed) loss per row, `lse` = logsumexp over classes.
+  m.def(
+      "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+      "float label_smoothing) -> (Tensor loss, Tensor lse)");
+  // grad_loss: per-row upstream gradient, shape of `loss` (the reduction's 1/denominator already
+  // folded in). Returns d loss / d logits, logits' shape and dtype.
+  m.def(
+      "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+      "int ignore_index, float label_smoothing) -> Tensor");
+  // Same, written over `logits` (contiguous) to save the N x C gradient allocation.
+  m.def(
+      "cross_entropy_bwd_(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, "
+      "Tensor lse, int ignore_index, float label_smoothing) -> ()");
+}

@@ -1,0 +1,122 @@
+"""Build fastops._C: csrc/cpu/*.cpp always, csrc/cuda/*.cu when torch has CUDA and nvcc exists.
+
+Environment switches:
+  FASTOPS_BUILD_CUDA=0|1   force the CUDA sources off / on (default: on when torch.version.cuda
+                           is set and nvcc is found; no GPU is needed to compile)
+  TORCH_CUDA_ARCH_LIST     the archs to compile for (default here: 9.0 when no GPU is visible)
+  FASTOPS_DEBUG=1          -O0 -g (and -lineinfo -G for nvcc)
+  FASTOPS_CPU_ISA=avx2|default
+                           the at::vec instruction set for the C++ kernels (default: avx2 when
+                           the build machine has AVX2+FMA; the extension is built where it runs)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import site
+import sys
+
+try:
+    import torch  # noqa: F401
+except ImportError:  # pragma: no cover - exercised by a plain `pip install .` without torch
+    sys.exit(
+        "fastops builds against the PyTorch you already have, so torch must be installed first:\n"
+        "    pip install torch\n"
+        "    pip install --no-build-isolation -e .\n"
+        "(`--no-build-isolation` lets the build see that torch.)"
+    )
+
+
+def _find_cuda_home() -> str | None:
+    """CUDA_HOME, else the toolkit that owns the nvcc on PATH, else /usr/local/cuda."""
+    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if env and os.path.exists(os.path.join(env, "bin", "nvcc")):
+        return env
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        # /usr/local/bin/nvcc is often a symlink into /usr/local/cuda/bin: resolve it, or torch
+        # guesses /usr/local and the link fails on -lcudart.
+        root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(root, "lib64")) or os.path.exists(os.path.join(root, "include", "cuda.h")):
+            return root
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+CUDA_HOME = _find_cuda_home()
+if CUDA_HOME:
+    os.environ["CUDA_HOME"] = CUDA_HOME  # must precede the cpp_extension import, which reads it
+
+import torch  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEBUG = os.environ.get("FASTOPS_DEBUG", "0") == "1"
+
+
+def _want_cuda() -> bool:
+    forced = os.environ.get("FASTOPS_BUILD_CUDA")
+    if forced is not None:
+        if forced == "1" and (torch.version.cuda is None or CUDA_HOME is None):
+            sys.exit("FASTOPS_BUILD_CUDA=1 but torch has no CUDA build or nvcc was not found (set CUDA_HOME)")
+        return forced == "1"
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _nvidia_wheel_includes() -> list[str]:
+    """ATen's CUDA headers include cublas_v2.h, cusparse.h...: pip's CUDA torch keeps them in the
+    nvidia-* wheels (site-packages/nvidia/cu13/include or nvidia/<lib>/include), not in CUDA_HOME."""
+    dirs: list[str] = []
+    for sp in site.getsitepackages() + [site.getusersitepackages()]:
+        dirs += glob.glob(os.path.join(sp, "nvidia", "cu*", "include"))
+        dirs += glob.glob(os.path.join(sp, "nvidia", "*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def _cpu_isa_flags() -> list[str]:
+    isa = os.environ.get("FASTOPS_CPU_ISA")
+    if isa is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+            isa = "avx2" if (" avx2" in flags and " fma" in flags) else "default"
+        except OSError:
+            isa = "default"
+    if isa == "avx2":
+        # at::vec picks its Vectorized<T> specialisation from CPU_CAPABILITY_*; the Sleef math
+        # it calls is exported by libtorch_cpu.
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return ["-DCPU_CAPABILITY=DEFAULT"]
+
+
+def _extension():
+    cxx = ["-std=c++20", "-fvisibility=hidden"]
+    cxx += ["-O0", "-g"] if DEBUG else ["-O3"]
+    cxx += _cpu_isa_flags()
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if not _want_cuda():
+        return CppExtension("fastops._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # else torch compiles every arch it knows
+    nvcc = ["-std=c++20", "--expt-relaxed-constexpr", "-DFASTOPS_CUDA"]
+    nvcc += ["-O0", "-g", "-G", "-lineinfo"] if DEBUG else ["-O3", "-lineinfo"]
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    return CUDAExtension(
+        "fastops._C",
+        sources,
+        include_dirs=include_dirs + _nvidia_wheel_includes(),
+        extra_compile_args={"cxx": cxx + ["-DFASTOPS_CUDA"], "nvcc": nvcc},
+    )
+
+
+setup(
+    name="fastops",
+    packages=find_packages(include=["fastops", "fastops.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
