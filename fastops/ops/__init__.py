@@ -1,0 +1,1 @@
+"""Per-op glue: fake (meta) kernels for the registered ops and the autograd.Functions."""
