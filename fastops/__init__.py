@@ -1,0 +1,22 @@
+"""fastops: fused C++/CUDA/Triton kernels as drop-ins for PyTorch ops.
+
+    import fastops
+    import fastops.functional as FF
+    FF.cross_entropy(logits, target)          # like torch.nn.functional.cross_entropy
+    fastops.nn.CrossEntropyLoss()             # like torch.nn.CrossEntropyLoss
+    fastops.backends()                        # which backends run here, and why not
+    torch.ops.fastops.*                       # the registered ops
+
+Importing works without the compiled extension: ``backends()`` then says why ``native`` is out.
+"""
+
+from fastops import _backend
+from fastops import functional as functional
+from fastops import nn as nn
+from fastops import reference as reference
+from fastops._backend import backends
+
+__version__ = "0.1.0"
+__all__ = ["backends", "functional", "nn", "reference", "__version__"]
+
+NATIVE_LOADED = _backend.NATIVE_LOADED

@@ -1,0 +1,5 @@
+"""Module drop-ins: same constructor, attributes and state_dict as the torch modules."""
+
+from fastops.nn.loss import CrossEntropyLoss
+
+__all__ = ["CrossEntropyLoss"]

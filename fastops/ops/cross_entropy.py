@@ -1,0 +1,184 @@
+"""Softmax cross-entropy: fake kernels of the native ops, argument checks, the autograd.Function.
+
+``CrossEntropyFunction`` is the one place that knows both passes: forward calls
+``<backend>.cross_entropy_fwd`` (per-row loss and logsumexp, nothing N x C saved), reduces in the
+accumulation dtype, and backward calls ``<backend>.cross_entropy_bwd`` with the reduction's scale
+folded into the per-row gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastops import _backend
+from fastops.ops import _cross_entropy_shapes as shapes
+
+OP = "cross_entropy"
+REDUCTIONS = ("none", "mean", "sum")
+
+_backend.register_op(
+    OP,
+    native_schema="cross_entropy_fwd",
+    native={"cpu": _backend.CPU_NATIVE_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
+    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.CPU_NATIVE_DTYPES},
+)
+
+if _backend.NATIVE_LOADED:
+    torch.library.register_fake("fastops::cross_entropy_fwd")(shapes.fwd_fake)
+    torch.library.register_fake("fastops::cross_entropy_bwd")(shapes.bwd_fake)
+    torch.library.register_fake("fastops::cross_entropy_bwd_")(shapes.bwd_inplace_fake)
+
+
+def _shape(t: torch.Size | list[int]) -> str:
+    return "(" + ", ".join(str(s) for s in t) + (",)" if len(t) == 1 else ")")
+
+
+def check_args(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: str,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate a cross-entropy call and normalise dtypes the way torch does.
+
+    Returns ``(input, target, weight)``: uint8 class indices become int64; a probability target of
+    another floating dtype is promoted with the logits to their common dtype. Raises ValueError /
+    TypeError naming the argument and the expected vs given shape, dtype or device.
+    """
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"cross_entropy: input and target must be tensors, got {type(input)} and {type(target)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if input.dim() < 1:
+        raise ValueError(
+            f"cross_entropy: input must have shape (C,), (N, C) or (N, C, d1, ...), got {_shape(input.shape)}"
+        )
+    if not input.is_floating_point():
+        raise TypeError(f"cross_entropy: input (logits) must be floating, got {input.dtype}")
+    if target.device != input.device:
+        raise ValueError(f"cross_entropy: target is on {target.device} but input is on {input.device}")
+    cdim = 0 if input.dim() == 1 else 1
+    n_classes = input.shape[cdim]
+    if n_classes < 1:
+        raise ValueError(f"cross_entropy: input must have at least one class, got shape {_shape(input.shape)}")
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"cross_entropy: class-probability target must have input's shape {_shape(input.shape)}, "
+                f"got {_shape(target.shape)}"
+            )
+        if target.dtype != input.dtype:
+            common = torch.promote_types(input.dtype, target.dtype)
+            input, target = input.to(common), target.to(common)
+    else:
+        if target.dtype not in (torch.int64, torch.uint8):
+            raise TypeError(
+                f"cross_entropy: class-index target must be int64 or uint8 (or floating class probabilities), "
+                f"got {target.dtype}"
+            )
+        row = list(input.shape)
+        del row[cdim]
+        if list(target.shape) != row:
+            raise ValueError(
+                f"cross_entropy: class-index target must have shape {_shape(row)} for input of shape "
+                f"{_shape(input.shape)}, got {_shape(target.shape)}"
+            )
+        target = target.long()
+    if weight is not None:
+        if weight.dim() != 1 or weight.shape[0] != n_classes:
+            raise ValueError(
+                f"cross_entropy: weight must have shape ({n_classes},) (one per class), got {_shape(weight.shape)}"
+            )
+        if weight.device != input.device:
+            raise ValueError(f"cross_entropy: weight is on {weight.device} but input is on {input.device}")
+        if weight.dtype != input.dtype:
+            raise TypeError(f"cross_entropy: weight must have input's dtype {input.dtype}, got {weight.dtype}")
+    return input, target, weight
+
+
+def check_target_range(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
+    """Raise IndexError if a class index is outside [0, C) and is not ``ignore_index``.
+
+    Reads the data: a host sync on CUDA. The native kernels check in-kernel instead.
+    """
+    if target.is_floating_point() or target.numel() == 0:
+        return
+    bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        first = target[bad].flatten()[0].item()
+        raise IndexError(
+            f"cross_entropy: target {first} is out of bounds for {n_classes} classes "
+            f"(expected 0 <= target < {n_classes}, or target == ignore_index {ignore_index})"
+        )
+
+
+def _ops(backend: str):  # noqa: ANN202 - a torch.ops namespace
+    if backend == "native":
+        return torch.ops.fastops
+    import fastops.triton.cross_entropy  # noqa: F401  (registers torch.ops.fastops_triton.*)
+
+    return torch.ops.fastops_triton
+
+
+def _mean_denominator(
+    target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, acc: torch.dtype
+) -> torch.Tensor:
+    """What "mean" divides by: the summed weight of the non-ignored index targets, or the row count."""
+    if target.is_floating_point():
+        rows = target.numel() // (target.shape[0] if target.dim() == 1 else target.shape[1])
+        return torch.full((), rows, dtype=acc, device=target.device)
+    valid = target != ignore_index
+    if weight is None:
+        return valid.sum(dtype=acc)
+    y = torch.where(valid, target, 0)
+    return (weight.to(acc)[y] * valid).sum()
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """loss = cross_entropy(logits, target); grad flows to logits only.
+
+    forward(logits (C,) / (N, C) / (N, C, d...), target, weight (C,) | None, ignore_index,
+    reduction, label_smoothing, backend ("native" | "triton"), inplace_backward) -> loss in
+    logits' dtype, of the row shape for "none", else a scalar.
+    """
+
+    @staticmethod
+    def forward(  # noqa: ANN205
+        ctx,  # noqa: ANN001
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+        backend: str,
+        inplace_backward: bool,
+    ):
+        ops = _ops(backend)
+        loss, lse = ops.cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing)
+        denom = _mean_denominator(target, weight, ignore_index, lse.dtype) if reduction == "mean" else None
+        ctx.save_for_backward(logits, target, weight, lse, denom)
+        ctx.config = (ignore_index, reduction, label_smoothing, backend, inplace_backward)
+        if reduction == "none":
+            return loss.to(logits.dtype)
+        total = loss.sum()
+        return (total / denom if reduction == "mean" else total).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        logits, target, weight, lse, denom = ctx.saved_tensors
+        ignore_index, reduction, label_smoothing, backend, inplace_backward = ctx.config
+        g = grad.to(lse.dtype)
+        if reduction == "mean":
+            g = g / denom
+        g = g.expand(lse.shape)
+        ops = _ops(backend)
+        if inplace_backward and logits.is_contiguous():
+            ops.cross_entropy_bwd_(g, logits, target, weight, lse, ignore_index, label_smoothing)
+            grad_logits = logits
+        else:
+            grad_logits = ops.cross_entropy_bwd(g, logits, target, weight, lse, ignore_index, label_smoothing)
+        return grad_logits, None, None, None, None, None, None, None

@@ -1,0 +1,65 @@
+"""The one pure-PyTorch reference per op, float64-capable.
+
+Tests compare every backend against these run in float64; the ``torch`` backend runs them in the
+input's dtype (float16/bfloat16 compute in float32 and round once at the end, like torch's own
+kernels). They are written from the formulas, not by calling the torch op they stand in for, so
+that a test comparing fastops to torch and to the reference checks two independent things.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Softmax cross-entropy with torch.nn.functional.cross_entropy's semantics.
+
+    Args:
+        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``, floating.
+        target: class indices (int64 or uint8) of ``input``'s shape without the class dim, or class
+            probabilities (floating) of ``input``'s shape.
+        weight: ``(C,)`` class weights or None.
+        ignore_index: class index whose rows contribute nothing (index targets only).
+        reduction: ``"none"`` (loss of the row shape), ``"mean"`` or ``"sum"`` (a scalar).
+        label_smoothing: in [0, 1]; mixes the target with the uniform distribution.
+
+    Returns:
+        The loss in ``input``'s dtype. ``"mean"`` divides by the summed weight of the non-ignored
+        targets (index targets) or by the number of rows (probabilities); an empty batch gives NaN.
+    """
+    cdim = 0 if input.dim() == 1 else 1
+    n_classes = input.shape[cdim]
+    x = input.to(_compute_dtype(input.dtype))
+    logp = x - torch.logsumexp(x, dim=cdim, keepdim=True)
+    wshape = [1] * x.dim()
+    wshape[cdim] = n_classes
+    w = None if weight is None else weight.to(x.dtype).reshape(wshape)
+    eps = label_smoothing
+    if target.is_floating_point():
+        t = target.to(x.dtype) * (1 - eps) + eps / n_classes
+        loss = -((t if w is None else t * w) * logp).sum(cdim)
+        if reduction == "mean":
+            return (loss.sum() / loss.numel()).to(input.dtype)
+    else:
+        valid = target != ignore_index
+        y = torch.where(valid, target.long(), 0)
+        nll = -logp.gather(cdim, y.unsqueeze(cdim)).squeeze(cdim)
+        w_y = valid.to(x.dtype) if weight is None else weight.to(x.dtype)[y] * valid
+        smooth = -(logp if w is None else logp * w).sum(cdim) * valid
+        loss = (1 - eps) * nll * w_y + eps / n_classes * smooth
+        if reduction == "mean":
+            return (loss.sum() / w_y.sum()).to(input.dtype)
+    if reduction == "sum":
+        return loss.sum().to(input.dtype)
+    return loss.to(input.dtype)
