@@ -47,7 +47,7 @@ def cross_entropy(
     w = None if weight is None else weight.to(x.dtype).reshape(wshape)
     eps = label_smoothing
     if target.is_floating_point():
-        t = target.to(x.dtype) * (1 - eps) + eps / n_classes
+        t = target.to(x.dtype) * (1 - eps) + eps / n_classes if eps > 0 else target.to(x.dtype)
         loss = -((t if w is None else t * w) * logp).sum(cdim)
         if reduction == "mean":
             return (loss.sum() / loss.numel()).to(input.dtype)
@@ -55,11 +55,14 @@ def cross_entropy(
         valid = target != ignore_index
         y = torch.where(valid, target.long(), 0)
         nll = -logp.gather(cdim, y.unsqueeze(cdim)).squeeze(cdim)
-        w_y = valid.to(x.dtype) if weight is None else weight.to(x.dtype)[y] * valid
-        smooth = -(logp if w is None else logp * w).sum(cdim) * valid
-        loss = (1 - eps) * nll * w_y + eps / n_classes * smooth
+        w_y = torch.ones_like(nll) if weight is None else weight.to(x.dtype)[y]
+        # Only with smoothing: masked (-inf) logits make this sum infinite, as in torch.
+        smooth = -(logp if w is None else logp * w).sum(cdim) if eps > 0 else 0.0
+        # where, not a multiply by the mask: ignored rows get an exact zero gradient even when the
+        # mean's denominator is 0 (torch's behaviour), instead of 0 * inf = NaN.
+        loss = torch.where(valid, (1 - eps) * nll * w_y + eps / n_classes * smooth, 0.0)
         if reduction == "mean":
-            return (loss.sum() / w_y.sum()).to(input.dtype)
+            return (loss.sum() / torch.where(valid, w_y, 0.0).sum()).to(input.dtype)
     if reduction == "sum":
         return loss.sum().to(input.dtype)
     return loss.to(input.dtype)

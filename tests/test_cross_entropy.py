@@ -1,0 +1,367 @@
+"""Softmax cross-entropy: every backend against the float64 reference on every argument form,
+gradcheck, opcheck, torch.compile, module parity and bad inputs."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import HAS_CUDA, device_backend_params
+
+import fastops
+import fastops.functional as FF
+from fastops import reference
+from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+
+ALL = device_backend_params()
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+
+def _dtypes(device: str) -> list[torch.dtype]:
+    return [torch.float32, torch.float64] + (LOW_PRECISION if device == "cuda" else [])
+
+
+def _make_case(shape, probs, with_weight, dtype, device, ignore_frac=0.2):
+    cdim = 0 if len(shape) == 1 else 1
+    n_classes = shape[cdim]
+    x = make_tensor(shape, dtype, device, scale=3.0)
+    if probs:
+        target = torch.softmax(make_tensor(shape, torch.float64, device, scale=2.0), dim=cdim).to(dtype)
+    else:
+        row = list(shape)
+        del row[cdim]
+        target = torch.randint(0, n_classes, row, device=device)
+        target[torch.rand(row, device=device) < ignore_frac] = -100
+    weight = make_tensor((n_classes,), dtype, device).abs() + 0.1 if with_weight else None
+    return x, target, weight
+
+
+def _loss_and_grad(fn, x, target, weight, kw, grad_out_seed):
+    x = x.detach().requires_grad_()
+    out = fn(x, target, weight=weight, **kw)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=torch.float64)
+    (gx,) = torch.autograd.grad(out, x, g.to(out.dtype).to(x.device))
+    return out.detach(), gx, g
+
+
+def _check_against_reference(backend, x, target, weight, kw, what=""):
+    seed = int(torch.randint(0, 2**31, ()).item())
+    out, gx, _ = _loss_and_grad(lambda *a, **k: FF.cross_entropy(*a, backend=backend, **k), x, target, weight, kw, seed)
+    t64 = target.double() if target.is_floating_point() else target
+    w64 = None if weight is None else weight.double()
+    ref, gref, _ = _loss_and_grad(reference.cross_entropy, x.double(), t64, w64, kw, seed)
+    same = {}
+    if x.dtype in LOW_PRECISION:
+        same_out, same_gx, _ = _loss_and_grad(F.cross_entropy, x, target, weight, kw, seed)
+        same = {"out": same_out, "gx": same_gx}
+    assert out.dtype == x.dtype
+    assert_close_to_reference(out, ref, torch_same_dtype=same.get("out"), what=f"loss {what}")
+    assert_close_to_reference(gx, gref, torch_same_dtype=same.get("gx"), what=f"grad {what}")
+
+
+SHAPES = [(37, 781), (781,), (5, 13, 3, 7)]
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+def test_matches_reference_every_argument_form(device, backend, shape, probs):
+    for dtype in _dtypes(device):
+        for with_weight, reduction, smoothing in itertools.product([False, True], ["none", "mean", "sum"], [0.0, 0.2]):
+            x, target, weight = _make_case(shape, probs, with_weight, dtype, device)
+            kw = dict(reduction=reduction, label_smoothing=smoothing, ignore_index=-100)
+            _check_against_reference(backend, x, target, weight, kw, f"{dtype} w={with_weight} {reduction} ls={smoothing}")
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_large_vocabulary_is_tiled(device, backend):
+    # More classes than any single tile or L1 block: 70k classes in float32.
+    x, target, _ = _make_case((3, 70001), False, False, torch.float32, device, ignore_frac=0.0)
+    _check_against_reference(backend, x, target, None, dict(reduction="mean", label_smoothing=0.1))
+    x, target, weight = _make_case((2, 70001), True, True, torch.float32, device)
+    _check_against_reference(backend, x, target, weight, dict(reduction="sum"))
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_extreme_logits(device, backend):
+    x, target, _ = _make_case((6, 300), False, False, torch.float32, device, ignore_frac=0.0)
+    x = x * 1e4  # exp would overflow without max subtraction
+    x[1, ::3] = float("-inf")  # masked classes
+    target[1] = 1
+    _check_against_reference(backend, x, target, None, dict(reduction="none"))
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_empty_batch(device, backend):
+    for probs in (False, True):
+        x, target, _ = _make_case((0, 11), probs, False, torch.float32, device)
+        for reduction in ("none", "mean", "sum"):
+            out = FF.cross_entropy(x.requires_grad_(), target, reduction=reduction, backend=backend)
+            expected = F.cross_entropy(x, target, reduction=reduction)
+            assert out.shape == expected.shape
+            torch.testing.assert_close(out, expected, equal_nan=True)
+            if reduction == "sum":
+                (g,) = torch.autograd.grad(out, x)
+                assert g.shape == x.shape
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_noncontiguous_and_expanded_inputs(device, backend):
+    x, target, weight = _make_case((9, 57), False, True, torch.float64, device)
+    _check_against_reference(backend, noncontiguous(x), noncontiguous(target), noncontiguous(weight), {})
+    xt = make_tensor((57, 9), torch.float64, device).t()  # transposed view
+    _check_against_reference(backend, xt, target, None, dict(label_smoothing=0.3))
+    row = make_tensor((1, 57), torch.float64, device)
+    _check_against_reference(backend, row.expand(9, 57), target[:1].expand(9), None, dict(reduction="sum"))
+    p = torch.softmax(make_tensor((1, 57), torch.float64, device), 1).expand(9, 57)
+    _check_against_reference(backend, x, p, weight, dict(reduction="mean"))
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
+def test_inplace_backward(device, backend):
+    x, target, weight = _make_case((13, 301), False, True, torch.float64, device)
+    ref = x.detach().clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(FF.cross_entropy(ref, target, weight, backend=backend), ref)
+    leaf = x.detach().clone().requires_grad_()
+    logits = leaf * 1.0  # a non-leaf buffer nobody else saved
+    (g,) = torch.autograd.grad(FF.cross_entropy(logits, target, weight, backend=backend, inplace_backward=True), leaf)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(logits.detach(), g_ref)  # the logits buffer now holds the gradient
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton", "torch"), ()))
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+def test_gradcheck_float64(device, backend, probs):
+    for shape, with_weight, reduction, smoothing in [
+        ((4, 7), False, "mean", 0.0),
+        ((4, 7), True, "sum", 0.25),
+        ((7,), True, "none", 0.1),
+        ((2, 5, 3), False, "none", 0.0),
+        ((2, 5, 3), True, "mean", 0.3),
+    ]:
+        x, target, weight = _make_case(shape, probs, with_weight, torch.float64, device)
+        x.requires_grad_()
+
+        def fn(x, target=target, weight=weight, reduction=reduction, smoothing=smoothing):
+            return FF.cross_entropy(x, target, weight, reduction=reduction, label_smoothing=smoothing, backend=backend)
+
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8)
+
+
+def test_gradcheck_target_and_weight_gradients():
+    # Probability targets and weights that require grad are differentiated through the torch path.
+    x, target, weight = _make_case((3, 6), True, True, torch.float64, "cpu")
+    inputs = (x.requires_grad_(), target.requires_grad_(), weight.requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b, c: FF.cross_entropy(a, b, c, label_smoothing=0.1), inputs)
+
+
+def _op_samples(device, dtype=torch.float64):
+    samples = []
+    for shape, probs, with_weight, smoothing in [
+        ((5, 9), False, True, 0.1),
+        ((9,), False, False, 0.0),
+        ((3, 9, 4), True, True, 0.2),
+        ((4, 9), True, False, 0.0),
+    ]:
+        x, target, weight = _make_case(shape, probs, with_weight, dtype, device)
+        samples.append((x, target, weight, -100, smoothing))
+    return samples
+
+
+def _namespace(backend):
+    if backend == "native":
+        return torch.ops.fastops
+    import fastops.triton.cross_entropy  # noqa: F401
+
+    return torch.ops.fastops_triton
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
+def test_opcheck(device, backend):
+    ns = _namespace(backend)
+    for x, target, weight, ignore_index, smoothing in _op_samples(device):
+        torch.library.opcheck(ns.cross_entropy_fwd, (x, target, weight, ignore_index, smoothing))
+        loss, lse = ns.cross_entropy_fwd(x, target, weight, ignore_index, smoothing)
+        grad = torch.randn_like(loss)
+        torch.library.opcheck(ns.cross_entropy_bwd, (grad, x, target, weight, lse, ignore_index, smoothing))
+        buf = x.clone()
+        torch.library.opcheck(ns.cross_entropy_bwd_, (grad, buf, target, weight, lse, ignore_index, smoothing))
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_torch_compile_fullgraph(device, backend):
+    torch._dynamo.reset()
+
+    def step(x, target, weight):
+        return FF.cross_entropy(x * 2.0, target, weight, label_smoothing=0.1, backend=backend) * 3.0
+
+    x, target, weight = _make_case((8, 33), False, True, torch.float32, device)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "triton" else "inductor")
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager, got = step(xe, target, weight), compiled(xc, target, weight)
+    torch.testing.assert_close(got, eager)
+    (ge,), (gc,) = torch.autograd.grad(eager, xe), torch.autograd.grad(got, xc)
+    torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_module_parity(device, backend):
+    weight = torch.rand(17, device=device) + 0.5
+    ours = fastops.nn.CrossEntropyLoss(weight=weight, ignore_index=3, label_smoothing=0.05, backend=backend)
+    theirs = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=3, label_smoothing=0.05)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    fresh = fastops.nn.CrossEntropyLoss(weight=torch.zeros(17, device=device), backend=backend)
+    fresh.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(fresh.weight, weight)
+    x = make_tensor((12, 17), torch.float32, device, requires_grad=True)
+    target = torch.randint(0, 17, (12,), device=device)
+    a, b = ours(x, target), theirs(x, target)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_legacy_arguments_and_uint8_targets(device, backend):
+    x = make_tensor((6, 5), torch.float32, device)
+    target = torch.randint(0, 5, (6,), device=device)
+    torch.testing.assert_close(
+        FF.cross_entropy(x, target.to(torch.uint8), backend=backend), F.cross_entropy(x, target.to(torch.uint8))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(
+            FF.cross_entropy(x, target, size_average=False, backend=backend),
+            F.cross_entropy(x, target, size_average=False),
+        )
+
+
+BAD_INPUTS = [
+    ("class index out of range", lambda d: (make_tensor((4, 5), device=d), torch.tensor([0, 1, 5, 2], device=d), {}),
+     IndexError, "out of bounds"),
+    ("negative class index", lambda d: (make_tensor((4, 5), device=d), torch.tensor([0, -1, 2, 2], device=d), {}),
+     IndexError, "out of bounds"),
+    ("int32 target", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.int32, device=d), {}),
+     TypeError, "int64"),
+    ("index target shape", lambda d: (make_tensor((4, 5), device=d), torch.zeros(3, dtype=torch.long, device=d), {}),
+     ValueError, "target must have shape (4,)"),
+    ("probability target shape", lambda d: (make_tensor((4, 5), device=d), torch.rand(4, 6, device=d), {}),
+     ValueError, "input's shape (4, 5)"),
+    ("weight length", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
+                                 {"weight": torch.ones(4, device=d)}), ValueError, "weight must have shape (5,)"),
+    ("weight dtype", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
+                                {"weight": torch.ones(5, dtype=torch.float64, device=d)}), TypeError, "weight must"),
+    ("integer logits", lambda d: (torch.zeros(4, 5, dtype=torch.long, device=d), torch.zeros(4, dtype=torch.long,
+                                                                                             device=d), {}),
+     TypeError, "floating"),
+    ("scalar logits", lambda d: (make_tensor((), device=d), torch.zeros((), dtype=torch.long, device=d), {}),
+     ValueError, "shape (C,)"),
+    ("label_smoothing", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
+                                   {"label_smoothing": 1.5}), ValueError, "label_smoothing"),
+    ("reduction", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
+                             {"reduction": "avg"}), ValueError, "reduction"),
+    ("device mismatch", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device="meta"), {}),
+     ValueError, "target is on meta"),
+]
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_raises_clear_error(device, backend, case):
+    _, make, exc, message = case
+    x, target, kw = make(device)
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        FF.cross_entropy(x, target, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
+def test_raw_ops_reject_bad_input(device, backend):
+    ns = _namespace(backend)
+    x = make_tensor((4, 5), device=device)
+    with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
+        ns.cross_entropy_fwd(x, torch.tensor([0, 7, 1, 1], device=device), None, -100, 0.0)
+    with pytest.raises((ValueError, RuntimeError), match="weight must have shape"):
+        ns.cross_entropy_fwd(x, torch.zeros(4, dtype=torch.long, device=device), torch.ones(3, device=device), -100, 0.0)
+    loss, lse = ns.cross_entropy_fwd(x, torch.zeros(4, dtype=torch.long, device=device), None, -100, 0.0)
+    with pytest.raises((ValueError, RuntimeError), match="grad_loss must have shape"):
+        ns.cross_entropy_bwd(torch.ones(3, device=device), x, torch.zeros(4, dtype=torch.long, device=device), None,
+                             lse, -100, 0.0)
+    with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
+        ns.cross_entropy_bwd(loss, x, torch.tensor([0, 1, 1, 99], device=device), None, lse, -100, 0.0)
+
+
+def test_backend_resolution(monkeypatch):
+    x = make_tensor((3, 4))
+    target = torch.zeros(3, dtype=torch.long)
+    assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float32) == "native"
+    with pytest.warns(RuntimeWarning, match="using the torch composition"):
+        assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.bfloat16) == "torch"
+    with pytest.raises(RuntimeError, match="take float32, float64, not bfloat16"):
+        FF.cross_entropy(x.bfloat16(), target, backend="native")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FF.cross_entropy(x, target, backend="fast")
+    monkeypatch.setenv("FASTOPS_BACKEND", "torch")
+    assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float32) == "torch"
+    monkeypatch.setenv("FASTOPS_BACKEND", "native")
+    with pytest.raises(RuntimeError, match="cannot run"):
+        fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float16)
+    report = fastops.backends()
+    assert report["native"]["cpu"][0] and "cross_entropy" in report["native"]["cpu"][1]
+    assert report["torch"]["cpu"][0]
+    if not HAS_CUDA:
+        assert not report["triton"]["cuda"][0] and "no CUDA device" in report["triton"]["cuda"][1]
+
+
+def test_bfloat16_on_cpu_falls_back_with_correct_result():
+    x, target, _ = _make_case((5, 9), False, False, torch.bfloat16, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _check_against_reference("auto", x, target, None, dict(label_smoothing=0.1))
+
+
+# ---- the checker must reject wrong implementations ---------------------------------------------
+
+
+def _wrong_no_smoothing(x, target, weight=None, **kw):
+    kw = dict(kw, label_smoothing=0.0)
+    return reference.cross_entropy(x, target, weight, **kw)
+
+
+def _wrong_scaled(x, target, weight=None, **kw):
+    return reference.cross_entropy(x, target, weight, **kw) * (1 + 1e-4)
+
+
+def _wrong_one_unwritten(x, target, weight=None, **kw):
+    out = reference.cross_entropy(x, target, weight, **kw).clone()
+    out.view(-1)[-1] = float("nan")  # what a kernel that skips the last row leaves in a poisoned output
+    return out
+
+
+def _wrong_mean_over_all_rows(x, target, weight=None, **kw):
+    if kw.get("reduction", "mean") == "mean":
+        return reference.cross_entropy(x, target, weight, **dict(kw, reduction="sum")) / target.numel()
+    return reference.cross_entropy(x, target, weight, **kw)
+
+
+@pytest.mark.parametrize("wrong", [_wrong_no_smoothing, _wrong_scaled, _wrong_one_unwritten, _wrong_mean_over_all_rows])
+def test_checker_rejects_wrong_implementations(wrong):
+    x, target, _ = _make_case((33, 101), False, False, torch.float32, "cpu", ignore_frac=0.3)
+    reduction = "none" if wrong is _wrong_one_unwritten else "mean"
+    kw = dict(reduction=reduction, label_smoothing=0.2)
+    with pytest.raises(AssertionError):
+        got = wrong(x, target, **kw)
+        expected = reference.cross_entropy(x.double(), target, **kw)
+        assert_close_to_reference(got, expected, what="wrong implementation")
+
+
+def test_checker_low_precision_rule():
+    x, target, _ = _make_case((64, 301), False, False, torch.float64, "cpu")
+    ref = reference.cross_entropy(x, target, reduction="none")
+    torch_bf16 = F.cross_entropy(x.bfloat16(), target, reduction="none")
+    assert_close_to_reference(torch_bf16, ref, torch_same_dtype=torch_bf16)  # torch itself passes
+    worse = (torch_bf16.double() + 0.25).bfloat16()  # a shift of a few bf16 ulps at these magnitudes
+    with pytest.raises(AssertionError):
+        assert_close_to_reference(worse, ref, torch_same_dtype=torch_bf16)
