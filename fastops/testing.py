@@ -77,7 +77,9 @@ def assert_close_to_reference(
     a, e = actual.detach().double().cpu(), expected64.detach().double().cpu()
     nan_a, nan_e = torch.isnan(a), torch.isnan(e)
     if not torch.equal(nan_a, nan_e):
-        raise AssertionError(f"{what}: NaN pattern differs from the reference ({int(nan_a.sum())} vs {int(nan_e.sum())})")
+        raise AssertionError(
+            f"{what}: NaN pattern differs from the reference ({int(nan_a.sum())} vs {int(nan_e.sum())})"
+        )
     a, e = a.masked_fill(nan_a, 0), e.masked_fill(nan_e, 0)
     inf_e = torch.isinf(e)
     if not torch.equal(a[inf_e], e[inf_e]):

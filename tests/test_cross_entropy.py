@@ -73,7 +73,9 @@ def test_matches_reference_every_argument_form(device, backend, shape, probs):
         for with_weight, reduction, smoothing in itertools.product([False, True], ["none", "mean", "sum"], [0.0, 0.2]):
             x, target, weight = _make_case(shape, probs, with_weight, dtype, device)
             kw = dict(reduction=reduction, label_smoothing=smoothing, ignore_index=-100)
-            _check_against_reference(backend, x, target, weight, kw, f"{dtype} w={with_weight} {reduction} ls={smoothing}")
+            _check_against_reference(
+                backend, x, target, weight, kw, f"{dtype} w={with_weight} {reduction} ls={smoothing}"
+            )
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -240,31 +242,86 @@ def test_legacy_arguments_and_uint8_targets(device, backend):
 
 
 BAD_INPUTS = [
-    ("class index out of range", lambda d: (make_tensor((4, 5), device=d), torch.tensor([0, 1, 5, 2], device=d), {}),
-     IndexError, "out of bounds"),
-    ("negative class index", lambda d: (make_tensor((4, 5), device=d), torch.tensor([0, -1, 2, 2], device=d), {}),
-     IndexError, "out of bounds"),
-    ("int32 target", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.int32, device=d), {}),
-     TypeError, "int64"),
-    ("index target shape", lambda d: (make_tensor((4, 5), device=d), torch.zeros(3, dtype=torch.long, device=d), {}),
-     ValueError, "target must have shape (4,)"),
-    ("probability target shape", lambda d: (make_tensor((4, 5), device=d), torch.rand(4, 6, device=d), {}),
-     ValueError, "input's shape (4, 5)"),
-    ("weight length", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
-                                 {"weight": torch.ones(4, device=d)}), ValueError, "weight must have shape (5,)"),
-    ("weight dtype", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
-                                {"weight": torch.ones(5, dtype=torch.float64, device=d)}), TypeError, "weight must"),
-    ("integer logits", lambda d: (torch.zeros(4, 5, dtype=torch.long, device=d), torch.zeros(4, dtype=torch.long,
-                                                                                             device=d), {}),
-     TypeError, "floating"),
-    ("scalar logits", lambda d: (make_tensor((), device=d), torch.zeros((), dtype=torch.long, device=d), {}),
-     ValueError, "shape (C,)"),
-    ("label_smoothing", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
-                                   {"label_smoothing": 1.5}), ValueError, "label_smoothing"),
-    ("reduction", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d),
-                             {"reduction": "avg"}), ValueError, "reduction"),
-    ("device mismatch", lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device="meta"), {}),
-     ValueError, "target is on meta"),
+    (
+        "class index out of range",
+        lambda d: (make_tensor((4, 5), device=d), torch.tensor([0, 1, 5, 2], device=d), {}),
+        IndexError,
+        "out of bounds",
+    ),
+    (
+        "negative class index",
+        lambda d: (make_tensor((4, 5), device=d), torch.tensor([0, -1, 2, 2], device=d), {}),
+        IndexError,
+        "out of bounds",
+    ),
+    (
+        "int32 target",
+        lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.int32, device=d), {}),
+        TypeError,
+        "int64",
+    ),
+    (
+        "index target shape",
+        lambda d: (make_tensor((4, 5), device=d), torch.zeros(3, dtype=torch.long, device=d), {}),
+        ValueError,
+        "target must have shape (4,)",
+    ),
+    (
+        "probability target shape",
+        lambda d: (make_tensor((4, 5), device=d), torch.rand(4, 6, device=d), {}),
+        ValueError,
+        "input's shape (4, 5)",
+    ),
+    (
+        "weight length",
+        lambda d: (
+            make_tensor((4, 5), device=d),
+            torch.zeros(4, dtype=torch.long, device=d),
+            {"weight": torch.ones(4, device=d)},
+        ),
+        ValueError,
+        "weight must have shape (5,)",
+    ),
+    (
+        "weight dtype",
+        lambda d: (
+            make_tensor((4, 5), device=d),
+            torch.zeros(4, dtype=torch.long, device=d),
+            {"weight": torch.ones(5, dtype=torch.float64, device=d)},
+        ),
+        TypeError,
+        "weight must",
+    ),
+    (
+        "integer logits",
+        lambda d: (torch.zeros(4, 5, dtype=torch.long, device=d), torch.zeros(4, dtype=torch.long, device=d), {}),
+        TypeError,
+        "floating",
+    ),
+    (
+        "scalar logits",
+        lambda d: (make_tensor((), device=d), torch.zeros((), dtype=torch.long, device=d), {}),
+        ValueError,
+        "shape (C,)",
+    ),
+    (
+        "label_smoothing",
+        lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d), {"label_smoothing": 1.5}),
+        ValueError,
+        "label_smoothing",
+    ),
+    (
+        "reduction",
+        lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device=d), {"reduction": "avg"}),
+        ValueError,
+        "reduction",
+    ),
+    (
+        "device mismatch",
+        lambda d: (make_tensor((4, 5), device=d), torch.zeros(4, dtype=torch.long, device="meta"), {}),
+        ValueError,
+        "target is on meta",
+    ),
 ]
 
 
@@ -284,11 +341,14 @@ def test_raw_ops_reject_bad_input(device, backend):
     with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
         ns.cross_entropy_fwd(x, torch.tensor([0, 7, 1, 1], device=device), None, -100, 0.0)
     with pytest.raises((ValueError, RuntimeError), match="weight must have shape"):
-        ns.cross_entropy_fwd(x, torch.zeros(4, dtype=torch.long, device=device), torch.ones(3, device=device), -100, 0.0)
+        ns.cross_entropy_fwd(
+            x, torch.zeros(4, dtype=torch.long, device=device), torch.ones(3, device=device), -100, 0.0
+        )
     loss, lse = ns.cross_entropy_fwd(x, torch.zeros(4, dtype=torch.long, device=device), None, -100, 0.0)
     with pytest.raises((ValueError, RuntimeError), match="grad_loss must have shape"):
-        ns.cross_entropy_bwd(torch.ones(3, device=device), x, torch.zeros(4, dtype=torch.long, device=device), None,
-                             lse, -100, 0.0)
+        ns.cross_entropy_bwd(
+            torch.ones(3, device=device), x, torch.zeros(4, dtype=torch.long, device=device), None, lse, -100, 0.0
+        )
     with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
         ns.cross_entropy_bwd(loss, x, torch.tensor([0, 1, 1, 99], device=device), None, lse, -100, 0.0)
 

@@ -1,0 +1,54 @@
+# fastops: README's two commands live here.
+#   make bench   set up, build, then run the benchmark suite and the model-swap demo (python -m bench)
+#   make test    set up, build, lint, pytest (CPU; GPU tests run when a GPU is visible), CMake + ctest
+# Both do all set-up on a fresh machine: a venv in .venv with torch, then the extension.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CUDA build of torch, so the CUDA sources compile everywhere (no GPU needed to build).
+TORCH_SPEC ?= torch==2.14.1
+DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools wheel
+
+# nvcc's toolkit, the archs to build when no GPU is visible, and the CUDA switch for both builds.
+export CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+
+.PHONY: setup build test pytest ctest lint format bench bench-quick clean
+
+setup: $(VENV)/.deps-installed
+
+$(VENV)/.deps-installed: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(DEPS)
+	touch $@
+
+build: setup
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import fastops, pprint; pprint.pprint(fastops.backends())"
+
+lint: setup
+	$(VENV)/bin/ruff check fastops tests bench
+	$(VENV)/bin/ruff format --check fastops tests bench
+
+pytest: build
+	$(PY) -m pytest -q
+
+ctest: setup
+	PYTHON=$(PY) bash scripts/cmake_test.sh
+
+test: lint pytest ctest
+
+bench: build
+	$(PY) -m bench
+
+bench-quick: build
+	$(PY) -m bench --quick --out /tmp/fastops-bench-quick
+
+format: setup
+	$(VENV)/bin/ruff format fastops tests bench
+	$(VENV)/bin/ruff check --fix fastops tests bench
+
+clean:
+	rm -rf build build-cmake *.egg-info fastops/_C*.so
