@@ -1,0 +1,329 @@
+// Conv2d, C++ kernels for CPU tensors (float32, float64): forward, grad-input and grad-weight.
+//
+// Math. x (N, C, H, W), w (K, Cg, R, S) with Cg = C / G, y (N, K, P, Q), group g owns channels
+// [g Kg, (g+1) Kg) of y and [g Cg, (g+1) Cg) of x. With hi = p sh - ph + r dh, wi = q sw - pw + s dw
+// (zero outside the image):
+//   y[n, k, p, q]  = b[k] + sum_{c, r, s} w[k, c, r, s] x[n, g Cg + c, hi, wi]     (then ReLU if asked)
+//   dx[n, c', h, w] = sum over (k, r, s, p, q) with hi = h, wi = w of w[k, c, r, s] dy[n, k, p, q]
+//   dw[k, c, r, s]  = sum_{n, p, q} dy[n, k, p, q] x[n, g Cg + c, hi, wi]
+//   db[k]           = sum_{n, p, q} dy[n, k, p, q]
+// As GEMMs per (sample n, group g): col = im2col(x[n, g]) is (Cg R S) x (P Q) and
+//   y[n, g] (Kg x PQ) = W_g (Kg x CRS) col;  col' = W_g^T dy[n, g], dx[n, g] = col2im(col');
+//   dW_g += dy[n, g] col^T.
+// FLOPs: 2 N K P Q Cg R S per pass (forward, dgrad, wgrad each).
+//
+// Decomposition. Samples are split over threads (at::parallel_for over contiguous chunks of n); a
+// thread owns its samples' y / dx slabs, so col2im's scatter-add needs no atomics, and owns one
+// partial dW / db that are summed in chunk order at the end (deterministic). Within a sample the
+// output rows are cut into tiles of `rows` rows so that the gathered column tile, CRS x (rows Q),
+// stays within kColBudget elements (~512 KiB in float32: L2-resident) -- the full im2col tensor
+// (N P Q CRS elements, 9x the input for 3x3) never exists. Each tile feeds one BLAS GEMM
+// (at::mm_out into a strided view of y, so no copy), and the bias / ReLU epilogue runs on the tile
+// while it is still in cache. 1x1 stride-1 unpadded convs skip the gather: x[n, g] is the operand.
+// With a single chunk (batch 1) the GEMMs run outside a parallel region, so BLAS threads them.
+//
+// Traffic (float32): forward reads x once per tile pass (each input row is gathered R times from
+// L1/L2, not from memory), w once per tile (L2-resident for these sizes) and writes y once:
+// ~4 (N C H W + N K P Q) bytes from memory plus K CRS per tile from L2. torch's unfused im2col path
+// (slow_conv2d) materialises the whole col tensor (4 N P Q CRS bytes written and read back).
+//
+// Numerics. Accumulation in the input dtype through BLAS (float32 / float64); dx sums the R S
+// contributions of each pixel in (c, r, s, p, q) order, dW sums over samples in chunk order.
+//
+// Preconditions (check_conv2d_args): 4-D x and w of the same floating dtype and device, groups
+// divides C and K, w.size(1) == C / groups, positive stride/dilation, non-negative padding, P, Q >= 1.
+// Non-contiguous inputs are made contiguous here; outputs are contiguous NCHW.
+//
+// References: Chellapilla et al., "High Performance Convolutional Neural Networks for Document
+// Processing" (2006) for im2col + GEMM; CUTLASS's implicit-GEMM conv docs for the M/N/K naming.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "fastops.h"
+
+namespace fastops {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elements of one gathered column tile: 128 Ki elements = 512 KiB of float32.
+constexpr int64_t kColBudget = int64_t(1) << 17;
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Output columns q whose input column wi = q sw - pw + s dw lies in [0, W): [lo, hi).
+inline void valid_q_range(const Conv2dGeometry& g, int64_t s, int64_t& lo, int64_t& hi) {
+  const int64_t off = s * g.dw - g.pw;  // wi = q sw + off
+  lo = std::max<int64_t>(0, ceil_div(-off, g.sw));
+  hi = std::min<int64_t>(g.Q, floor_div(g.W - 1 - off, g.sw) + 1);
+  if (hi < lo) hi = lo;
+}
+
+// Output rows per tile: the gathered tile CRS x (rows Q) stays within kColBudget.
+inline int64_t tile_rows(const Conv2dGeometry& g) {
+  return std::clamp<int64_t>(kColBudget / std::max<int64_t>(1, g.crs() * g.Q), 1, g.P);
+}
+
+// col (CRS x L, L = (p1 - p0) Q) <- the input patches of output rows [p0, p1) of one group.
+// xg: that group's Cg x H x W input slab.
+template <typename T>
+void im2col_tile(const Conv2dGeometry& g, const T* xg, int64_t p0, int64_t p1, T* col) {
+  const int64_t L = (p1 - p0) * g.Q;
+  for (int64_t c = 0; c < g.Cg; ++c) {
+    for (int64_t r = 0; r < g.R; ++r) {
+      for (int64_t s = 0; s < g.S; ++s) {
+        T* dst = col + ((c * g.R + r) * g.S + s) * L;
+        int64_t qlo, qhi;
+        valid_q_range(g, s, qlo, qhi);
+        const int64_t off = s * g.dw - g.pw;
+        for (int64_t p = p0; p < p1; ++p, dst += g.Q) {
+          const int64_t hi = p * g.sh - g.ph + r * g.dh;
+          if (hi < 0 || hi >= g.H) {
+            std::fill(dst, dst + g.Q, T(0));
+            continue;
+          }
+          const T* src = xg + (c * g.H + hi) * g.W;
+          std::fill(dst, dst + qlo, T(0));
+          std::fill(dst + qhi, dst + g.Q, T(0));
+          if (g.sw == 1) {
+            std::memcpy(dst + qlo, src + qlo + off, sizeof(T) * (qhi - qlo));
+          } else {
+            for (int64_t q = qlo; q < qhi; ++q) dst[q] = src[q * g.sw + off];
+          }
+        }
+      }
+    }
+  }
+}
+
+// dxg (Cg x H x W of one group) += col2im(col) for output rows [p0, p1): the adjoint of im2col_tile.
+template <typename T>
+void col2im_tile_add(const Conv2dGeometry& g, const T* col, int64_t p0, int64_t p1, T* dxg) {
+  const int64_t L = (p1 - p0) * g.Q;
+  for (int64_t c = 0; c < g.Cg; ++c) {
+    for (int64_t r = 0; r < g.R; ++r) {
+      for (int64_t s = 0; s < g.S; ++s) {
+        const T* src = col + ((c * g.R + r) * g.S + s) * L;
+        int64_t qlo, qhi;
+        valid_q_range(g, s, qlo, qhi);
+        const int64_t off = s * g.dw - g.pw;
+        for (int64_t p = p0; p < p1; ++p, src += g.Q) {
+          const int64_t hi = p * g.sh - g.ph + r * g.dh;
+          if (hi < 0 || hi >= g.H) continue;
+          T* dst = dxg + (c * g.H + hi) * g.W;
+          if (g.sw == 1) {
+            at::vec::map2([](Vectorized<T> a, Vectorized<T> b) { return a + b; }, dst + qlo + off, dst + qlo + off,
+                          src + qlo, qhi - qlo);
+          } else {
+            for (int64_t q = qlo; q < qhi; ++q) dst[q * g.sw + off] += src[q];
+          }
+        }
+      }
+    }
+  }
+}
+
+// A (rows x cols) matrix view with leading dimension ld over raw memory (no copy, no ownership).
+inline at::Tensor mat(void* data, int64_t rows, int64_t cols, int64_t ld, const at::TensorOptions& opts) {
+  return at::from_blob(data, {rows, cols}, {ld, 1}, opts);
+}
+
+// Split [0, N) into `chunks` contiguous ranges and run f(chunk, n0, n1) on each, in parallel when
+// there is more than one (BLAS then runs single-threaded inside), inline otherwise (BLAS threads).
+template <typename F>
+void for_each_sample_chunk(int64_t N, int64_t chunks, const F& f) {
+  auto run = [&](int64_t c) { f(c, c * N / chunks, (c + 1) * N / chunks); };
+  if (chunks == 1) {
+    run(0);
+    return;
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) run(c);
+  });
+}
+
+inline int64_t sample_chunks(int64_t N) { return std::max<int64_t>(1, std::min<int64_t>(N, at::get_num_threads())); }
+
+template <typename T>
+void conv2d_fwd_kernel(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const T* bias, bool relu,
+                       at::Tensor& y) {
+  const auto opts = x.options();
+  const T* xp = x.const_data_ptr<T>();
+  T* wp = const_cast<T*>(w.const_data_ptr<T>());  // from_blob needs void*; the weight is only read
+  T* yp = y.mutable_data_ptr<T>();
+  const int64_t rows = tile_rows(g), CRS = g.crs(), PQ = g.pq();
+  for_each_sample_chunk(g.N, sample_chunks(g.N), [&](int64_t, int64_t n0, int64_t n1) {
+    std::vector<T> col(g.pointwise() ? 0 : size_t(CRS * rows * g.Q));
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const T* xg = xp + (n * g.C + gi * g.Cg) * g.hw();
+        const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
+        for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+          const int64_t p1 = std::min(g.P, p0 + rows), L = (p1 - p0) * g.Q;
+          T* yt = yp + (n * g.K + gi * g.Kg) * PQ + p0 * g.Q;
+          at::Tensor yv = mat(yt, g.Kg, L, PQ, opts);
+          if (g.pointwise()) {
+            at::mm_out(yv, wg, mat(const_cast<T*>(xg) + p0 * g.Q, CRS, L, g.hw(), opts));
+          } else {
+            im2col_tile(g, xg, p0, p1, col.data());
+            at::mm_out(yv, wg, mat(col.data(), CRS, L, L, opts));
+          }
+          if (bias == nullptr && !relu) continue;
+          // Epilogue on the tile just written (still in cache).
+          for (int64_t k = 0; k < g.Kg; ++k) {
+            const Vectorized<T> b(bias ? bias[gi * g.Kg + k] : T(0));
+            T* row = yt + k * PQ;
+            if (relu) {
+              const Vectorized<T> zero(T(0));
+              at::vec::map([&](Vectorized<T> v) { return at::vec::maximum(v + b, zero); }, row, row, L);
+            } else {
+              at::vec::map([&](Vectorized<T> v) { return v + b; }, row, row, L);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                       at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+  const auto opts = x.options();
+  const T* xp = x.const_data_ptr<T>();
+  T* dyp = const_cast<T*>(dy.const_data_ptr<T>());
+  T* wp = const_cast<T*>(w.const_data_ptr<T>());
+  T* dxp = dx ? dx->mutable_data_ptr<T>() : nullptr;
+  const int64_t rows = tile_rows(g), CRS = g.crs(), PQ = g.pq(), HW = g.hw();
+  const int64_t chunks = sample_chunks(g.N);
+  // One partial dW (K x CRS) and db (K) per chunk, summed in chunk order below.
+  std::vector<at::Tensor> dw_part(dw ? chunks : 0);
+  std::vector<std::vector<T>> db_part(db ? chunks : 0);
+  for_each_sample_chunk(g.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
+    const bool direct = g.pointwise();
+    std::vector<T> col(direct ? 0 : size_t(CRS * rows * g.Q));
+    at::Tensor dwc;
+    if (dw) dwc = dw_part[chunk] = at::zeros({g.K, CRS}, opts);
+    if (db) db_part[chunk].assign(g.K, T(0));
+    for (int64_t n = n0; n < n1; ++n) {
+      if (dx && !direct) std::fill(dxp + n * g.C * HW, dxp + (n + 1) * g.C * HW, T(0));
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const T* xg = xp + (n * g.C + gi * g.Cg) * HW;
+        T* dxg = dxp ? dxp + (n * g.C + gi * g.Cg) * HW : nullptr;
+        const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
+        at::Tensor dwg = dw ? dwc.narrow(0, gi * g.Kg, g.Kg) : at::Tensor();
+        for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
+          const int64_t p1 = std::min(g.P, p0 + rows), L = (p1 - p0) * g.Q;
+          T* dyt = dyp + (n * g.K + gi * g.Kg) * PQ + p0 * g.Q;
+          const at::Tensor dyv = mat(dyt, g.Kg, L, PQ, opts);
+          if (dw) {
+            at::Tensor colv;
+            if (direct) {
+              colv = mat(const_cast<T*>(xg) + p0 * g.Q, CRS, L, HW, opts);
+            } else {
+              im2col_tile(g, xg, p0, p1, col.data());
+              colv = mat(col.data(), CRS, L, L, opts);
+            }
+            dwg.addmm_(dyv, colv.t());
+          }
+          if (dx) {
+            if (direct) {
+              at::Tensor dxv = mat(dxg + p0 * g.Q, CRS, L, HW, opts);
+              at::mm_out(dxv, wg.t(), dyv);
+            } else {
+              at::Tensor colv = mat(col.data(), CRS, L, L, opts);
+              at::mm_out(colv, wg.t(), dyv);
+              col2im_tile_add(g, col.data(), p0, p1, dxg);
+            }
+          }
+        }
+      }
+      if (db) {
+        for (int64_t k = 0; k < g.K; ++k) {
+          db_part[chunk][k] += at::vec::reduce_all<T>([](Vectorized<T> a, Vectorized<T> b) { return a + b; },
+                                                      dyp + (n * g.K + k) * PQ, PQ);
+        }
+      }
+    }
+  });
+  if (dw) {
+    at::Tensor acc = dw_part[0];
+    for (int64_t c = 1; c < chunks; ++c) acc.add_(dw_part[c]);
+    dw->view({g.K, CRS}).copy_(acc);
+  }
+  if (db) {
+    T* dbp = db->mutable_data_ptr<T>();
+    for (int64_t k = 0; k < g.K; ++k) {
+      T s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += db_part[c][k];
+      dbp[k] = s;
+    }
+  }
+}
+
+at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& bias_,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          bool relu) {
+  const auto g = check_conv2d_args("conv2d_fwd", x_, w_, stride, padding, dilation, groups);
+  check_conv2d_bias("conv2d_fwd", g, x_, bias_);
+  TORCH_CHECK_TYPE(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
+                   "conv2d_fwd: the CPU kernel takes float32 or float64 input, got ", x_.scalar_type());
+  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  const at::Tensor bias = bias_.has_value() ? bias_->contiguous() : at::Tensor();
+  at::Tensor y = new_output({g.N, g.K, g.P, g.Q}, x.options());
+  if (y.numel() == 0) return y;
+  if (g.C == 0) {  // an empty reduction: y = bias (then ReLU)
+    y.zero_();
+    if (bias.defined()) y.add_(bias.view({1, g.K, 1, 1}));
+    if (relu) y.clamp_min_(0);
+    return y;
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_fwd_cpu", [&] {
+    conv2d_fwd_kernel<scalar_t>(g, x, w, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, relu, y);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_,
+                                                              const at::Tensor& w_, at::IntArrayRef stride,
+                                                              at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                              int64_t groups, std::array<bool, 3> mask) {
+  const auto g = check_conv2d_args("conv2d_bwd", x_, w_, stride, padding, dilation, groups);
+  check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
+  TORCH_CHECK_TYPE(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
+                   "conv2d_bwd: the CPU kernel takes float32 or float64 input, got ", x_.scalar_type());
+  const at::Tensor x = x_.contiguous(), w = w_.contiguous(), dy = dy_.contiguous();
+  const auto opts = x.options();
+  at::Tensor dx = mask[0] ? new_output(x.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor dw = mask[1] ? new_output(w.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor db = mask[2] ? new_output({g.K}, opts) : at::empty({0}, opts);
+  if (g.N == 0 || g.C == 0) {  // no samples or no input channels: every sum is empty
+    for (int i = 0; i < 3; ++i) {
+      if (mask[i]) (i == 0 ? dx : i == 1 ? dw : db).zero_();
+    }
+    if (mask[2] && g.N > 0) db.copy_(dy.sum({0, 2, 3}));
+    return {dx, dw, db};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_bwd_cpu", [&] {
+    conv2d_bwd_kernel<scalar_t>(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr,
+                                mask[2] ? &db : nullptr);
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("conv2d_fwd", &conv2d_fwd_cpu);
+  m.impl("conv2d_bwd", &conv2d_bwd_cpu);
+}
+
+}  // namespace fastops
