@@ -5,9 +5,9 @@ Environment switches:
                            is set and nvcc is found; no GPU is needed to compile)
   TORCH_CUDA_ARCH_LIST     the archs to compile for (default here: 9.0 when no GPU is visible)
   FASTOPS_DEBUG=1          -O0 -g (and -lineinfo -G for nvcc)
-  FASTOPS_CPU_ISA=avx2|default
-                           the at::vec instruction set for the C++ kernels (default: avx2 when
-                           the build machine has AVX2+FMA; the extension is built where it runs)
+  FASTOPS_CPU_ISA=avx512|avx2|default
+                           the at::vec instruction set for the C++ kernels (default: the best the
+                           build machine has; the extension is built where it runs)
 """
 
 from __future__ import annotations
@@ -83,9 +83,18 @@ def _cpu_isa_flags() -> list[str]:
         try:
             with open("/proc/cpuinfo") as f:
                 flags = f.read()
-            isa = "avx2" if (" avx2" in flags and " fma" in flags) else "default"
+            if all(f" {f}" in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma")):
+                isa = "avx512"
+            elif " avx2" in flags and " fma" in flags:
+                isa = "avx2"
+            else:
+                isa = "default"
         except OSError:
             isa = "default"
+    if isa == "avx512":
+        # The capability torch itself dispatches to on such CPUs (torch.backends.cpu.get_cpu_capability()).
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if isa == "avx2":
         # at::vec picks its Vectorized<T> specialisation from CPU_CAPABILITY_*; the Sleef math
         # it calls is exported by libtorch_cpu.

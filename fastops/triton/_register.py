@@ -1,0 +1,80 @@
+"""How the Triton launchers become torch.library ops: ``triton_library_op``, one decorator for every op.
+
+Decision. On a GPU the op is a ``torch.library.triton_op``; under the CPU interpreter
+(``TRITON_INTERPRET=1``) it is a ``torch.library.custom_op``. Both get the same explicit fake kernel
+(the one the native ops use, so every backend agrees on output shapes), the same schema string as
+csrc/registration.cpp, and the same launcher, whose kernels are always launched as
+``wrap_triton(kernel)[grid](...)``.
+
+Why not one kind everywhere:
+
+- ``triton_op`` is what the issue asks for, and on a GPU it is the better op: under torch.compile its
+  implementation is traced (``wrap_triton`` launches become ``triton_kernel_wrapper_*`` nodes), so
+  Inductor sees the kernels, can reorder and fuse around them, and needs no graph break.
+- Under the interpreter it cannot work. ``triton_op`` registers the launcher itself as the fake kernel
+  and, under ``FunctionalTensorMode`` (AOTAutograd, i.e. torch.compile and opcheck's aot_dispatch
+  tests), runs the launcher on fake tensors so as to trace it. On a GPU that is fine because
+  ``wrap_triton`` turns each launch into a traceable higher-order op; with ``TRITON_INTERPRET=1`` the
+  kernel is an ``InterpretedFunction`` that ``wrap_triton`` hands back unwrapped (torch cannot trace
+  it), and the interpreter then reads the fake tensors' data.
+- Measured (torch 2.14.1, triton 3.8, TRITON_INTERPRET=1, CPU tensors, a one-kernel op):
+  ``triton_op`` alone: eager OK; ``opcheck`` fails ``test_faketensor`` ("Attempted to set the storage
+  of a tensor on device "meta" to a storage on different device "cpu""); ``torch.compile(fullgraph=True)``
+  fails ("Cannot access data pointer of Tensor (e.g. FakeTensor, FunctionalTensor)").
+  ``triton_op`` + explicit ``.register_fake(fake)``: eager OK, ``test_faketensor`` now passes, but
+  ``opcheck`` fails ``test_aot_dispatch_dynamic`` and ``torch.compile(fullgraph=True)`` fails in the
+  Inductor backend, both with "Attempted to access the data pointer on an invalid python storage":
+  the explicit fake replaces only the fake kernel, not the functional decomposition.
+  ``custom_op`` + explicit fake: eager, every ``opcheck`` test and ``torch.compile(fullgraph=True)``
+  pass (the op is opaque to the compiler and runs eagerly on real tensors).
+
+So the kind follows where the kernels run (``kind=None``: ``custom_op`` when interpreting, else
+``triton_op``); one module serves both, and tests may force either kind with ``kind=`` (an op forced
+to ``custom_op`` on a GPU is correct but slow: each launch then goes through the traceable wrapper).
+Launchers must therefore be traceable on a GPU: torch ops and ``wrap_triton`` launches only, no
+data-dependent Python on fake tensors (checks that need data are skipped when ``is_fake``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch.library import CustomOpDef
+
+from fastops.triton import interpreting
+
+OpKind = Literal["triton_op", "custom_op"]
+
+
+def default_kind() -> OpKind:
+    """``custom_op`` under TRITON_INTERPRET=1 (CPU interpreter), ``triton_op`` on a GPU."""
+    return "custom_op" if interpreting() else "triton_op"
+
+
+def triton_library_op(
+    name: str,
+    *,
+    mutates_args: Iterable[str],
+    schema: str,
+    fake: Callable[..., object],
+    kind: OpKind | None = None,
+) -> Callable[[Callable[..., object]], CustomOpDef]:
+    """Register a Triton launcher as the op ``name`` ("namespace::op_name").
+
+    schema: the argument/return part of the schema, e.g. "(Tensor x) -> Tensor", identical to the
+    native op's. fake: the fake (meta) kernel, registered explicitly for both kinds. kind: see the
+    module docstring; None picks ``default_kind()``.
+    """
+    kind = kind or default_kind()
+    if kind not in ("triton_op", "custom_op"):
+        raise ValueError(f"kind must be 'triton_op' or 'custom_op', got {kind!r}")
+    make = torch.library.triton_op if kind == "triton_op" else torch.library.custom_op
+
+    def register(fn: Callable[..., object]) -> CustomOpDef:
+        op = make(name, fn, mutates_args=tuple(mutates_args), schema=schema)
+        op.register_fake(fake)
+        return op
+
+    return register

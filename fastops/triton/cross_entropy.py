@@ -1,0 +1,517 @@
+# Softmax cross-entropy, Triton kernels, registered as fastops_triton::cross_entropy_{fwd,bwd,bwd_}.
+#
+# Math (the same formulas as csrc/cpu/cross_entropy.cpp). Row r has logits x (C classes),
+# lse = log sum_c exp(x_c), class weights w (1 when absent), W = sum_c w_c, label smoothing e.
+#   class index y:  loss = (1-e) w_y (lse - x_y) + e/C (W lse - sum_c w_c x_c)      (0 if y == ignore)
+#                   dloss/dx_c = g [ p_c ((1-e) w_y + e W / C) - (1-e) w_y [c == y] - e/C w_c ]
+#   probabilities t: with t' = (1-e) t + e/C,
+#                   loss = lse sum_c w_c t'_c - sum_c w_c t'_c x_c
+#                   dloss/dx_c = g [ p_c sum_k w_k t'_k - w_c t'_c ]
+#   p_c = exp(x_c - lse); g = the row's upstream gradient (the reduction's 1/denominator folded in).
+#   The forward saves lse (one number per row), never log_softmax.
+#
+# Grid. logits are viewed as (B, C, D) (D = d1*..*dk, 1 for (N, C) and (C,)); row r = (b, d) holds
+# C logits at stride D starting at b*C*D + d. One program per row: grid = (B*D,). All offsets are
+# int64 (program_id is cast first): B*C*D may exceed 2^31.
+#
+# Tiling. A program sweeps its row in tiles of BLOCK_C classes (a power of two, <= 4096, so a 256k
+# vocabulary is 64 tiles); a tile lives in registers, nothing in shared memory beyond tl.max/tl.sum's
+# reduction scratch.
+#   forward:  one loop over the tiles: tile max -> running max m, running sum s rescaled once per tile
+#             (one exp per element, not two), and in the same loop the sums the loss needs:
+#             sum w_c x_c (smoothing), sum w_c t_c and sum w_c t_c x_c (probabilities).
+#   backward: one loop writing g (coef * p_c - target term) from the saved lse; probability targets
+#             first need sum w_c t_c, a loop over t (and w) before the write loop.
+#   In-place backward: out == logits; each tile is read before it is written, by the same program.
+# With D > 1 a program's loads are strided by D (neighbouring programs read neighbouring addresses,
+# so sectors are shared through L1/L2, not within a warp); such inputs (segmentation) have small C.
+#
+# Traffic (s = bytes per logit, N rows of C classes, index targets): forward reads N*C*s and writes
+# 8N (loss, lse in float32); backward reads N*C*s, writes N*C*s: 3*N*C*s for forward + backward.
+# Probability targets add N*C*s to the forward and 2*N*C*s to the backward (t is read by both loops;
+# the second read hits L2 for rows up to a few MB). Unfused PyTorch (log_softmax, nll_loss, and their
+# backwards: write log_softmax, zero-fill + scatter the nll grad, read grad and log_softmax, write the
+# gradient) moves about 6*N*C*s, and keeps the N x C log_softmax alive from forward to backward; with
+# label smoothing it reads log_softmax once more. The benchmark's GB/s uses these counts:
+# fwd N*C*s (+ N*C*s probs) + 8N (int64 targets) + 8N; bwd 2*N*C*s (+ 2*N*C*s probs) + 8N + 8N.
+#
+# Numerics. Loads are converted to the accumulation type: float32 for fp16/bf16/fp32, float64 for
+# fp64 (taken from the loss/lse pointer's element type). Max subtraction: every exp argument is <= 0,
+# so nothing overflows; the running sum is rescaled by exp(m_old - m_new) <= 1. Sums are a tree within
+# a tile (tl.sum) then sequential over C/BLOCK_C tiles. A row whose maximum is -inf so far is shifted
+# by 0 instead of -inf (exp(-inf - -inf) would be NaN): a row of all -inf gives lse = -inf and a NaN
+# loss, as torch. NaN anywhere in a row gives NaN lse, loss and gradient; +inf gives NaN (as the
+# native kernels). Triton passes Python floats as float32, so label smoothing travels as a float32
+# pair (hi + lo) that float64 kernels add back to ~2^-48 relative error. Ignored rows get an exact 0
+# loss and gradient.
+#
+# Preconditions (check_args, the launchers): logits fp16/bf16/fp32/fp64 of shape (C,), (N, C) or
+# (N, C, d1..dk), C >= 1, on a CUDA device (CPU under TRITON_INTERPRET=1); target int64 of the row
+# shape or float probabilities of logits' shape and dtype; weight (C,) in logits' dtype; 0 <= e <= 1;
+# grad_loss and lse of the row shape in the accumulation dtype; rows < 2^31 (grid limit). Inputs are
+# made contiguous (a copy when they are not). Class indices outside [0, C) other than ignore_index
+# raise IndexError in the launcher before any kernel runs (one reduction and a device-to-host sync
+# on GPU). Under tracing (fake tensors, torch.compile of the triton_op on GPU) that check cannot run;
+# the kernels then read nothing at such an index and write a NaN loss / gradient row instead.
+#
+# References. M. Milakov, N. Gimelshein, "Online normalizer calculation for softmax" (2018),
+# arXiv:1805.02867; the Triton tutorial 02-fused-softmax; torch.nn.functional.cross_entropy for the
+# semantics (weights, ignore_index, label smoothing, probability targets); Liger-Kernel's
+# ops/cross_entropy.py (the same single-pass row idea, read, not copied); csrc/cpu/cross_entropy.cpp.
+"""Triton softmax cross-entropy: ``fastops_triton::cross_entropy_fwd``, ``_bwd`` and ``_bwd_``.
+
+Same schemas and semantics as the native ``fastops::cross_entropy_*`` ops (csrc/registration.cpp).
+Importing this module registers the ops (see ``_register.py`` for which torch.library kind and why).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
+
+from fastops.ops._cross_entropy_shapes import acc_dtype, bwd_fake, bwd_inplace_fake, fwd_fake
+from fastops.triton import interpreting
+from fastops.triton._register import triton_library_op
+
+__all__ = ["check_args", "check_bwd_args", "cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_"]
+
+MAX_BLOCK_C = 4096
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ---- kernels ----------------------------------------------------------------------------------
+# Kernel parameters stay unannotated: Triton types them at launch (pointer, i32/i64, fp32) and reads
+# annotations other than tl.constexpr as type/specialization hints.
+# ruff: noqa: ANN001
+
+
+@triton.jit
+def cross_entropy_fwd_online_lse_kernel(
+    x_ptr,  # logits (B, C, D), contiguous
+    tgt_ptr,  # int64 class indices (B, D), or probabilities (B, C, D) in logits' dtype (PROBS)
+    w_ptr,  # class weights (C,) (HAS_WEIGHT; else None)
+    wsum_ptr,  # W = sum_c w_c, 0-dim, accumulation dtype (HAS_WEIGHT; else None)
+    loss_ptr,  # (B, D), accumulation dtype
+    lse_ptr,  # (B, D), accumulation dtype
+    C,
+    D,
+    ignore_index,
+    eps_hi,  # label smoothing e = eps_hi + eps_lo (two float32s; see Numerics)
+    eps_lo,
+    PROBS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,  # e > 0: the sum_c w_c x_c term is needed
+    BLOCK_C: tl.constexpr,
+):
+    acc = loss_ptr.dtype.element_ty
+    r = tl.program_id(0).to(tl.int64)
+    b = r // D
+    row = b * C * D + (r - b * D)  # offset of (b, 0, d); class c is at row + c * D
+    cls = tl.arange(0, BLOCK_C)
+    m = tl.full([], float("-inf"), acc)  # running max
+    s = tl.zeros([], acc)  # running sum of exp(x - m)
+    sx = tl.zeros([], acc)  # sum w_c x_c
+    swt = tl.zeros([], acc)  # sum w_c t_c
+    swtx = tl.zeros([], acc)  # sum w_c t_c x_c
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cls
+        live = c < C
+        off = row + c.to(tl.int64) * D
+        x = tl.load(x_ptr + off, mask=live, other=float("-inf")).to(acc)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: exp(-inf - 0) = 0, not NaN
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+        m = m_new
+        if HAS_WEIGHT and (SMOOTHING or PROBS):
+            w = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)
+        xz = tl.where(live, x, 0.0)  # x is -inf off the row; 0 * -inf would be NaN
+        if SMOOTHING:
+            sx += tl.sum(w * xz if HAS_WEIGHT else xz, axis=0)
+        if PROBS:
+            wt = tl.load(tgt_ptr + off, mask=live, other=0.0).to(acc)
+            if HAS_WEIGHT:
+                wt = w * wt
+            swt += tl.sum(wt, axis=0)
+            swtx += tl.sum(wt * xz, axis=0)
+    lse = m + tl.log(s)
+
+    Cf = tl.zeros([], acc) + C
+    if SMOOTHING:
+        eps = (tl.zeros([], acc) + eps_hi) + eps_lo
+        W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Cf
+    if PROBS:
+        mass = swt  # sum_c w_c t'_c
+        wtx = swtx  # sum_c w_c t'_c x_c
+        if SMOOTHING:
+            mass = (1.0 - eps) * swt + eps / Cf * W
+            wtx = (1.0 - eps) * swtx + eps / Cf * sx
+        loss = lse * mass - wtx
+    else:
+        y = tl.load(tgt_ptr + r)
+        keep = y != ignore_index
+        inb = (y >= 0) & (y < C)  # the launcher raised already; this only keeps a traced call in bounds
+        x_y = tl.load(x_ptr + row + y * D, mask=keep & inb, other=0.0).to(acc)
+        loss = lse - x_y
+        if HAS_WEIGHT:
+            loss = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) * loss
+        if SMOOTHING:
+            loss = (1.0 - eps) * loss + eps / Cf * (W * lse - sx)
+        loss = tl.where(keep, tl.where(inb, loss, float("nan")), 0.0)
+    tl.store(loss_ptr + r, loss)
+    tl.store(lse_ptr + r, lse)
+
+
+@triton.jit
+def cross_entropy_bwd_softmax_minus_target_kernel(
+    g_ptr,  # grad_loss (B, D), accumulation dtype
+    x_ptr,  # logits (B, C, D), contiguous
+    tgt_ptr,  # int64 class indices (B, D), or probabilities (B, C, D) (PROBS)
+    w_ptr,  # class weights (C,) (HAS_WEIGHT)
+    wsum_ptr,  # W = sum_c w_c, 0-dim (HAS_WEIGHT)
+    lse_ptr,  # (B, D), accumulation dtype, from the forward
+    out_ptr,  # gradient (B, C, D) in logits' dtype; may be x_ptr (in-place)
+    C,
+    D,
+    ignore_index,
+    eps_hi,
+    eps_lo,
+    PROBS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    acc = lse_ptr.dtype.element_ty
+    r = tl.program_id(0).to(tl.int64)
+    b = r // D
+    row = b * C * D + (r - b * D)
+    cls = tl.arange(0, BLOCK_C)
+    g = tl.load(g_ptr + r).to(acc)
+    lse = tl.load(lse_ptr + r).to(acc)
+    Cf = tl.zeros([], acc) + C
+    if SMOOTHING:
+        eps = (tl.zeros([], acc) + eps_hi) + eps_lo
+        W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Cf
+        g0 = g * eps / Cf  # per-class smoothing term, times w_c
+
+    if PROBS:
+        swt = tl.zeros([], acc)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + cls
+            live = c < C
+            t = tl.load(tgt_ptr + row + c.to(tl.int64) * D, mask=live, other=0.0).to(acc)
+            if HAS_WEIGHT:
+                t = tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * t
+            swt += tl.sum(t, axis=0)
+        coef = g * swt
+        g1 = g
+        if SMOOTHING:
+            coef = g * ((1.0 - eps) * swt + eps / Cf * W)
+            g1 = g * (1.0 - eps)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + cls
+            live = c < C
+            off = row + c.to(tl.int64) * D
+            x = tl.load(x_ptr + off, mask=live, other=0.0).to(acc)
+            tgt = g1 * tl.load(tgt_ptr + off, mask=live, other=0.0).to(acc)
+            if SMOOTHING:
+                tgt += g0
+            if HAS_WEIGHT:
+                tgt = tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * tgt
+            grad = coef * tl.exp(x - lse) - tgt
+            tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=live)
+    else:
+        y = tl.load(tgt_ptr + r)
+        keep = y != ignore_index
+        inb = (y >= 0) & (y < C)
+        w_y = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) if HAS_WEIGHT else 1.0
+        g1 = g * w_y  # the [c == y] term
+        coef = g1  # multiplies p_c
+        if SMOOTHING:
+            g1 = (1.0 - eps) * g1
+            coef = g1 + g0 * W
+        coef = tl.where(inb, coef, float("nan"))  # out-of-range index (traced call only): NaN row, no read
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + cls
+            live = c < C
+            off = row + c.to(tl.int64) * D
+            x = tl.load(x_ptr + off, mask=live, other=0.0).to(acc)
+            grad = coef * tl.exp(x - lse) - tl.where(c == y, g1, 0.0)
+            if SMOOTHING:
+                if HAS_WEIGHT:
+                    grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * g0
+                else:
+                    grad -= g0
+            grad = tl.where(keep, grad, 0.0)  # exact zeros for ignored rows, even where x is inf/NaN
+            tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=live)
+
+
+# ---- checks -----------------------------------------------------------------------------------
+
+
+class Geometry(NamedTuple):
+    """logits viewed as (B, C, D); row r = b * D + d holds C logits at stride D."""
+
+    B: int
+    C: int
+    D: int
+    probs: bool  # target holds class probabilities (logits' shape, logits' dtype)
+    row_shape: list[int]  # logits' shape without the class dim
+
+    @property
+    def rows(self) -> int:
+        return self.B * self.D
+
+
+def _shape(s: torch.Size | list[int]) -> str:
+    return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
+
+
+def check_args(
+    op: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
+) -> Geometry:
+    """csrc/fastops.h check_cross_entropy_args: ValueError for shapes/values/devices, TypeError for dtypes."""
+    if logits.dim() < 1:
+        raise ValueError(f"{op}: logits must have shape (C,), (N, C) or (N, C, d1, ...), got {_shape(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{op}: logits must be a floating tensor, got {logits.dtype}")
+    cdim = 0 if logits.dim() == 1 else 1
+    C = logits.shape[cdim]
+    if C < 1:
+        raise ValueError(f"{op}: logits must have at least one class, got shape {_shape(logits.shape)}")
+    B = 1 if logits.dim() == 1 else logits.shape[0]
+    row_shape = [n for i, n in enumerate(logits.shape) if i != cdim]
+    D = 1
+    for n in logits.shape[2:]:
+        D *= n
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if target.device != logits.device:
+        raise ValueError(f"{op}: target is on {target.device} but logits are on {logits.device}")
+    probs = target.is_floating_point()
+    if probs:
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"{op}: class-probability target must have logits' shape {_shape(logits.shape)}, "
+                f"got {_shape(target.shape)}"
+            )
+        if target.dtype != logits.dtype:
+            raise TypeError(
+                f"{op}: class-probability target must have logits' dtype {logits.dtype}, got {target.dtype}"
+            )
+    else:
+        if target.dtype != torch.int64:
+            raise TypeError(
+                f"{op}: class-index target must be int64 (or float class probabilities), got {target.dtype}"
+            )
+        if list(target.shape) != row_shape:
+            raise ValueError(
+                f"{op}: class-index target must have shape {_shape(row_shape)} for logits of shape "
+                f"{_shape(logits.shape)}, got {_shape(target.shape)}"
+            )
+    if weight is not None:
+        if weight.dim() != 1 or weight.shape[0] != C:
+            raise ValueError(f"{op}: weight must have shape ({C},) (one per class), got {_shape(weight.shape)}")
+        if weight.dtype != logits.dtype:
+            raise TypeError(f"{op}: weight must have logits' dtype {logits.dtype}, got {weight.dtype}")
+        if weight.device != logits.device:
+            raise ValueError(f"{op}: weight is on {weight.device} but logits are on {logits.device}")
+    return Geometry(B, C, D, probs, row_shape)
+
+
+def check_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.Tensor, lse: torch.Tensor) -> None:
+    """csrc/fastops.h check_cross_entropy_bwd_args: grad_loss and lse of the row shape, accumulation dtype."""
+    acc = acc_dtype(logits.dtype)
+    for name, t in (("grad_loss", grad_loss), ("lse", lse)):
+        if list(t.shape) != g.row_shape:
+            raise ValueError(f"{op}: {name} must have shape {_shape(g.row_shape)}, got {_shape(t.shape)}")
+        if t.dtype != acc:
+            raise TypeError(f"{op}: {name} must be {acc} for {logits.dtype} logits, got {t.dtype}")
+        if t.device != logits.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but logits are on {logits.device}")
+
+
+def _check_triton_input(op: str, logits: torch.Tensor) -> None:
+    """What only the Triton kernels need: a dtype they load, a device they run on."""
+    if logits.dtype not in _FLOATS:
+        raise TypeError(
+            f"{op}: the Triton kernels take float16, bfloat16, float32 or float64 logits, got {logits.dtype}"
+        )
+    if logits.device.type != "cuda" and not (logits.device.type == "cpu" and interpreting()):
+        raise ValueError(
+            f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
+            f"got logits on {logits.device}"
+        )
+
+
+def _check_class_indices(op: str, target: torch.Tensor, C: int, ignore_index: int) -> None:
+    """IndexError for a class index outside [0, C) that is not ignore_index. On GPU: a reduction and a sync."""
+    if is_fake(target):  # traced (torch.compile / export): no data; the kernels write NaN for such rows
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= C))
+    if bool(bad.any()):
+        r = int(bad.reshape(-1).nonzero()[0])
+        v = int(target.reshape(-1)[r])
+        raise IndexError(
+            f"{op}: target[{r}] = {v} is out of bounds for {C} classes "
+            f"(expected 0 <= target < {C}, or target == ignore_index {ignore_index})"
+        )
+
+
+# ---- launchers --------------------------------------------------------------------------------
+
+
+def _new_output(shape: list[int] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty, or NaN-filled under FASTOPS_POISON=1 (as the native new_output) so unwritten elements show."""
+    if os.environ.get("FASTOPS_POISON") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _eps_pair(e: float) -> tuple[float, float]:
+    """e = hi + lo with hi, lo float32-representable: Triton passes Python floats as float32."""
+    hi = struct.unpack("f", struct.pack("f", e))[0]
+    return hi, float(e - hi)
+
+
+def _launch_config(C: int, dtype: torch.dtype, block_c: int | None) -> tuple[int, int]:
+    """BLOCK_C (power of two, the whole row when it fits in MAX_BLOCK_C) and num_warps (~8 elements/thread)."""
+    cap = MAX_BLOCK_C // 2 if dtype == torch.float64 else MAX_BLOCK_C
+    block = block_c or min(triton.next_power_of_2(C), cap)
+    return block, max(1, min(16, block // 256))
+
+
+def _launch_fwd(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    block_c: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    op = "cross_entropy_fwd"
+    g = check_args(op, logits, target, weight, label_smoothing)
+    _check_triton_input(op, logits)
+    acc = acc_dtype(logits.dtype)
+    loss = _new_output(g.row_shape, acc, logits.device)
+    lse = _new_output(g.row_shape, acc, logits.device)
+    if g.rows == 0:
+        return loss, lse
+    if not g.probs:
+        _check_class_indices(op, target, g.C, ignore_index)
+    logits, target = logits.contiguous(), target.contiguous()
+    has_w = weight is not None
+    w = weight.contiguous() if has_w else None  # None: a constexpr pointer the kernel never reads
+    wsum = weight.sum(dtype=acc) if has_w else None  # 0-dim on the device: no sync
+    block, warps = _launch_config(g.C, logits.dtype, block_c)
+    hi, lo = _eps_pair(label_smoothing)
+    wrap_triton(cross_entropy_fwd_online_lse_kernel)[(g.rows,)](
+        logits, target, w, wsum, loss, lse, g.C, g.D, ignore_index, hi, lo,
+        PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
+    )  # fmt: skip
+    return loss, lse
+
+
+def _launch_bwd(
+    op: str,
+    grad_loss: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    out: torch.Tensor,
+    block_c: int | None = None,
+) -> None:
+    """Writes the gradient into out (contiguous, logits' shape and dtype; may be logits itself)."""
+    g = check_args(op, logits, target, weight, label_smoothing)
+    _check_triton_input(op, logits)
+    check_bwd_args(op, g, logits, grad_loss, lse)
+    if g.rows == 0:
+        return
+    if not g.probs:
+        _check_class_indices(op, target, g.C, ignore_index)
+    logits, target = logits.contiguous(), target.contiguous()
+    grad_loss, lse = grad_loss.contiguous(), lse.contiguous()
+    has_w = weight is not None
+    acc = acc_dtype(logits.dtype)
+    w = weight.contiguous() if has_w else None
+    wsum = weight.sum(dtype=acc) if has_w else None
+    block, warps = _launch_config(g.C, logits.dtype, block_c)
+    hi, lo = _eps_pair(label_smoothing)
+    wrap_triton(cross_entropy_bwd_softmax_minus_target_kernel)[(g.rows,)](
+        grad_loss, logits, target, w, wsum, lse, out, g.C, g.D, ignore_index, hi, lo,
+        PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
+    )  # fmt: skip
+
+
+# ---- registered ops (schemas identical to csrc/registration.cpp) -------------------------------
+
+
+@triton_library_op(
+    "fastops_triton::cross_entropy_fwd",
+    mutates_args=(),
+    schema="(Tensor logits, Tensor target, Tensor? weight, int ignore_index, float label_smoothing) "
+    "-> (Tensor loss, Tensor lse)",
+    fake=fwd_fake,
+)
+def cross_entropy_fwd(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (loss, lse), logits' row shape, accumulation dtype."""
+    return _launch_fwd(logits, target, weight, ignore_index, label_smoothing)
+
+
+@triton_library_op(
+    "fastops_triton::cross_entropy_bwd",
+    mutates_args=(),
+    schema="(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor lse, int ignore_index, "
+    "float label_smoothing) -> Tensor",
+    fake=bwd_fake,
+)
+def cross_entropy_bwd(
+    grad_loss: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """d loss / d logits for the per-row upstream gradient grad_loss: logits' shape and dtype, contiguous."""
+    out = _new_output(logits.shape, logits.dtype, logits.device)
+    _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, out)
+    return out
+
+
+@triton_library_op(
+    "fastops_triton::cross_entropy_bwd_",
+    mutates_args=("logits",),
+    schema="(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor lse, int ignore_index, "
+    "float label_smoothing) -> ()",
+    fake=bwd_inplace_fake,
+)
+def cross_entropy_bwd_(
+    grad_loss: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+) -> None:
+    """As cross_entropy_bwd, written over logits (which must be contiguous)."""
+    if not logits.is_contiguous():
+        raise ValueError("cross_entropy_bwd_: logits must be contiguous to be overwritten")
+    _launch_bwd("cross_entropy_bwd_", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, logits)
