@@ -53,8 +53,8 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Elements of one gathered column tile: 128 Ki elements = 512 KiB of float32.
-constexpr int64_t kColBudget = int64_t(1) << 17;
+// Elements of one gathered column tile: 512 Ki elements = 2 MiB of float32 (about the L2 size).
+constexpr int64_t kColBudget = int64_t(1) << 19;
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
@@ -67,63 +67,113 @@ inline void valid_q_range(const Conv2dGeometry& g, int64_t s, int64_t& lo, int64
   if (hi < lo) hi = lo;
 }
 
-// Output rows per tile: the gathered tile CRS x (rows Q) stays within kColBudget.
-inline int64_t tile_rows(const Conv2dGeometry& g) {
-  return std::clamp<int64_t>(kColBudget / std::max<int64_t>(1, g.crs() * g.Q), 1, g.P);
+// A tile is a range [r0, r1) of global output rows r = n P + p (all Q columns of each). It may
+// span several samples when images are small, so that each GEMM is wide enough for BLAS to run
+// near its peak (an 8x8 image alone gives a 64-column GEMM).
+struct Tile {
+  int64_t r0, r1;
+  int64_t cols(const Conv2dGeometry& g) const { return (r1 - r0) * g.Q; }
+  bool one_sample(const Conv2dGeometry& g) const { return r0 / g.P == (r1 - 1) / g.P; }
+};
+
+// Global rows per tile: the gathered tile CRS x (rows Q) stays within kColBudget (at least one row).
+// A pointwise conv reads x in place, so its tiles stay within one sample.
+inline int64_t tile_rows(const Conv2dGeometry& g, int64_t samples) {
+  const int64_t cap = std::max<int64_t>(1, g.pointwise() ? g.P : samples * g.P);
+  return std::clamp<int64_t>(kColBudget / std::max<int64_t>(1, g.crs() * g.Q), 1, cap);
 }
 
-// col (CRS x L, L = (p1 - p0) Q) <- the input patches of output rows [p0, p1) of one group.
-// xg: that group's Cg x H x W input slab.
+// The tiles covering samples [n0, n1), in order.
+template <typename F>
+void for_each_tile(const Conv2dGeometry& g, int64_t n0, int64_t n1, int64_t rows, const F& f) {
+  if (g.pointwise()) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t p0 = 0; p0 < g.P; p0 += rows) f(Tile{n * g.P + p0, n * g.P + std::min(g.P, p0 + rows)});
+    }
+    return;
+  }
+  for (int64_t r0 = n0 * g.P; r0 < n1 * g.P; r0 += rows) f(Tile{r0, std::min(n1 * g.P, r0 + rows)});
+}
+
+// The per-sample pieces of a tile: f(n, p0, p1, column offset of row p0 within the tile).
+template <typename F>
+void for_each_sample_segment(const Conv2dGeometry& g, const Tile& t, const F& f) {
+  for (int64_t r = t.r0; r < t.r1;) {
+    const int64_t n = r / g.P, p0 = r % g.P, p1 = std::min(g.P, p0 + (t.r1 - r));
+    f(n, p0, p1, (r - t.r0) * g.Q);
+    r += p1 - p0;
+  }
+}
+
+// Per output row of a tile: the offset of its sample's group-0 channel-0 plane in x / dx and the
+// input row of its r = 0 tap (hi = h0 + r dh). Computed once per tile, so the gather loops below
+// do no integer division (two int64 divisions per row cost as much as the copy itself at Q = 8).
+struct TileRows {
+  std::vector<int64_t> base, h0;
+  TileRows(const Conv2dGeometry& g, const Tile& t) : base(t.r1 - t.r0), h0(t.r1 - t.r0) {
+    for (int64_t row = t.r0; row < t.r1; ++row) {
+      base[row - t.r0] = (row / g.P) * g.C * g.H * g.W;
+      h0[row - t.r0] = (row % g.P) * g.sh - g.ph;
+    }
+  }
+};
+
+// col (CRS x L, L = tile columns) <- the input patches of the tile's output rows, group gi.
 template <typename T>
-void im2col_tile(const Conv2dGeometry& g, const T* xg, int64_t p0, int64_t p1, T* col) {
-  const int64_t L = (p1 - p0) * g.Q;
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void im2col_tile(const Conv2dGeometry& g, const T* x,
+                                                                               int64_t gi, const Tile& t,
+                                                                               const TileRows& tr, T* col) {
+  const int64_t L = t.cols(g), nrows = t.r1 - t.r0;
   for (int64_t c = 0; c < g.Cg; ++c) {
+    const T* xc = x + (gi * g.Cg + c) * g.H * g.W;
     for (int64_t r = 0; r < g.R; ++r) {
       for (int64_t s = 0; s < g.S; ++s) {
         T* dst = col + ((c * g.R + r) * g.S + s) * L;
         int64_t qlo, qhi;
         valid_q_range(g, s, qlo, qhi);
         const int64_t off = s * g.dw - g.pw;
-        for (int64_t p = p0; p < p1; ++p, dst += g.Q) {
-          const int64_t hi = p * g.sh - g.ph + r * g.dh;
+        for (int64_t i = 0; i < nrows; ++i, dst += g.Q) {
+          const int64_t hi = tr.h0[i] + r * g.dh;
           if (hi < 0 || hi >= g.H) {
-            std::fill(dst, dst + g.Q, T(0));
+            for (int64_t q = 0; q < g.Q; ++q) dst[q] = T(0);
             continue;
           }
-          const T* src = xg + (c * g.H + hi) * g.W;
-          std::fill(dst, dst + qlo, T(0));
-          std::fill(dst + qhi, dst + g.Q, T(0));
+          const T* src = xc + tr.base[i] + hi * g.W + off;
+          // Plain loops, not memcpy / fill: rows are short (Q = 8..56) and a library call per
+          // row costs more than the copy.
+          for (int64_t q = 0; q < qlo; ++q) dst[q] = T(0);
           if (g.sw == 1) {
-            std::memcpy(dst + qlo, src + qlo + off, sizeof(T) * (qhi - qlo));
+            for (int64_t q = qlo; q < qhi; ++q) dst[q] = src[q];
           } else {
-            for (int64_t q = qlo; q < qhi; ++q) dst[q] = src[q * g.sw + off];
+            for (int64_t q = qlo; q < qhi; ++q) dst[q] = src[q * g.sw];
           }
+          for (int64_t q = qhi; q < g.Q; ++q) dst[q] = T(0);
         }
       }
     }
   }
 }
 
-// dxg (Cg x H x W of one group) += col2im(col) for output rows [p0, p1): the adjoint of im2col_tile.
+// dx += col2im(col) for the tile's output rows, group gi: the adjoint of im2col_tile.
 template <typename T>
-void col2im_tile_add(const Conv2dGeometry& g, const T* col, int64_t p0, int64_t p1, T* dxg) {
-  const int64_t L = (p1 - p0) * g.Q;
+void col2im_tile_add(const Conv2dGeometry& g, const T* col, int64_t gi, const Tile& t, const TileRows& tr, T* dx) {
+  const int64_t L = t.cols(g), nrows = t.r1 - t.r0;
   for (int64_t c = 0; c < g.Cg; ++c) {
+    T* dxc = dx + (gi * g.Cg + c) * g.H * g.W;
     for (int64_t r = 0; r < g.R; ++r) {
       for (int64_t s = 0; s < g.S; ++s) {
         const T* src = col + ((c * g.R + r) * g.S + s) * L;
         int64_t qlo, qhi;
         valid_q_range(g, s, qlo, qhi);
         const int64_t off = s * g.dw - g.pw;
-        for (int64_t p = p0; p < p1; ++p, src += g.Q) {
-          const int64_t hi = p * g.sh - g.ph + r * g.dh;
+        for (int64_t i = 0; i < nrows; ++i, src += g.Q) {
+          const int64_t hi = tr.h0[i] + r * g.dh;
           if (hi < 0 || hi >= g.H) continue;
-          T* dst = dxg + (c * g.H + hi) * g.W;
+          T* dst = dxc + tr.base[i] + hi * g.W + off;
           if (g.sw == 1) {
-            at::vec::map2([](Vectorized<T> a, Vectorized<T> b) { return a + b; }, dst + qlo + off, dst + qlo + off,
-                          src + qlo, qhi - qlo);
+            for (int64_t q = qlo; q < qhi; ++q) dst[q] += src[q];
           } else {
-            for (int64_t q = qlo; q < qhi; ++q) dst[q * g.sw + off] += src[q];
+            for (int64_t q = qlo; q < qhi; ++q) dst[q * g.sw] += src[q];
           }
         }
       }
@@ -132,8 +182,8 @@ void col2im_tile_add(const Conv2dGeometry& g, const T* col, int64_t p0, int64_t 
 }
 
 // A (rows x cols) matrix view with leading dimension ld over raw memory (no copy, no ownership).
-inline at::Tensor mat(void* data, int64_t rows, int64_t cols, int64_t ld, const at::TensorOptions& opts) {
-  return at::from_blob(data, {rows, cols}, {ld, 1}, opts);
+inline at::Tensor mat(const void* data, int64_t rows, int64_t cols, int64_t ld, const at::TensorOptions& opts) {
+  return at::from_blob(const_cast<void*>(data), {rows, cols}, {ld, 1}, opts);
 }
 
 // Split [0, N) into `chunks` contiguous ranges and run f(chunk, n0, n1) on each, in parallel when
@@ -157,39 +207,46 @@ void conv2d_fwd_kernel(const Conv2dGeometry& g, const at::Tensor& x, const at::T
                        at::Tensor& y) {
   const auto opts = x.options();
   const T* xp = x.const_data_ptr<T>();
-  T* wp = const_cast<T*>(w.const_data_ptr<T>());  // from_blob needs void*; the weight is only read
+  const T* wp = w.const_data_ptr<T>();
   T* yp = y.mutable_data_ptr<T>();
-  const int64_t rows = tile_rows(g), CRS = g.crs(), PQ = g.pq();
-  for_each_sample_chunk(g.N, sample_chunks(g.N), [&](int64_t, int64_t n0, int64_t n1) {
+  const int64_t CRS = g.crs(), PQ = g.pq(), chunks = sample_chunks(g.N);
+  for_each_sample_chunk(g.N, chunks, [&](int64_t, int64_t n0, int64_t n1) {
+    const int64_t rows = tile_rows(g, n1 - n0);
+    // Gathered operand, and the GEMM result of a tile that spans samples (copied out per sample).
     std::vector<T> col(g.pointwise() ? 0 : size_t(CRS * rows * g.Q));
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        const T* xg = xp + (n * g.C + gi * g.Cg) * g.hw();
-        const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
-        for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-          const int64_t p1 = std::min(g.P, p0 + rows), L = (p1 - p0) * g.Q;
-          T* yt = yp + (n * g.K + gi * g.Kg) * PQ + p0 * g.Q;
-          at::Tensor yv = mat(yt, g.Kg, L, PQ, opts);
-          if (g.pointwise()) {
-            at::mm_out(yv, wg, mat(const_cast<T*>(xg) + p0 * g.Q, CRS, L, g.hw(), opts));
-          } else {
-            im2col_tile(g, xg, p0, p1, col.data());
-            at::mm_out(yv, wg, mat(col.data(), CRS, L, L, opts));
-          }
-          if (bias == nullptr && !relu) continue;
-          // Epilogue on the tile just written (still in cache).
+    std::vector<T> out(g.pointwise() ? 0 : size_t(g.Kg * rows * g.Q));
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
+      for_each_tile(g, n0, n1, rows, [&](const Tile& t) {
+        const int64_t L = t.cols(g), n_first = t.r0 / g.P, p_first = t.r0 % g.P;
+        const bool in_place = t.one_sample(g);
+        T* res = in_place ? yp + (n_first * g.K + gi * g.Kg) * PQ + p_first * g.Q : out.data();
+        at::Tensor resv = mat(res, g.Kg, L, in_place ? PQ : L, opts);
+        if (g.pointwise()) {
+          at::mm_out(resv, wg, mat(xp + (n_first * g.C + gi * g.Cg) * g.hw() + p_first * g.Q, CRS, L, g.hw(), opts));
+        } else {
+          im2col_tile(g, xp, gi, t, TileRows(g, t), col.data());
+          at::mm_out(resv, wg, mat(col.data(), CRS, L, L, opts));
+        }
+        if (in_place && bias == nullptr && !relu) return;
+        // Epilogue on the tile just computed (still in cache), writing each sample's piece of y.
+        const Vectorized<T> zero(T(0));
+        for_each_sample_segment(g, t, [&](int64_t n, int64_t p0, int64_t p1, int64_t off) {
+          const int64_t len = (p1 - p0) * g.Q;
           for (int64_t k = 0; k < g.Kg; ++k) {
+            const T* src = in_place ? res + k * PQ : res + k * L + off;
+            T* dst = yp + (n * g.K + gi * g.Kg + k) * PQ + p0 * g.Q;
             const Vectorized<T> b(bias ? bias[gi * g.Kg + k] : T(0));
-            T* row = yt + k * PQ;
             if (relu) {
-              const Vectorized<T> zero(T(0));
-              at::vec::map([&](Vectorized<T> v) { return at::vec::maximum(v + b, zero); }, row, row, L);
+              at::vec::map([&](Vectorized<T> v) { return at::vec::maximum(v + b, zero); }, dst, src, len);
+            } else if (bias) {
+              at::vec::map([&](Vectorized<T> v) { return v + b; }, dst, src, len);
             } else {
-              at::vec::map([&](Vectorized<T> v) { return v + b; }, row, row, L);
+              std::memcpy(dst, src, sizeof(T) * len);
             }
           }
-        }
-      }
+        });
+      });
     }
   });
 }
@@ -199,54 +256,71 @@ void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::
                        at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
   const auto opts = x.options();
   const T* xp = x.const_data_ptr<T>();
-  T* dyp = const_cast<T*>(dy.const_data_ptr<T>());
-  T* wp = const_cast<T*>(w.const_data_ptr<T>());
+  const T* dyp = dy.const_data_ptr<T>();
+  const T* wp = w.const_data_ptr<T>();
   T* dxp = dx ? dx->mutable_data_ptr<T>() : nullptr;
-  const int64_t rows = tile_rows(g), CRS = g.crs(), PQ = g.pq(), HW = g.hw();
+  const int64_t CRS = g.crs(), PQ = g.pq(), HW = g.hw();
   const int64_t chunks = sample_chunks(g.N);
   // One partial dW (K x CRS) and db (K) per chunk, summed in chunk order below.
   std::vector<at::Tensor> dw_part(dw ? chunks : 0);
   std::vector<std::vector<T>> db_part(db ? chunks : 0);
   for_each_sample_chunk(g.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
     const bool direct = g.pointwise();
+    const int64_t rows = tile_rows(g, n1 - n0);
     std::vector<T> col(direct ? 0 : size_t(CRS * rows * g.Q));
+    std::vector<T> dyt(direct ? 0 : size_t(g.Kg * rows * g.Q));  // dy of a tile spanning samples
     at::Tensor dwc;
     if (dw) dwc = dw_part[chunk] = at::zeros({g.K, CRS}, opts);
     if (db) db_part[chunk].assign(g.K, T(0));
-    for (int64_t n = n0; n < n1; ++n) {
-      if (dx && !direct) std::fill(dxp + n * g.C * HW, dxp + (n + 1) * g.C * HW, T(0));
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        const T* xg = xp + (n * g.C + gi * g.Cg) * HW;
-        T* dxg = dxp ? dxp + (n * g.C + gi * g.Cg) * HW : nullptr;
-        const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
-        at::Tensor dwg = dw ? dwc.narrow(0, gi * g.Kg, g.Kg) : at::Tensor();
-        for (int64_t p0 = 0; p0 < g.P; p0 += rows) {
-          const int64_t p1 = std::min(g.P, p0 + rows), L = (p1 - p0) * g.Q;
-          T* dyt = dyp + (n * g.K + gi * g.Kg) * PQ + p0 * g.Q;
-          const at::Tensor dyv = mat(dyt, g.Kg, L, PQ, opts);
-          if (dw) {
-            at::Tensor colv;
-            if (direct) {
-              colv = mat(const_cast<T*>(xg) + p0 * g.Q, CRS, L, HW, opts);
-            } else {
-              im2col_tile(g, xg, p0, p1, col.data());
-              colv = mat(col.data(), CRS, L, L, opts);
+    // col2im accumulates: this chunk's samples of dx start at zero (a pointwise dx is written whole).
+    if (dx && !direct) std::fill(dxp + n0 * g.C * HW, dxp + n1 * g.C * HW, T(0));
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
+      at::Tensor dwg = dw ? dwc.narrow(0, gi * g.Kg, g.Kg) : at::Tensor();
+      for_each_tile(g, n0, n1, rows, [&](const Tile& t) {
+        const int64_t L = t.cols(g), n_first = t.r0 / g.P, p_first = t.r0 % g.P;
+        std::optional<TileRows> tile_rows_table;
+        auto rows_of = [&](const Tile& tt) -> const TileRows& {
+          if (!tile_rows_table) tile_rows_table.emplace(g, tt);
+          return *tile_rows_table;
+        };
+        at::Tensor dyv;
+        if (t.one_sample(g)) {
+          dyv = mat(dyp + (n_first * g.K + gi * g.Kg) * PQ + p_first * g.Q, g.Kg, L, PQ, opts);
+        } else {
+          for_each_sample_segment(g, t, [&](int64_t n, int64_t p0, int64_t p1, int64_t off) {
+            for (int64_t k = 0; k < g.Kg; ++k) {
+              std::memcpy(dyt.data() + k * L + off, dyp + (n * g.K + gi * g.Kg + k) * PQ + p0 * g.Q,
+                          sizeof(T) * (p1 - p0) * g.Q);
             }
-            dwg.addmm_(dyv, colv.t());
+          });
+          dyv = mat(dyt.data(), g.Kg, L, L, opts);
+        }
+        const T* x_first = xp + (n_first * g.C + gi * g.Cg) * HW + p_first * g.Q;  // pointwise operand
+        if (dw) {
+          at::Tensor colv;
+          if (direct) {
+            colv = mat(x_first, CRS, L, HW, opts);
+          } else {
+            im2col_tile(g, xp, gi, t, rows_of(t), col.data());
+            colv = mat(col.data(), CRS, L, L, opts);
           }
-          if (dx) {
-            if (direct) {
-              at::Tensor dxv = mat(dxg + p0 * g.Q, CRS, L, HW, opts);
-              at::mm_out(dxv, wg.t(), dyv);
-            } else {
-              at::Tensor colv = mat(col.data(), CRS, L, L, opts);
-              at::mm_out(colv, wg.t(), dyv);
-              col2im_tile_add(g, col.data(), p0, p1, dxg);
-            }
+          dwg.addmm_(dyv, colv.t());
+        }
+        if (dx) {
+          if (direct) {
+            at::Tensor dxv = mat(dxp + (n_first * g.C + gi * g.Cg) * HW + p_first * g.Q, CRS, L, HW, opts);
+            at::mm_out(dxv, wg.t(), dyv);
+          } else {
+            at::Tensor colv = mat(col.data(), CRS, L, L, opts);
+            at::mm_out(colv, wg.t(), dyv);
+            col2im_tile_add(g, col.data(), gi, t, rows_of(t), dxp);
           }
         }
-      }
-      if (db) {
+      });
+    }
+    if (db) {
+      for (int64_t n = n0; n < n1; ++n) {
         for (int64_t k = 0; k < g.K; ++k) {
           db_part[chunk][k] += at::vec::reduce_all<T>([](Vectorized<T> a, Vectorized<T> b) { return a + b; },
                                                       dyp + (n * g.K + k) * PQ, PQ);
