@@ -273,7 +273,7 @@ BAD_INPUTS = [
         "probability target shape",
         lambda d: (make_tensor((4, 5), device=d), torch.rand(4, 6, device=d), {}),
         ValueError,
-        "input's shape (4, 5)",
+        "logits' shape (4, 5)",
     ),
     (
         "weight length",
