@@ -58,12 +58,15 @@
 // than __expf, whose error grows as 2 + 1.16 |x| ulp: |x - m| reaches ~90 for fp32, i.e. ~100 ulp.
 // Each thread sums ~C / (group * VEC) vectors, then a log2(group)-deep tree: error grows like
 // (C / group + log group) ulp, not C ulp. Special values, as the CPU kernel (and torch) do:
-//   * -inf logits contribute exp = 0; the online update and the merge guard the -inf - -inf = NaN
-//     case (a group or thread that has seen only -inf keeps m = -inf, s = 0). A row of only -inf
-//     gives lse = -inf and a NaN loss ((-inf) - (-inf)).
+//   * -inf logits contribute exp = 0; the online update and the merge never form -inf - -inf
+//     (a thread or group that has seen only -inf keeps m = -inf, s = 0). A row of only -inf gives
+//     lse = -inf and a NaN loss ((-inf) - (-inf)) and gradient (exp(-inf - -inf)).
 //   * NaN anywhere in a row: the max uses fmax (ignores NaN) so m stays a number and the NaN enters
 //     s through exp(NaN - m): lse, loss and the gradient row are NaN.
-//   * +inf: exp(inf - inf) = NaN, so lse and the loss are NaN, as torch's log_softmax gives.
+//   * +inf: exp(x - m) is taken as 1 where x == m, its limit, so lse = +inf (torch.logsumexp and
+//     the CPU kernel agree); the loss is then lse - x_y = +inf, or NaN where x_y = +inf or
+//     smoothing adds sum_c w_c x_c = +inf (CPU: the same; torch's log_softmax path: NaN).
+//     The gradient is NaN at the +inf entries (exp(inf - inf)).
 //   * a probability 0 on a -inf logit: 0 * -inf = NaN in swtx, as -(t * log_softmax(x)).sum().
 //
 // Preconditions (check_cross_entropy_args / check_cross_entropy_bwd_args in fastops.h, plus the
@@ -115,6 +118,12 @@ constexpr int kMaxRowThreads = 1024;
 constexpr int kVectorsPerThread = 4;     // grow the block while a thread would get more than this
 constexpr int kStridedThreads = 256;     // D > 1: a thread per row
 
+// The launch bound caps registers at 64K / threads: 64 for a 1024-thread block, while the
+// 256-thread warp-per-row launch may use more (fp64 vectors would otherwise spill).
+constexpr int row_kernel_max_threads(bool block_per_row) {
+  return block_per_row ? kMaxRowThreads : kWarpSize * kWarpRowsPerBlock;
+}
+
 template <typename T, typename A>
 struct CeArgs {
   const T* x;                 // logits (B, C, D), contiguous
@@ -146,16 +155,23 @@ __device__ __forceinline__ RowAcc<A> row_acc_identity() {
   return RowAcc<A>{-inf_acc<A>(), A(0), A(0), A(0), A(0)};
 }
 
-// Symmetric in (a, b) bit for bit, so the butterfly leaves every lane with the same value.
+// exp(a - m) for a <= m, where a == m gives exactly 1 even when both are -inf or +inf (a - m would
+// be NaN). -inf == -inf: a thread that has seen only -inf (s = 0) merges without poisoning the sum.
+// +inf == +inf: the max element counts exp(0) = 1, its limit, so a row holding +inf gets
+// lse = +inf (as torch.logsumexp and the CPU kernel) instead of NaN.
+template <typename A>
+__device__ __forceinline__ A exp_below_max(A a, A m) {
+  return a == m ? A(1) : exp_acc(a - m);
+}
+
+// Symmetric in (a, b) bit for bit, so the butterfly leaves every lane with the same value. A side
+// with m = -inf below the other scales by exp(-inf) = 0, so the identity (-inf, 0) is neutral.
 template <typename A>
 struct MergeRowAcc {
   __device__ __forceinline__ RowAcc<A> operator()(const RowAcc<A>& a, const RowAcc<A>& b) const {
     RowAcc<A> r;
     r.m = max_acc(a.m, b.m);
-    // Both sides have seen only -inf (s = 0, or NaN carried from a NaN logit): exp(-inf - -inf)
-    // would turn the 0 into NaN, so add the sums unscaled. Otherwise a side with m = -inf scales by
-    // exp(-inf) = 0 exactly, and the identity (-inf, 0) merges to the other side unchanged.
-    r.s = r.m == -inf_acc<A>() ? a.s + b.s : a.s * exp_acc(a.m - r.m) + b.s * exp_acc(b.m - r.m);
+    r.s = a.s * exp_below_max(a.m, r.m) + b.s * exp_below_max(b.m, r.m);
     r.sx = a.sx + b.sx;
     r.swt = a.swt + b.swt;
     r.swtx = a.swtx + b.swtx;
@@ -164,8 +180,8 @@ struct MergeRowAcc {
 };
 
 // Folds N logits into (m, s): one rescale per vector when its max exceeds m, then one exp per
-// element. A -inf element adds exactly 0 (exp(-inf - m) would be NaN while m is still -inf).
-// A finite element always has m >= it after the rescale, so exp never overflows.
+// element. A -inf element adds exactly 0 (exp_below_max would give 1 while m is still -inf).
+// Every element is <= m after the rescale, so exp never overflows.
 template <int N, typename A>
 __device__ __forceinline__ void online_lse_add(A& m, A& s, const A (&x)[N]) {
   A vmax = x[0];
@@ -176,7 +192,7 @@ __device__ __forceinline__ void online_lse_add(A& m, A& s, const A (&x)[N]) {
     m = vmax;
   }
 #pragma unroll
-  for (int k = 0; k < N; ++k) s += x[k] == -inf_acc<A>() ? A(0) : exp_acc(x[k] - m);
+  for (int k = 0; k < N; ++k) s += x[k] == -inf_acc<A>() ? A(0) : exp_below_max(x[k], m);
 }
 
 // The non-lse sums for N elements; t (N elements at stride 1 when N > 1) may be null.
@@ -274,7 +290,7 @@ struct RowGroup {
 
 // D == 1. N = elements per load (16 bytes, or 1 when alignment or C % N forbids).
 template <int N, bool kBlockPerRow, typename T, typename A>
-__global__ void __launch_bounds__(kMaxRowThreads)
+__global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
     cross_entropy_fwd_online_rows_kernel(const CeArgs<T, A> a, A* __restrict__ loss, A* __restrict__ lse) {
   __shared__ RowAcc<A> smem[kWarpSize + 1];
   const RowGroup<kBlockPerRow> grp;
@@ -388,7 +404,7 @@ __device__ __forceinline__ A grad_elem(const GradRow<A>& gr, A x, A w, A t, int6
 // D == 1. `out` may alias a.x (bwd_): each element is read and then written by the same thread, so
 // neither pointer is __restrict__.
 template <int N, bool kBlockPerRow, typename T, typename A>
-__global__ void __launch_bounds__(kMaxRowThreads)
+__global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
     cross_entropy_bwd_rows_kernel(const CeArgs<T, A> a, const A* __restrict__ grad, const A* __restrict__ lse,
                                   T* out) {
   __shared__ A smem[kWarpSize + 1];
