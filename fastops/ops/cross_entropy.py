@@ -20,17 +20,13 @@ _backend.register_op(
     OP,
     native_schema="cross_entropy_fwd",
     native={"cpu": _backend.CPU_NATIVE_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
-    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.CPU_NATIVE_DTYPES},
+    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.ALL_FLOAT_DTYPES},
 )
 
 if _backend.NATIVE_LOADED:
     torch.library.register_fake("fastops::cross_entropy_fwd")(shapes.fwd_fake)
     torch.library.register_fake("fastops::cross_entropy_bwd")(shapes.bwd_fake)
     torch.library.register_fake("fastops::cross_entropy_bwd_")(shapes.bwd_inplace_fake)
-
-
-def _shape(t: torch.Size | list[int]) -> str:
-    return "(" + ", ".join(str(s) for s in t) + (",)" if len(t) == 1 else ")")
 
 
 def check_args(
@@ -44,76 +40,26 @@ def check_args(
 
     Returns ``(input, target, weight)``: uint8 class indices become int64; a probability target of
     another floating dtype is promoted with the logits to their common dtype. Raises ValueError /
-    TypeError naming the argument and the expected vs given shape, dtype or device.
+    TypeError naming the argument and the expected vs given shape, dtype or device (the registered
+    ops' own checks, :func:`shapes.check_args`, shared by every backend).
     """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError(f"cross_entropy: input and target must be tensors, got {type(input)} and {type(target)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
-    if input.dim() < 1:
-        raise ValueError(
-            f"cross_entropy: input must have shape (C,), (N, C) or (N, C, d1, ...), got {_shape(input.shape)}"
-        )
-    if not input.is_floating_point():
-        raise TypeError(f"cross_entropy: input (logits) must be floating, got {input.dtype}")
-    if target.device != input.device:
-        raise ValueError(f"cross_entropy: target is on {target.device} but input is on {input.device}")
-    cdim = 0 if input.dim() == 1 else 1
-    n_classes = input.shape[cdim]
-    if n_classes < 1:
-        raise ValueError(f"cross_entropy: input must have at least one class, got shape {_shape(input.shape)}")
-    if target.is_floating_point():
-        if target.shape != input.shape:
-            raise ValueError(
-                f"cross_entropy: class-probability target must have input's shape {_shape(input.shape)}, "
-                f"got {_shape(target.shape)}"
-            )
-        if target.dtype != input.dtype:
-            common = torch.promote_types(input.dtype, target.dtype)
-            input, target = input.to(common), target.to(common)
-    else:
-        if target.dtype not in (torch.int64, torch.uint8):
-            raise TypeError(
-                f"cross_entropy: class-index target must be int64 or uint8 (or floating class probabilities), "
-                f"got {target.dtype}"
-            )
-        row = list(input.shape)
-        del row[cdim]
-        if list(target.shape) != row:
-            raise ValueError(
-                f"cross_entropy: class-index target must have shape {_shape(row)} for input of shape "
-                f"{_shape(input.shape)}, got {_shape(target.shape)}"
-            )
+    if target.dtype == torch.uint8:
         target = target.long()
-    if weight is not None:
-        if weight.dim() != 1 or weight.shape[0] != n_classes:
-            raise ValueError(
-                f"cross_entropy: weight must have shape ({n_classes},) (one per class), got {_shape(weight.shape)}"
-            )
-        if weight.device != input.device:
-            raise ValueError(f"cross_entropy: weight is on {weight.device} but input is on {input.device}")
-        if weight.dtype != input.dtype:
-            raise TypeError(f"cross_entropy: weight must have input's dtype {input.dtype}, got {weight.dtype}")
+    elif target.is_floating_point() and input.is_floating_point() and target.dtype != input.dtype:
+        common = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(common), target.to(common)
+    shapes.check_args(OP, input, target, weight, label_smoothing)
     return input, target, weight
 
 
 def check_target_range(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
-    """Raise IndexError if a class index is outside [0, C) and is not ``ignore_index``.
-
-    Reads the data: a host sync on CUDA. The native kernels check in-kernel instead.
-    """
-    if target.is_floating_point() or target.numel() == 0 or torch.compiler.is_compiling():
-        # Traced code cannot branch on data; there the reference's gather raises on a bad index.
-        return
-    bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
-    if bool(bad.any()):
-        first = target[bad].flatten()[0].item()
-        raise IndexError(
-            f"cross_entropy: target {first} is out of bounds for {n_classes} classes "
-            f"(expected 0 <= target < {n_classes}, or target == ignore_index {ignore_index})"
-        )
+    """IndexError for a class index outside [0, C) that is not ``ignore_index`` (reads the data)."""
+    if not target.is_floating_point():
+        shapes.check_class_indices(OP, target, n_classes, ignore_index)
 
 
 def _ops(backend: str):  # noqa: ANN202 - a torch.ops namespace

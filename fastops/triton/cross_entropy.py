@@ -68,15 +68,21 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
-from fastops.ops._cross_entropy_shapes import acc_dtype, bwd_fake, bwd_inplace_fake, fwd_fake
+from fastops.ops._cross_entropy_shapes import (
+    acc_dtype,
+    bwd_fake,
+    bwd_inplace_fake,
+    check_args,
+    check_bwd_args,
+    check_class_indices,
+    fwd_fake,
+)
 from fastops.triton import interpreting
 from fastops.triton._register import triton_library_op
 
@@ -255,88 +261,6 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
 # ---- checks -----------------------------------------------------------------------------------
 
 
-class Geometry(NamedTuple):
-    """logits viewed as (B, C, D); row r = b * D + d holds C logits at stride D."""
-
-    B: int
-    C: int
-    D: int
-    probs: bool  # target holds class probabilities (logits' shape, logits' dtype)
-    row_shape: list[int]  # logits' shape without the class dim
-
-    @property
-    def rows(self) -> int:
-        return self.B * self.D
-
-
-def _shape(s: torch.Size | list[int]) -> str:
-    return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
-
-
-def check_args(
-    op: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
-) -> Geometry:
-    """csrc/fastops.h check_cross_entropy_args: ValueError for shapes/values/devices, TypeError for dtypes."""
-    if logits.dim() < 1:
-        raise ValueError(f"{op}: logits must have shape (C,), (N, C) or (N, C, d1, ...), got {_shape(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{op}: logits must be a floating tensor, got {logits.dtype}")
-    cdim = 0 if logits.dim() == 1 else 1
-    C = logits.shape[cdim]
-    if C < 1:
-        raise ValueError(f"{op}: logits must have at least one class, got shape {_shape(logits.shape)}")
-    B = 1 if logits.dim() == 1 else logits.shape[0]
-    row_shape = [n for i, n in enumerate(logits.shape) if i != cdim]
-    D = 1
-    for n in logits.shape[2:]:
-        D *= n
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
-    if target.device != logits.device:
-        raise ValueError(f"{op}: target is on {target.device} but logits are on {logits.device}")
-    probs = target.is_floating_point()
-    if probs:
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"{op}: class-probability target must have logits' shape {_shape(logits.shape)}, "
-                f"got {_shape(target.shape)}"
-            )
-        if target.dtype != logits.dtype:
-            raise TypeError(
-                f"{op}: class-probability target must have logits' dtype {logits.dtype}, got {target.dtype}"
-            )
-    else:
-        if target.dtype != torch.int64:
-            raise TypeError(
-                f"{op}: class-index target must be int64 (or float class probabilities), got {target.dtype}"
-            )
-        if list(target.shape) != row_shape:
-            raise ValueError(
-                f"{op}: class-index target must have shape {_shape(row_shape)} for logits of shape "
-                f"{_shape(logits.shape)}, got {_shape(target.shape)}"
-            )
-    if weight is not None:
-        if weight.dim() != 1 or weight.shape[0] != C:
-            raise ValueError(f"{op}: weight must have shape ({C},) (one per class), got {_shape(weight.shape)}")
-        if weight.dtype != logits.dtype:
-            raise TypeError(f"{op}: weight must have logits' dtype {logits.dtype}, got {weight.dtype}")
-        if weight.device != logits.device:
-            raise ValueError(f"{op}: weight is on {weight.device} but logits are on {logits.device}")
-    return Geometry(B, C, D, probs, row_shape)
-
-
-def check_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.Tensor, lse: torch.Tensor) -> None:
-    """csrc/fastops.h check_cross_entropy_bwd_args: grad_loss and lse of the row shape, accumulation dtype."""
-    acc = acc_dtype(logits.dtype)
-    for name, t in (("grad_loss", grad_loss), ("lse", lse)):
-        if list(t.shape) != g.row_shape:
-            raise ValueError(f"{op}: {name} must have shape {_shape(g.row_shape)}, got {_shape(t.shape)}")
-        if t.dtype != acc:
-            raise TypeError(f"{op}: {name} must be {acc} for {logits.dtype} logits, got {t.dtype}")
-        if t.device != logits.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but logits are on {logits.device}")
-
-
 def _check_triton_input(op: str, logits: torch.Tensor) -> None:
     """What only the Triton kernels need: a dtype they load, a device they run on."""
     if logits.dtype not in _FLOATS:
@@ -347,20 +271,6 @@ def _check_triton_input(op: str, logits: torch.Tensor) -> None:
         raise ValueError(
             f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
             f"got logits on {logits.device}"
-        )
-
-
-def _check_class_indices(op: str, target: torch.Tensor, C: int, ignore_index: int) -> None:
-    """IndexError for a class index outside [0, C) that is not ignore_index. On GPU: a reduction and a sync."""
-    if is_fake(target):  # traced (torch.compile / export): no data; the kernels write NaN for such rows
-        return
-    bad = (target != ignore_index) & ((target < 0) | (target >= C))
-    if bool(bad.any()):
-        r = int(bad.reshape(-1).nonzero()[0])
-        v = int(target.reshape(-1)[r])
-        raise IndexError(
-            f"{op}: target[{r}] = {v} is out of bounds for {C} classes "
-            f"(expected 0 <= target < {C}, or target == ignore_index {ignore_index})"
         )
 
 
@@ -404,7 +314,7 @@ def _launch_fwd(
     if g.rows == 0:
         return loss, lse
     if not g.probs:
-        _check_class_indices(op, target, g.C, ignore_index)
+        check_class_indices(op, target, g.C, ignore_index)
     logits, target = logits.contiguous(), target.contiguous()
     has_w = weight is not None
     w = weight.contiguous() if has_w else None  # None: a constexpr pointer the kernel never reads
@@ -437,7 +347,7 @@ def _launch_bwd(
     if g.rows == 0:
         return
     if not g.probs:
-        _check_class_indices(op, target, g.C, ignore_index)
+        check_class_indices(op, target, g.C, ignore_index)
     logits, target = logits.contiguous(), target.contiguous()
     grad_loss, lse = grad_loss.contiguous(), lse.contiguous()
     has_w = weight is not None
