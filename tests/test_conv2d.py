@@ -137,6 +137,23 @@ def test_tiled_rows_and_large_channels(device, backend):
     _check_against_reference(backend, x, w, b, kw)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
+    # The CPU kernel splits samples into one chunk per thread and cuts each chunk's output rows into
+    # tiles that may span samples (small images) or split them (large ones): every split must agree.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for case in [
+            ((5, 6, 5, 7), (8, 3, 3, 3), 1, 1, 1, 2, True, False),  # whole chunk in one tile
+            ((3, 40, 25, 30), (8, 40, 3, 3), (2, 1), (1, 2), (1, 2), 1, True, False),  # P=13: split, straddling tiles
+        ]:
+            x, w, b, kw = _make(case, torch.float64, "cpu")
+            _check_against_reference("native", x, w, b, kw, f"threads={threads}")
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("device,backend", ALL)
 def test_fused_relu_and_noncontiguous(device, backend):
     small = backend == "triton"
