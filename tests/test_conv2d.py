@@ -316,6 +316,15 @@ def test_resnet_block_with_swapped_convs(device, backend):
         torch.testing.assert_close(u, v)
 
 
+def test_fastops_swap_replaces_every_conv():
+    block = _BasicBlock(4, 6, 2).double()
+    x = make_tensor((2, 4, 9, 8), torch.float64)
+    expected = block(x)
+    report = fastops.swap(block, backend="native")
+    assert sum(type(m) is fastops.nn.Conv2d for m in block.modules()) == 3, str(report)
+    torch.testing.assert_close(block(x), expected)
+
+
 BAD_INPUTS = [
     ("channel mismatch", lambda d: ((2, 4, 5, 5), (3, 3, 3, 3), {}), ValueError, "channel mismatch"),
     (

@@ -18,6 +18,9 @@ class Conv2d(nn.Conv2d):
     Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, K, P, Q)`` or ``(K, P, Q)``.
     """
 
+    # A class attribute too, so that fastops.swap can change a torch Conv2d's class in place.
+    backend: str = "auto"
+
     def __init__(
         self,
         in_channels: int,
