@@ -1,5 +1,6 @@
 """Module drop-ins: same constructor, attributes and state_dict as the torch modules."""
 
+from fastops.nn.linear import LinearReLU
 from fastops.nn.loss import CrossEntropyLoss
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = ["CrossEntropyLoss", "LinearReLU"]
