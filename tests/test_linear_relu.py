@@ -14,8 +14,8 @@ import fastops.functional as FF
 from fastops import reference
 from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
 
-ALL = device_backend_params(("native", "torch"), ("native", "torch"))
-KERNELS = device_backend_params(("native",), ("native",))
+ALL = device_backend_params()
+KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 

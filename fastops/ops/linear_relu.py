@@ -20,7 +20,7 @@ _backend.register_op(
     OP,
     native_schema="linear_relu_fwd",
     native={"cpu": _backend.CPU_NATIVE_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
-    triton={},
+    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.CPU_NATIVE_DTYPES},
 )
 
 if _backend.NATIVE_LOADED:
