@@ -4,6 +4,8 @@ module parity and bad inputs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ def _out_and_grads(fn, x, weight, bias, g):
 def _check(backend, x, weight, bias, what=""):
     """Output and the three gradients against the float64 reference (same upstream gradient)."""
     n = weight.shape[0]
-    m = x.numel() // max(x.shape[-1], 1) if x.shape[-1] else 1
+    m = math.prod(x.shape[:-1])
     # grad_weight and grad_bias sum over the M rows: scale the upstream gradient so they are of
     # unit size, the scale the tolerance rule's absolute floor is set for.
     g = torch.randn((*x.shape[:-1], n), dtype=torch.float64) / max(m, 1) ** 0.5
@@ -59,11 +61,13 @@ def _scale(k: int) -> float:
     return 1.0 / max(k, 1) ** 0.5
 
 
-# (x shape, N): odd sizes that are multiples of no tile, K = 1, N = 1, 1-D, 3-D and 4-D inputs.
+# (x shape, N): odd sizes that are multiples of no tile, K = 1, N = 1, K = 0 (out = relu(bias)),
+# 1-D, 3-D and 4-D inputs.
 SHAPES = [
     ((37, 45), 29),
     ((70, 1), 33),
     ((19, 24), 1),
+    ((3, 0), 4),
     ((45,), 17),
     ((3, 5, 23), 9),
     ((2, 3, 4, 17), 6),

@@ -19,6 +19,9 @@ class LinearReLU(nn.Linear):
     Shapes: input ``(*, in_features)`` -> output ``(*, out_features)``.
     """
 
+    # A class attribute too, so that fastops.swap can retype an existing nn.Linear without __init__.
+    backend: str = "auto"
+
     def __init__(
         self,
         in_features: int,
