@@ -140,6 +140,21 @@ def test_relu_edge_values(device, backend):
     assert (out == 0).all() and (gz == 0).all() and (gw == 0).all()
 
 
+@pytest.mark.parametrize("device,backend", KERNELS)
+def test_saves_only_input_weight_and_activated_output(device, backend):
+    """Backward keeps x, weight and the ReLU output (its sign is the mask), never the pre-activation."""
+    x = make_tensor((9, 6), torch.float32, device, requires_grad=True)
+    weight = make_tensor((5, 6), torch.float32, device, requires_grad=True)
+    bias = make_tensor((5,), torch.float32, device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = FF.linear_relu(x, weight, bias, backend=backend)
+    assert len(saved) == 3
+    assert saved[0] is x and saved[1] is weight
+    torch.testing.assert_close(saved[2], out, atol=0, rtol=0)
+    assert bool((saved[2] >= 0).all())  # activated, not the pre-activation
+
+
 @pytest.mark.parametrize("device,backend", ALL)
 def test_gradcheck_float64(device, backend):
     x = make_tensor((5, 7), torch.float64, device, requires_grad=True)
