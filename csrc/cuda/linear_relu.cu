@@ -105,6 +105,19 @@ __device__ __forceinline__ void store_epilogue(const GemmArgs<T>& g, int64_t i, 
   g.p[i * g.J + j] = static_cast<T>(v);
 }
 
+// Staging order: element e of a 64 x 16 slice goes to (row, col) so that consecutive threads read
+// consecutive addresses of whichever operand dimension has unit stride (the forward's Z = B^T and
+// grad_w's Y = G^T are column-major): coalesced global loads for every one of the three uses.
+// The branch depends only on the launch arguments, so it is uniform across the block.
+__device__ __forceinline__ void slice_coords(int e, bool long_dim_contiguous, int long_extent, int& row_long,
+                                             int& col_r) {
+  if (long_dim_contiguous) {
+    row_long = e % long_extent, col_r = e / long_extent;
+  } else {
+    col_r = e % kTileR, row_long = e / kTileR;
+  }
+}
+
 // ---- SIMT path --------------------------------------------------------------------------------
 
 template <typename T>
@@ -115,13 +128,15 @@ __global__ void __launch_bounds__(256) linear_relu_gemm_simt_kernel(const GemmAr
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t i0 = int64_t(blockIdx.x) * kTileI, j0 = int64_t(blockIdx.y) * kTileJ;
   const bool sums_db = g.db != nullptr && blockIdx.y == 0;
+  const bool y_i_contiguous = g.s_yi == 1 && g.s_yr != 1, z_r_contiguous = g.s_zr == 1 && g.s_zj != 1;
   A acc[4][4] = {};
   A db_part = 0;  // thread tid < kTileI owns row i0 + tid of db
   for (int64_t r0 = 0; r0 < g.R; r0 += kTileR) {
     for (int e = tid; e < kTileI * kTileR; e += 256) {
-      const int r = e % kTileR, i = e / kTileR;
+      int i, r, j, rz;
+      slice_coords(e, y_i_contiguous, kTileI, i, r);
       ys[r][i] = load_y<T, A>(g, i0 + i, r0 + r);
-      const int j = e % kTileJ, rz = e / kTileJ;
+      slice_coords(e, !z_r_contiguous, kTileJ, j, rz);
       zs[rz][j] = load_z<T, A>(g, r0 + rz, j0 + j);
     }
     __syncthreads();
@@ -184,6 +199,7 @@ __global__ void __launch_bounds__(128) linear_relu_gemm_wmma_kernel(const GemmAr
   const int wi = (warp / 2) * 32, wj = (warp % 2) * 32;  // this warp's 32 x 32 quarter
   const int64_t i0 = int64_t(blockIdx.x) * kTileI, j0 = int64_t(blockIdx.y) * kTileJ;
   const bool sums_db = g.db != nullptr && blockIdx.y == 0;
+  const bool y_i_contiguous = g.s_yi == 1 && g.s_yr != 1, z_r_contiguous = g.s_zr == 1 && g.s_zj != 1;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 #pragma unroll
   for (int a = 0; a < 2; ++a)
@@ -192,10 +208,11 @@ __global__ void __launch_bounds__(128) linear_relu_gemm_wmma_kernel(const GemmAr
   float db_part = 0.f;
   for (int64_t r0 = 0; r0 < g.R; r0 += kTileR) {
     for (int e = tid; e < kTileI * kTileR; e += 128) {
-      const int r = e % kTileR, i = e / kTileR;
+      int i, r, j, rz;
+      slice_coords(e, y_i_contiguous, kTileI, i, r);
       // Exact: the float holds a value of the input dtype (or 0), so the conversion back is lossless.
       ys[i][r] = Conv::from(load_y<T, float>(g, i0 + i, r0 + r));
-      const int j = e % kTileJ, rz = e / kTileJ;
+      slice_coords(e, !z_r_contiguous, kTileJ, j, rz);
       zs[rz][j] = Conv::from(load_z<T, float>(g, r0 + rz, j0 + j));
     }
     __syncthreads();
