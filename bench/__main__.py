@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = common.Context(device=device, quick=args.quick, dtypes=dtypes)
 
     start = common.now()
+    threads = f"{ctx.threads} thread{'s' * (ctx.threads != 1)}"
     common.log(
-        f"fastops bench on {common.device_name(device)} ({device}, {ctx.threads} threads, torch {torch.__version__}"
+        f"fastops bench on {common.device_name(device)} ({device}, {threads}, torch {torch.__version__}"
         f"{', quick' if args.quick else ''}); modules: {', '.join(module_name(m) for m in mods)}"
     )
     if device == "cpu" and ctx.load_at_start is not None and ctx.load_at_start > 0.5:

@@ -845,7 +845,11 @@ def write_results(rows: Sequence[Row], ctx: Context, out_dir: str | Path = RESUL
         w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
         w.writeheader()
         w.writerows(r.to_dict() for r in rows)
-    title = f"{env['device']} ({ctx.threads} threads)" if ctx.device == "cpu" else str(env["device"])
+    title = (
+        f"{env['device']} ({ctx.threads} thread{'s' * (ctx.threads != 1)})"
+        if ctx.device == "cpu"
+        else str(env["device"])
+    )
     png = write_chart(rows, stem.with_suffix(".png"), title=title)
     if png is not None:
         paths.append(png)
