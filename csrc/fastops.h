@@ -216,4 +216,54 @@ inline void check_conv2d_grad_out(const char* op, const Conv2dGeometry& g, const
                     " but input is on ", x.device());
 }
 
+// ---- fused linear + ReLU --------------------------------------------------------------------------
+
+// GEMM letters (design.md): A = x seen as (M, K), B = weight (N, K), C = out (M, N).
+struct LinearReluGeometry {
+  int64_t M = 0, K = 0, N = 0;
+  std::vector<int64_t> out_shape;  // x's shape with the last dim K replaced by N
+};
+
+inline LinearReluGeometry check_linear_relu_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                                 const std::optional<at::Tensor>& bias) {
+  LinearReluGeometry g;
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape (*, K), got a 0-d tensor");
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must have shape (N, K), got ", shape_str(weight.sizes()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
+                   ", got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
+                    x.device());
+  g.K = x.size(-1);
+  g.N = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == g.K, op, ": weight must have shape (N, ", g.K, ") for x of shape ",
+                    shape_str(x.sizes()), " (K = x.shape[-1] = ", g.K, "), got ", shape_str(weight.sizes()));
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.N, op, ": bias must have shape (", g.N,
+                      ",) (one per output feature), got ", shape_str(b.sizes()));
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
+                     ", got ", b.scalar_type());
+    TORCH_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
+  }
+  g.M = 1;
+  for (int64_t i = 0; i + 1 < x.dim(); ++i) {
+    g.M *= x.size(i);
+    g.out_shape.push_back(x.size(i));
+  }
+  g.out_shape.push_back(g.N);
+  return g;
+}
+
+inline void check_linear_relu_bwd_args(const char* op, const LinearReluGeometry& g, const at::Tensor& x,
+                                       const at::Tensor& grad_out, const at::Tensor& out) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", grad_out}, {"out", out}}) {
+    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(g.out_shape), op, ": ", name, " must have shape ",
+                      shape_str(g.out_shape), ", got ", shape_str(t.sizes()));
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                     ", got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  }
+}
+
 }  // namespace fastops

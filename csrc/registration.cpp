@@ -38,4 +38,14 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "conv2d_bwd(Tensor grad_out, Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
       "int groups, bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
+  // ---- fused linear + ReLU -----------------------------------------------------------------------
+  // x (*, K), weight (N, K), bias (N,) or None, one floating dtype and device. out = relu(x W^T + b),
+  // shape (*, N), x's dtype. Backward needs only x, weight and out (out > 0 is the ReLU mask).
+  m.def("linear_relu_fwd(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // grad_out and out (*, N). Returns grad_x (*, K), grad_weight (N, K) and grad_bias (N,) (always
+  // computed: it is a by-product of the masking pass), all in x's dtype.
+  m.def(
+      "linear_relu_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor out) "
+      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }

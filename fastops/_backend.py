@@ -68,7 +68,11 @@ def register_op(
     table = {"native": {}, "triton": {}, "torch": {d: frozenset() for d in DEVICES}}
     for dev, dts in native.items():
         key = {"cpu": "CPU", "cuda": "CUDA"}[dev]
-        if NATIVE_LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastops::{native_schema}", key):
+        try:
+            built = NATIVE_LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastops::{native_schema}", key)
+        except RuntimeError:  # an extension built before this op existed: the schema is unknown
+            built = False
+        if built:
             table["native"][dev] = frozenset(dts)
     for dev, dts in triton.items():
         table["triton"][dev] = frozenset(dts)

@@ -12,6 +12,7 @@ from torch.nn import _reduction
 from fastops import _backend, reference
 from fastops.ops import conv2d as _conv
 from fastops.ops import cross_entropy as _ce
+from fastops.ops import linear_relu as _lr
 
 
 def cross_entropy(
@@ -113,3 +114,31 @@ def conv2d(
             x, weight, bias, st, pad, dil, groups, activation == "relu", name, channels_last
         )
     return out.squeeze(0) if unbatched else out
+
+
+def linear_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused ``relu(torch.nn.functional.linear(x, weight, bias))``.
+
+    Args:
+        x: ``(*, K)`` input (any number of leading dims, possibly zero-size), float32 or float64
+            (float16 / bfloat16 on the GPU backends; ``auto`` falls back to the torch composition
+            for them on CPU). Any strides.
+        weight: ``(N, K)`` in ``x``'s dtype and device; any strides (a transposed view is fine).
+        bias: ``(N,)`` or None.
+        backend: which implementation runs.
+
+    Returns:
+        ``(*, N)`` in ``x``'s dtype: ``max(x @ weight.T + bias, 0)``. Gradients flow to ``x``,
+        ``weight`` and ``bias``; backward needs only ``x``, ``weight`` and this output.
+    """
+    _lr.check_args(x, weight, bias)
+    name = _backend.resolve(_lr.OP, backend, x.device.type, x.dtype)
+    if name == "torch":
+        return reference.linear_relu(x, weight, bias)
+    return _lr.LinearReLUFunction.apply(x, weight, bias, name)

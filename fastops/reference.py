@@ -139,3 +139,17 @@ def conv2d(
         y = torch.relu(y)
     y = y.to(input.dtype).contiguous()
     return y.squeeze(0) if unbatched else y
+
+
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(x @ weight.T + bias)``: x ``(*, K)``, weight ``(N, K)``, bias ``(N,)`` or None -> ``(*, N)``.
+
+    Computed in float32 for float16/bfloat16 (rounded once at the end), else in x's dtype. The
+    ReLU is ``masked_fill(y <= 0, 0)``: NaN stays NaN, and the derivative is 0 at exactly 0 and 1
+    above, torch.relu's convention (``clamp``'s would pass the gradient at 0).
+    """
+    dt = _compute_dtype(x.dtype)
+    y = torch.matmul(x.to(dt), weight.to(dt).transpose(0, 1))
+    if bias is not None:
+        y = y + bias.to(dt)
+    return y.masked_fill(y <= 0, 0).to(x.dtype)
