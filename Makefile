@@ -8,6 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CUDA build of torch, so the CUDA sources compile everywhere (no GPU needed to build).
 TORCH_SPEC ?= torch==2.14.1
+# torchvision must be the release built for that torch (0.29.1 <-> 2.14.1); scikit-learn carries the
+# digits data set of the training demo. Both only feed tests/test_swap.py and the demo.
+MODEL_DEPS ?= torchvision==0.29.1 scikit-learn
 DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools wheel
 
 # nvcc's toolkit, the archs to build when no GPU is visible, and the CUDA switch for both builds.
@@ -22,6 +25,7 @@ $(VENV)/.deps-installed: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(DEPS)
+	$(PY) -m pip install -q $(MODEL_DEPS) || echo "note: $(MODEL_DEPS) could not be installed; the model tests will skip"
 	touch $@
 
 build: setup
