@@ -1,5 +1,5 @@
 # fastops: README's two commands live here.
-#   make bench   set up, build, then run the benchmark suite and the model-swap demo (python -m bench)
+#   make bench   set up, build, then the benchmark suite (python -m bench) and the digits training demo
 #   make test    set up, build, lint, pytest (CPU; GPU tests run when a GPU is visible), CMake + ctest
 # Both do all set-up on a fresh machine: a venv in .venv with torch, then the extension.
 
@@ -46,6 +46,7 @@ test: lint pytest ctest
 
 bench: build
 	$(PY) -m bench
+	$(PY) -m fastops.demo
 
 bench-quick: build
 	$(PY) -m bench --quick --out /tmp/fastops-bench-quick
