@@ -35,7 +35,7 @@ TORCH_LIBRARY(fastops, m) {
   // torch's GradScaler contract for fused optimizers. decoupled_weight_decay: AdamW, else Adam's L2.
   m.def(
       "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, float lr, Tensor? lr_tensor, float beta1, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, Tensor? lr_tensor, float beta1, "
       "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
       "Tensor? grad_scale, Tensor? found_inf) -> ()");
 }

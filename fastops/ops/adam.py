@@ -23,7 +23,7 @@ _backend.register_op(
 
 SCHEMA = (
     "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-    "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, float lr, Tensor? lr_tensor, float beta1, "
+    "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, Tensor? lr_tensor, float beta1, "
     "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()"
 )
@@ -46,7 +46,9 @@ if _backend.NATIVE_LOADED:
     torch.library.register_fake("fastops::adam_step_")(adam_step_fake)
 
 
-def check_hyperparameters(lr: float | torch.Tensor, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+def check_hyperparameters(
+    lr: float | torch.Tensor, betas: tuple[float, float], eps: float, weight_decay: float
+) -> None:
     """torch.optim.Adam's ValueErrors for out-of-range hyperparameters."""
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
@@ -100,7 +102,9 @@ def check_args(
                 f"adam_step_: all params must be on one device; params[0] is on {dev} but params[{i}] is on {p.device}"
             )
         if p.dtype != dt:
-            raise TypeError(f"adam_step_: all params must have one dtype; params[0] is {dt} but params[{i}] is {p.dtype}")
+            raise TypeError(
+                f"adam_step_: all params must have one dtype; params[0] is {dt} but params[{i}] is {p.dtype}"
+            )
         if grads[i].is_sparse:
             raise ValueError(
                 f"adam_step_: Adam does not support sparse gradients, please consider SparseAdam instead (grads[{i}])"
