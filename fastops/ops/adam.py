@@ -174,15 +174,8 @@ def adam_step_(
     if amsgrad and len(max_exp_avg_sqs) != n:
         check_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad)
     for (device, dtype), idx in groups.items():
-        pick = lambda lst: [lst[i] for i in idx]  # noqa: E731
-        args = (
-            pick(params),
-            pick(grads),
-            pick(exp_avgs),
-            pick(exp_avg_sqs),
-            pick(max_exp_avg_sqs) if amsgrad else [],
-            pick(state_steps),
-        )
+        lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+        args = tuple([lst[i] for i in idx] if lst else [] for lst in lists)  # max_exp_avg_sqs: [] unless amsgrad
         lr_tensor = _on(lr, device) if isinstance(lr, torch.Tensor) else None
         kwargs = dict(
             lr=float(lr) if lr_tensor is None else 0.0,

@@ -43,11 +43,12 @@ from torch.library import wrap_triton
 from fastops.ops.adam import SCHEMA, adam_step_fake
 from fastops.triton._register import triton_library_op
 
+# ruff: noqa: ANN001
 BLOCK = 1024
 
 
 @triton.jit
-def adam_step_elementwise_kernel(
+def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns nothing
     p_ptr,
     g_ptr,
     m_ptr,
