@@ -40,11 +40,29 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastops.ops.adam import SCHEMA, adam_step_fake
+from fastops.ops.adam import SCHEMA, adam_step_fake, check_args, check_hyperparameters
+from fastops.triton import interpreting
 from fastops.triton._register import triton_library_op
 
 # ruff: noqa: ANN001
-BLOCK = 1024
+# 1024 elements per program on a GPU (4 warps x 8 elements per thread: 16-byte accesses). The CPU
+# interpreter runs each program as numpy ops over the block, so there a larger block only means fewer
+# (slow, Python-level) programs for the same result.
+BLOCK = 16384 if interpreting() else 1024
+
+
+@triton.jit
+def _store(ptr, x, mask, BF16: tl.constexpr):
+    # float32 -> bfloat16 rounded to nearest even by hand: the interpreter's cast truncates (on a GPU
+    # the cast rounds; this gives the same bits), and truncation biases every stored value the same
+    # way, which drifts visibly over many steps. NaN keeps the truncated (still NaN) bits.
+    if BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        y = tl.where(x != x, bits >> 16, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        tl.store(ptr, y, mask=mask)
+    else:
+        tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -63,6 +81,7 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     DECOUPLED: tl.constexpr,
     L2: tl.constexpr,
     LERP_LOW: tl.constexpr,
+    BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -100,13 +119,13 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     if AMSGRAD:
         vm = tl.load(vm_ptr + offs, mask=mask).to(acc)
         vm = tl.maximum(vm, v, propagate_nan=tl.PropagateNan.ALL)
-        tl.store(vm_ptr + offs, vm.to(vm_ptr.dtype.element_ty), mask=mask)
+        _store(vm_ptr + offs, vm, mask, BF16)
         vv = vm
     denom = tl.sqrt(vv) / bc2_sqrt + eps
     p = p + neg_step_size * m / denom
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    _store(p_ptr + offs, p, mask, BF16)
+    _store(m_ptr + offs, m, mask, BF16)
+    _store(v_ptr + offs, v, mask, BF16)
 
 
 @triton_library_op(
@@ -135,6 +154,9 @@ def adam_step_(
     found_inf: torch.Tensor | None,
 ) -> None:
     """One Adam/AdamW step in place over one device's and dtype's parameters (see the file header)."""
+    # The native op's checks (metadata only, so traceable), then nothing can index out of bounds.
+    check_hyperparameters(lr, (beta1, beta2), eps, weight_decay)
+    check_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad)
     n = len(params)
     if n == 0:
         return
@@ -193,6 +215,7 @@ def adam_step_(
             DECOUPLED=decoupled_weight_decay and weight_decay != 0,
             L2=(not decoupled_weight_decay) and weight_decay != 0,
             LERP_LOW=abs(1.0 - beta1) < 0.5,
+            BF16=dtype == torch.bfloat16,
             BLOCK=BLOCK,
         )
         for dst, src in zip(bufs, work):
