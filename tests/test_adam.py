@@ -11,6 +11,7 @@ import torch
 from conftest import device_backend_params
 
 import fastops
+import fastops.triton
 from fastops import reference
 from fastops.ops import adam as adam_ops
 from fastops.testing import TOLERANCES, assert_close_to_reference, noncontiguous
