@@ -17,8 +17,9 @@ from fastops import nn as nn
 from fastops import optim as optim
 from fastops import reference as reference
 from fastops._backend import backends
+from fastops.swap import SwapReport, swap
 
 __version__ = "0.1.0"
-__all__ = ["backends", "functional", "nn", "optim", "reference", "__version__"]
+__all__ = ["SwapReport", "backends", "functional", "nn", "optim", "reference", "swap", "__version__"]
 
 NATIVE_LOADED = _backend.NATIVE_LOADED

@@ -97,6 +97,9 @@ def test_extreme_logits(device, backend):
     x[1, ::3] = float("-inf")  # masked classes
     target[1] = 1
     _check_against_reference(backend, x, target, None, dict(reduction="none"))
+    x[2, 17] = float("nan")  # a NaN logit: NaN loss and gradient for its row only
+    x[3] = float("-inf")  # a fully masked row: NaN, as in torch
+    _check_against_reference(backend, x, target, None, dict(reduction="none"))
 
 
 @pytest.mark.parametrize("device,backend", ALL)

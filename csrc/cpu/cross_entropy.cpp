@@ -54,9 +54,11 @@ inline Vectorized<T> vexp(const Vectorized<T>& v) {
 // ATen's polynomial exp_u20 (<= 20 ulp, ~2.4e-6 relative) costs about half of Sleef's 1-ulp exp;
 // softmax probabilities and the log of their sum need no more than that in float32, and the tests
 // hold the result to 2e-5 of the float64 reference. float64 keeps Sleef's 1-ulp exp.
+// exp_u20 maps NaN to a finite garbage value; the blend keeps NaN rows (and all -inf rows, whose
+// x - lse is NaN) NaN in the gradient, as torch's are.
 template <>
 inline Vectorized<float> vexp(const Vectorized<float>& v) {
-  return v.exp_u20();
+  return Vectorized<float>::blendv(v.exp_u20(), v, v.isnan());
 }
 
 template <typename T>

@@ -12,12 +12,16 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     """Drop-in for :class:`torch.nn.CrossEntropyLoss` (same constructor, buffers, state_dict).
 
     Extra keyword-only arguments: ``backend`` (see :func:`fastops.backends`) and
-    ``inplace_backward`` (see :func:`fastops.functional.cross_entropy`).
+    ``inplace_backward`` (see :func:`fastops.functional.cross_entropy`). Their defaults are class
+    attributes, so :func:`fastops.swap` can convert an existing torch module by changing its class.
 
     Shapes: input ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; target of the index shape
     (int64) or of input's shape (probabilities); output a scalar, or the index shape for
     ``reduction="none"``.
     """
+
+    backend: str = "auto"
+    inplace_backward: bool = False
 
     def __init__(
         self,
