@@ -464,3 +464,29 @@ def test_checker_rejects_wrong_implementations(wrong, monkeypatch):
 
 def test_checker_accepts_the_reference():
     _run_against_torch("torch", "cpu", torch.float32, "Adam", True, 0.1, True, False, steps=20)
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))
+def test_grad_scaler_with_unscale_and_clipping(device, backend):
+    # scaler.unscale_(opt) before step (gradient clipping): the scaler then passes found_inf only.
+    torch.manual_seed(7)
+    models = [torch.nn.Linear(5, 4).to(device) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [
+        fastops.optim.Adam(models[0].parameters(), lr=1e-2, backend=backend),
+        torch.optim.Adam(models[1].parameters(), lr=1e-2, foreach=False),
+    ]
+    scalers = [torch.amp.GradScaler(device, init_scale=256.0) for _ in range(2)]
+    x = torch.randn(8, 5, device=device)
+    for step in range(6):
+        for model, opt, scaler in zip(models, opts, scalers):
+            opt.zero_grad()
+            scaler.scale(model(x).square().mean()).backward()
+            if step == 2:
+                model.weight.grad[0, 0] = float("nan")
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            scaler.step(opt)
+            scaler.update()
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            assert_close_to_reference(p, q.detach(), what=f"unscale_+clip step {step}")
