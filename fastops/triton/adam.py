@@ -218,8 +218,9 @@ def adam_step_(
             BF16=dtype == torch.bfloat16,
             BLOCK=BLOCK,
         )
-        for dst, src in zip(bufs, work):
-            if dst.data_ptr() != src.data_ptr() and dst is not grads[i]:
+        # Decided from strides, not data pointers: the launcher is traced on fake tensors on a GPU.
+        for k, (dst, src) in enumerate(zip(bufs, work)):
+            if k != 1 and not dst.is_contiguous():
                 dst.copy_(src)
     # step += 1, or += 0 on an overflow step: no host sync.
     torch._foreach_add_(state_steps, (1 - found).reshape(()))
