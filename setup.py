@@ -106,10 +106,16 @@ def _extension():
     cxx = ["-std=c++20", "-fvisibility=hidden"]
     cxx += ["-O0", "-g"] if DEBUG else ["-O3"]
     cxx += _cpu_isa_flags()
+    # at::parallel_for is a header template: without -fopenmp its `#pragma omp parallel` is compiled
+    # out and every kernel runs on one thread (torch's own libgomp.so.1, already loaded, serves it).
+    cxx += ["-fopenmp"]
+    link = ["-fopenmp"]
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
-        return CppExtension("fastops._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+        return CppExtension(
+            "fastops._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # else torch compiles every arch it knows
     nvcc = ["-std=c++20", "--expt-relaxed-constexpr", "-DFASTOPS_CUDA"]
@@ -120,6 +126,7 @@ def _extension():
         sources,
         include_dirs=include_dirs + _nvidia_wheel_includes(),
         extra_compile_args={"cxx": cxx + ["-DFASTOPS_CUDA"], "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

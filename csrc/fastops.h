@@ -140,6 +140,82 @@ inline void check_cross_entropy_bwd_args(const char* op, const CrossEntropyGeome
   }
 }
 
+// ---- conv2d -----------------------------------------------------------------------------------
+
+// Implicit-GEMM view of one conv2d (design.md letters): input (N, C, H, W), weight (K, Cg, R, S),
+// output (N, K, P, Q); per group, GEMM_M = N P Q, GEMM_N = Kg, GEMM_K = Cg R S.
+struct Conv2dGeometry {
+  int64_t N = 0, C = 0, H = 0, W = 0, K = 0, R = 0, S = 0, P = 0, Q = 0;
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, G = 1, Cg = 0, Kg = 0;
+  int64_t crs() const { return Cg * R * S; }
+  int64_t pq() const { return P * Q; }
+  int64_t hw() const { return H * W; }
+  // 1x1, stride 1, no padding: the input itself is the GEMM operand, no gather needed.
+  bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+};
+
+inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": input must have shape (N, C, H, W), got ", shape_str(x.sizes()));
+  TORCH_CHECK_VALUE(weight.dim() == 4, op, ": weight must have shape (K, C/groups, R, S), got ",
+                    shape_str(weight.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": input must be a floating tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have input's dtype ",
+                   x.scalar_type(), ", got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but input is on ",
+                    x.device());
+  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+                    ": stride, padding and dilation must have 2 elements each");
+  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
+  TORCH_CHECK_VALUE(dilation[0] > 0 && dilation[1] > 0, op, ": dilation must be positive, got ", dilation);
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, got ", padding);
+  TORCH_CHECK_VALUE(groups > 0, op, ": groups must be positive, got ", groups);
+  Conv2dGeometry g;
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
+  g.G = groups;
+  TORCH_CHECK_VALUE(g.C % groups == 0, op, ": groups=", groups, " must divide the input channels C=", g.C);
+  TORCH_CHECK_VALUE(g.K % groups == 0, op, ": groups=", groups, " must divide the output channels K=", g.K,
+                    " (weight.size(0))");
+  g.Cg = g.C / groups, g.Kg = g.K / groups;
+  TORCH_CHECK_VALUE(weight.size(1) == g.Cg, op, ": weight must have shape (", g.K, ", ", g.Cg, ", R, S) for ",
+                    g.C, " input channels and groups=", groups, ", got ", shape_str(weight.sizes()));
+  TORCH_CHECK_VALUE(g.R > 0 && g.S > 0 && g.K > 0, op, ": weight must be non-empty, got ",
+                    shape_str(weight.sizes()));
+  const int64_t eff_h = g.dh * (g.R - 1) + 1, eff_w = g.dw * (g.S - 1) + 1;
+  const int64_t hp = g.H + 2 * g.ph, wp = g.W + 2 * g.pw;
+  TORCH_CHECK_VALUE(hp >= eff_h && wp >= eff_w, op, ": output size would be <= 0: padded input ", hp, "x", wp,
+                    " is smaller than the dilated kernel ", eff_h, "x", eff_w);
+  g.P = (hp - eff_h) / g.sh + 1;
+  g.Q = (wp - eff_w) / g.sw + 1;
+  return g;
+}
+
+inline void check_conv2d_bias(const char* op, const Conv2dGeometry& g, const at::Tensor& x,
+                              const std::optional<at::Tensor>& bias) {
+  if (!bias.has_value()) return;
+  const at::Tensor& b = *bias;
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.K, op, ": bias must have shape (", g.K,
+                    ",) (one per output channel), got ", shape_str(b.sizes()));
+  TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have input's dtype ", x.scalar_type(),
+                   ", got ", b.scalar_type());
+  TORCH_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but input is on ", x.device());
+}
+
+inline void check_conv2d_grad_out(const char* op, const Conv2dGeometry& g, const at::Tensor& x,
+                                  const at::Tensor& grad_out) {
+  const std::vector<int64_t> expected{g.N, g.K, g.P, g.Q};
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), op, ": grad_out must have shape ",
+                    shape_str(expected), ", got ", shape_str(grad_out.sizes()));
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have input's dtype ",
+                   x.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(),
+                    " but input is on ", x.device());
+}
+
 // ---- Adam / AdamW step ------------------------------------------------------------------------
 
 // Validates one adam_step_ call: list lengths, per-parameter shape/dtype/device agreement, scalar

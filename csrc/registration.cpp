@@ -25,6 +25,20 @@ TORCH_LIBRARY(fastops, m) {
       "cross_entropy_bwd_(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, "
       "Tensor lse, int ignore_index, float label_smoothing) -> ()");
 
+  // ---- conv2d ---------------------------------------------------------------------------------
+  // x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> y (N, K, P, Q) in x's dtype,
+  // contiguous (NCHW); P = (H + 2 pad_h - dil_h (R - 1) - 1) / stride_h + 1, likewise Q.
+  // relu: apply max(y, 0) after the bias, in the kernel epilogue. Padding is symmetric here:
+  // 'same' with an odd total and padding_mode != 'zeros' are handled in Python before the op.
+  m.def(
+      "conv2d_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, bool relu) -> Tensor");
+  // grad_out (N, K, P, Q) (the ReLU mask already applied). output_mask selects (grad_x, grad_weight,
+  // grad_bias); a masked-off output is an empty (0,) tensor, so the return types stay plain Tensors.
+  m.def(
+      "conv2d_bwd(Tensor grad_out, Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
   // ---- Adam / AdamW step ----------------------------------------------------------------------
   // One in-place step over lists of equally long lists (one entry per parameter, all on one device
   // and of one dtype; state in the parameter's dtype). max_exp_avg_sqs is empty unless amsgrad.

@@ -10,6 +10,7 @@ import torch
 from torch.nn import _reduction
 
 from fastops import _backend, reference
+from fastops.ops import conv2d as _conv
 from fastops.ops import cross_entropy as _ce
 
 
@@ -63,3 +64,52 @@ def cross_entropy(
     return _ce.CrossEntropyFunction.apply(
         input, target, weight, ignore_index, reduction, label_smoothing, name, inplace_backward
     )
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """2-D convolution (cross-correlation), a drop-in for ``torch.nn.functional.conv2d``.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; float32 / float64 (native CPU and Triton
+            interpreter), also float16 / bfloat16 on CUDA. Contiguous or channels_last.
+        weight: ``(K, C / groups, R, S)``, input's dtype and device.
+        bias: ``(K,)`` or None.
+        stride, dilation: int or ``(sh, sw)`` / ``(dh, dw)``, >= 1.
+        padding: int, ``(ph, pw)``, ``"valid"`` (no padding) or ``"same"`` (stride 1 only; the output
+            has the input's H, W; an odd total padding puts the extra row / column at the bottom /
+            right, as torch does).
+        groups: channels split into this many independent convolutions (``groups == C`` is depthwise).
+        activation: None, or ``"relu"`` to return ``relu(conv2d(...) + bias)`` with the ReLU fused
+            into the kernel epilogue (an extension; torch has no such argument).
+        backend: which implementation runs.
+
+    Returns:
+        ``(N, K, P, Q)`` (``(K, P, Q)`` for unbatched input) in input's dtype, with
+        ``P = (H + 2 ph - dh (R - 1) - 1) // sh + 1`` and likewise ``Q``. channels_last when input or
+        weight is channels_last (torch's rule), else contiguous. Gradients flow to input, weight, bias.
+    """
+    x, st, pad, dil, unbatched = _conv.normalize_args(
+        input, weight, bias, stride, padding, dilation, groups, activation
+    )
+    name = _backend.resolve(_conv.OP, backend, x.device.type, x.dtype)
+    if name == "torch":
+        out = reference.conv2d(x, weight, bias, st, pad, dil, groups, activation)
+        if _conv.is_channels_last(x) or _conv.is_channels_last(weight):
+            out = out.contiguous(memory_format=torch.channels_last)
+    else:
+        channels_last = not unbatched and (_conv.is_channels_last(x) or _conv.is_channels_last(weight))
+        out = _conv.Conv2dFunction.apply(
+            x, weight, bias, st, pad, dil, groups, activation == "relu", name, channels_last
+        )
+    return out.squeeze(0) if unbatched else out

@@ -68,6 +68,79 @@ def cross_entropy(
     return loss.to(input.dtype)
 
 
+def _conv2d_pairs(value: int | tuple[int, ...] | list[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"conv2d: {name} must be an int or a pair, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """2-D cross-correlation with torch.nn.functional.conv2d's semantics, written as a sum of shifted
+    slices: ``y = sum_{r,s} W[:, :, r, s] . x_pad[:, :, r dh + sh p, s dw + sw q]`` per group.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``, floating.
+        weight: ``(K, C / groups, R, S)``.
+        bias: ``(K,)`` or None.
+        stride, dilation: int or pair. padding: int, pair, ``"valid"`` or ``"same"`` (stride 1;
+            an odd total padding puts the extra row / column at the bottom / right, as torch does).
+        groups: input and output channels split into this many independent convolutions.
+        activation: None or ``"relu"`` (applied after the bias).
+
+    Returns:
+        ``(N, K, P, Q)`` (or ``(K, P, Q)``) in ``input``'s dtype, contiguous.
+    """
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    sh, sw = _conv2d_pairs(stride, "stride")
+    dh, dw = _conv2d_pairs(dilation, "dilation")
+    k_out, cg, kr, ks = weight.shape
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        else:
+            th, tw = dh * (kr - 1), dw * (ks - 1)
+            pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)  # (left, right, top, bottom)
+    else:
+        ph, pw = _conv2d_pairs(padding, "padding")
+        pads = (pw, pw, ph, ph)
+    cdt = _compute_dtype(input.dtype)
+    x = torch.nn.functional.pad(x.to(cdt), pads)
+    w = weight.to(cdt)
+    n, c, hp, wp = x.shape
+    p_out = (hp - dh * (kr - 1) - 1) // sh + 1
+    q_out = (wp - dw * (ks - 1) - 1) // sw + 1
+    kg = k_out // groups
+    outs = []
+    for g in range(groups):
+        xg = x[:, g * cg : (g + 1) * cg]
+        wg = w[g * kg : (g + 1) * kg]
+        acc = x.new_zeros((n, kg, p_out, q_out))
+        for r in range(kr):
+            for s in range(ks):
+                h0, w0 = r * dh, s * dw
+                patch = xg[:, :, h0 : h0 + sh * (p_out - 1) + 1 : sh, w0 : w0 + sw * (q_out - 1) + 1 : sw]
+                acc = acc + torch.einsum("nchw,kc->nkhw", patch, wg[:, :, r, s])
+        outs.append(acc)
+    y = torch.cat(outs, dim=1)
+    if bias is not None:
+        y = y + bias.to(cdt).view(1, -1, 1, 1)
+    if activation == "relu":
+        y = torch.relu(y)
+    y = y.to(input.dtype).contiguous()
+    return y.squeeze(0) if unbatched else y
+
+
 def adam_step_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],

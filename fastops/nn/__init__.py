@@ -1,5 +1,6 @@
 """Module drop-ins: same constructor, attributes and state_dict as the torch modules."""
 
+from fastops.nn.conv import Conv2d
 from fastops.nn.loss import CrossEntropyLoss
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = ["Conv2d", "CrossEntropyLoss"]

@@ -44,7 +44,7 @@ def _why_unavailable() -> str:
 REASON: str = _why_unavailable()
 AVAILABLE: bool = REASON == ""
 
-_OPS = ("cross_entropy", "adam")
+_OPS = ("adam", "conv2d", "cross_entropy")
 
 
 def load(stem: str) -> ModuleType:

@@ -1,0 +1,158 @@
+"""Conv2d: x (N, C, H, W), weight (K, C, R, S), bias (K,); y (N, K, P, Q).
+
+Shapes. GPU: the ResNet-50 (torchvision v1.5: stride on the 3x3) conv layers at batch 32 in
+bfloat16 and channels_last; padding convention: 7x7 stem pad 3 stride 2, every 3x3 pad 1 (stride 1,
+or 2 for the first block of a stage), 1x1 pad 0 (stride 2 on the downsampling projections). CPU:
+a small CIFAR-style ResNet's convs at batch 8 in float32, contiguous NCHW, plus two 56x56 layers.
+
+Providers: torch eager (cuDNN / oneDNN), ``torch.compile`` of the same, fastops native (C++ on
+CPU, CUDA SIMT on GPU), fastops triton (CUDA only: the interpreter is a test path). A second op,
+``conv2d_bias_relu``, compares ``FF.conv2d(..., activation="relu")`` (ReLU in the epilogue) with
+torch's conv followed by a separate ReLU.
+
+Work (the TFLOP/s column): 2 N K P Q C/g R S flops per pass, so fwd = 1x, bwd = 2x (dgrad + wgrad;
+the bias gradient is ignored), fwd+bwd = 3x; the same count is in the kernel files' headers.
+
+Correctness: output and (input, weight, bias) gradients against ``fastops.reference.conv2d`` in
+float64 (normalised max error), once per provider before timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import EAGER, Context, ErrorMeter, Row, Work
+
+OP = "conv2d"
+LEVEL = "op"
+
+# (C, H(=W), K, R(=S), stride, padding)
+RESNET50 = [
+    (3, 224, 64, 7, 2, 3),
+    (64, 56, 64, 1, 1, 0), (64, 56, 64, 3, 1, 1), (64, 56, 256, 1, 1, 0), (256, 56, 64, 1, 1, 0),
+    (256, 56, 128, 1, 1, 0), (128, 56, 128, 3, 2, 1), (128, 28, 512, 1, 1, 0), (512, 28, 128, 1, 1, 0),
+    (128, 28, 128, 3, 1, 1), (256, 56, 512, 1, 2, 0),
+    (512, 28, 256, 1, 1, 0), (256, 28, 256, 3, 2, 1), (256, 14, 1024, 1, 1, 0), (1024, 14, 256, 1, 1, 0),
+    (256, 14, 256, 3, 1, 1), (512, 28, 1024, 1, 2, 0),
+    (1024, 14, 512, 1, 1, 0), (512, 14, 512, 3, 2, 1), (512, 7, 2048, 1, 1, 0), (2048, 7, 512, 1, 1, 0),
+    (512, 7, 512, 3, 1, 1), (1024, 14, 2048, 1, 2, 0),
+]  # fmt: skip
+SMALL_CNN = [
+    (3, 32, 16, 3, 1, 1), (16, 32, 16, 3, 1, 1), (16, 32, 32, 3, 2, 1), (32, 16, 32, 3, 1, 1),
+    (32, 16, 64, 3, 2, 1), (64, 8, 64, 3, 1, 1), (64, 56, 64, 3, 1, 1), (64, 56, 64, 1, 1, 0),
+    (128, 28, 128, 3, 1, 1), (64, 56, 128, 1, 2, 0),
+]  # fmt: skip
+SHAPES = {
+    ("cpu", False): (8, SMALL_CNN),
+    ("cpu", True): (8, SMALL_CNN[:3]),
+    ("cuda", False): (32, RESNET50),
+    ("cuda", True): (32, RESNET50[1:4]),
+}
+DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16]}
+
+
+def _out(h: int, r: int, stride: int, pad: int) -> int:
+    return (h + 2 * pad - r) // stride + 1
+
+
+def flops(n: int, c: int, h: int, k: int, r: int, stride: int, pad: int) -> Work:
+    """2 N K P Q C R S per GEMM pass (see the module docstring)."""
+    p = _out(h, r, stride, pad)
+    one = 2.0 * n * k * p * p * c * r * r
+    return Work(flops={"fwd": one, "bwd": 2 * one, "fwd+bwd": 3 * one})
+
+
+def make_check(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int, relu: bool
+) -> Callable[[torch.Tensor, list[torch.Tensor | None]], tuple[float, float]]:
+    """check(y, [gx, gw, gb]) -> (output error, worst gradient error) vs the float64 reference."""
+    import fastops.reference
+
+    def check(y: torch.Tensor, grads: list[torch.Tensor | None]) -> tuple[float, float]:
+        leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+        act = "relu" if relu else None
+        ref = fastops.reference.conv2d(*leaves, stride=stride, padding=pad, activation=act)
+        g = torch.Generator(device=y.device).manual_seed(0)  # bench_autograd's grad_out
+        gy = torch.randn(y.shape, generator=g, device=y.device, dtype=y.dtype).double()
+        ref_grads = torch.autograd.grad(ref, leaves, gy)
+        bwd = 0.0
+        for got, exp in zip(grads, ref_grads):
+            if got is None:
+                raise RuntimeError("a gradient did not reach its input")
+            bwd = max(bwd, ErrorMeter().add(got, exp).error)
+        return ErrorMeter().add(y, ref).error, bwd
+
+    return check
+
+
+def providers(
+    ctx: Context, dtype: torch.dtype, stride: int, pad: int, relu: bool
+) -> dict[str, Callable[..., torch.Tensor]]:
+    """name -> forward(x, w, b) for the providers that can run here; the others go to ctx.skip."""
+    import fastops
+    import fastops.functional as FF
+
+    op = "conv2d_bias_relu" if relu else OP
+    if relu:
+        eager = lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, pad))  # noqa: E731
+    else:
+        eager = lambda x, w, b: F.conv2d(x, w, b, stride, pad)  # noqa: E731
+    torch._dynamo.reset()
+    out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager, "torch_compile": torch.compile(eager, dynamic=False)}
+    table = fastops.backends()
+    act = "relu" if relu else None
+    for backend in ("native", "triton"):
+        usable, reason = table.get(backend, {}).get(ctx.device, (False, "not listed by fastops.backends()"))
+        if backend == "triton" and ctx.device == "cpu":
+            usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
+        if usable and fastops._backend.why_not(OP, backend, ctx.device, dtype):
+            usable, reason = False, fastops._backend.why_not(OP, backend, ctx.device, dtype)
+        if not usable:
+            ctx.skip(op, f"fastops_{backend}", reason, dtype=dtype)
+            continue
+        out[f"fastops_{backend}"] = lambda x, w, b, be=backend: FF.conv2d(
+            x, w, b, stride, pad, activation=act, backend=be
+        )
+    return out
+
+
+def run(ctx: Context) -> list[Row]:
+    """Every shape x dtype x provider x pass for this device, then the fused-ReLU comparison."""
+    rows: list[Row] = []
+    batch, shapes = SHAPES[(ctx.device, ctx.quick)]
+    layout = torch.channels_last if ctx.device == "cuda" else torch.contiguous_format
+    for dtype in ctx.select_dtypes(DTYPES[ctx.device]):
+        for relu in (False, True):
+            op = "conv2d_bias_relu" if relu else OP
+            for c, h, k, r, stride, pad in shapes if not relu else shapes[: max(1, len(shapes) // 3)]:
+                shape = f"N{batch} C{c} H{h} K{k} R{r} s{stride} p{pad}"
+                elem = torch.empty((), dtype=dtype).element_size()
+                p = _out(h, r, stride, pad)
+                need = (6 * batch * c * h * h + 6 * batch * k * p * p) * max(elem, 8)
+                if not ctx.fits(need):
+                    ctx.skip(op, "all", f"needs about {need / 2**30:.1f} GiB, more than is free", shape, dtype)
+                    continue
+                x = torch.randn(batch, c, h, h, device=ctx.device, dtype=dtype).to(memory_format=layout)
+                w = (torch.randn(k, c, r, r, device=ctx.device) / (c * r * r) ** 0.5).to(dtype)
+                w = w.to(memory_format=layout)
+                b = torch.randn(k, device=ctx.device, dtype=dtype)
+                inputs = [t.requires_grad_() for t in (x, w, b)]
+                check = make_check(x, w, b, stride, pad, relu)
+                for name, fwd in providers(ctx, dtype, stride, pad, relu).items():
+                    rows += ctx.bench_autograd(
+                        op=op,
+                        shape=shape,
+                        dtype=dtype,
+                        provider=name,
+                        forward=fwd,
+                        inputs=inputs,
+                        check=check,
+                        work=flops(batch, c, h, k, r, stride, pad),
+                    )
+                del x, w, b, inputs, check
+                if ctx.device == "cuda":
+                    torch.cuda.empty_cache()
+    return rows

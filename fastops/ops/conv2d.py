@@ -1,0 +1,198 @@
+"""Conv2d: fake kernels of the native ops, argument normalisation and checks, the autograd.Function.
+
+The registered ops take the canonical form only: 4-D input, pairs of ints, symmetric padding.
+:func:`normalize_args` turns every form ``torch.nn.functional.conv2d`` accepts into it: int or
+tuple arguments, ``padding="valid"`` / ``"same"`` (an odd total padding is made symmetric by
+padding the input's bottom / right by one more, as torch does), unbatched ``(C, H, W)`` input.
+``Conv2dFunction`` is the one place that knows both passes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastops import _backend
+from fastops.ops import _conv2d_shapes as shapes
+
+OP = "conv2d"
+ACTIVATIONS = (None, "relu")
+
+_backend.register_op(
+    OP,
+    native_schema="conv2d_fwd",
+    native={"cpu": _backend.CPU_NATIVE_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
+    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.CPU_NATIVE_DTYPES},
+)
+
+if _backend.NATIVE_LOADED:
+    torch.library.register_fake("fastops::conv2d_fwd")(shapes.fwd_fake)
+    torch.library.register_fake("fastops::conv2d_bwd")(shapes.bwd_fake)
+
+
+def _shape(t: torch.Size | list[int] | tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in t) + (",)" if len(t) == 1 else ")")
+
+
+def _pair(value: object, name: str, minimum: int) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = [value, value]
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        pair = [int(v) for v in value]
+    elif isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
+        pair = [int(value[0])] * 2
+    else:
+        raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"conv2d: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """torch's suggest_memory_format: channels_last strides that are not also plain contiguous."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def normalize_args(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] | str,
+    dilation: int | tuple[int, int],
+    groups: int,
+    activation: str | None,
+) -> tuple[torch.Tensor, list[int], list[int], list[int], bool]:
+    """Validate a conv2d call and bring it to the registered ops' canonical form.
+
+    Returns ``(x, stride, padding, dilation, unbatched)``: ``x`` is 4-D ``(N, C, H', W')`` with any
+    asymmetric 'same' padding already applied, the others are pairs. Raises ValueError / TypeError
+    naming the argument and the expected vs given shape, dtype or device.
+    """
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"conv2d: input and weight must be tensors, got {type(input)} and {type(weight)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"conv2d: input must have shape (N, C, H, W) or unbatched (C, H, W), got {_shape(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise ValueError(f"conv2d: weight must have shape (K, C/groups, R, S), got {_shape(weight.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"conv2d: input must be floating, got {input.dtype}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"conv2d: weight must have input's dtype {input.dtype}, got {weight.dtype}")
+    if weight.device != input.device:
+        raise ValueError(f"conv2d: weight is on {weight.device} but input is on {input.device}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    c, k = x.shape[1], weight.shape[0]
+    if c % groups != 0:
+        raise ValueError(f"conv2d: groups={groups} must divide the input channels C={c}")
+    if k % groups != 0:
+        raise ValueError(f"conv2d: groups={groups} must divide the output channels K={k} (weight.shape[0])")
+    if weight.shape[1] * groups != c:
+        raise ValueError(
+            f"conv2d: weight must have shape ({k}, {c // groups}, R, S) for input with C={c} channels and "
+            f"groups={groups}, got {_shape(weight.shape)} (channel mismatch)"
+        )
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != k:
+            raise ValueError(f"conv2d: bias must have shape ({k},) (one per output channel), got {_shape(bias.shape)}")
+        if bias.dtype != input.dtype:
+            raise TypeError(f"conv2d: bias must have input's dtype {input.dtype}, got {bias.dtype}")
+        if bias.device != input.device:
+            raise ValueError(f"conv2d: bias is on {bias.device} but input is on {input.device}")
+    st = _pair(stride, "stride", 1)
+    dil = _pair(dilation, "dilation", 1)
+    kernel = weight.shape[2:]
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = [0, 0]
+        elif padding == "same":
+            if st != [1, 1]:
+                raise ValueError("conv2d: padding='same' is not supported for strided convolutions")
+            totals = [dil[i] * (kernel[i] - 1) for i in range(2)]
+            pad = [t // 2 for t in totals]
+            extra = [t - 2 * p for t, p in zip(totals, pad)]  # 0 or 1: goes to the bottom / right
+            if any(extra):
+                x = F.pad(x, [0, extra[1], 0, extra[0]])
+        else:
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        pad = _pair(padding, "padding", 0)
+    for i, name in enumerate(("height", "width")):
+        span = dil[i] * (kernel[i] - 1) + 1
+        padded = x.shape[2 + i] + 2 * pad[i]
+        if padded < span:
+            raise ValueError(
+                f"conv2d: output size would be <= 0: the padded input {name} {padded} is smaller than the "
+                f"dilated kernel {span} (input {_shape(input.shape)}, weight {_shape(weight.shape)})"
+            )
+    return x, st, pad, dil, unbatched
+
+
+def _ops(backend: str):  # noqa: ANN202 - a torch.ops namespace
+    if backend == "native":
+        return torch.ops.fastops
+    import fastops.triton.conv2d  # noqa: F401  (registers torch.ops.fastops_triton.conv2d_*)
+
+    return torch.ops.fastops_triton
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """y = act(conv2d(x, weight) + bias) through the registered ops of one backend.
+
+    forward(x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) | None, stride, padding, dilation
+    (pairs, symmetric padding), groups, relu, backend ("native" | "triton"), channels_last) ->
+    y (N, K, P, Q) in x's dtype, in channels_last memory format when ``channels_last``.
+    """
+
+    @staticmethod
+    def forward(  # noqa: ANN205
+        ctx,  # noqa: ANN001
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int,
+        relu: bool,
+        backend: str,
+        channels_last: bool,
+    ):
+        y = _ops(backend).conv2d_fwd(x, weight, bias, stride, padding, dilation, groups, relu)
+        ctx.save_for_backward(x, weight, y if relu else None)
+        ctx.config = (stride, padding, dilation, groups, relu, backend, bias is not None)
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        x, weight, y = ctx.saved_tensors
+        stride, padding, dilation, groups, relu, backend, has_bias = ctx.config
+        if relu:
+            grad = torch.where(y > 0, grad, 0)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = _ops(backend).conv2d_bwd(grad, x, weight, stride, padding, dilation, groups, mask)
+        if mask[0] and is_channels_last(x):
+            gx = gx.contiguous(memory_format=torch.channels_last)
+        if mask[1] and is_channels_last(weight):
+            gw = gw.contiguous(memory_format=torch.channels_last)
+        return (
+            gx if mask[0] else None,
+            gw if mask[1] else None,
+            gb if mask[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -1,0 +1,373 @@
+# Conv2d, Triton implicit-GEMM kernels, registered as fastops_triton::conv2d_{fwd,bwd}.
+#
+# Math (x (N, C, H, W), w (K, Cg, R, S), y (N, K, P, Q), Cg = C / G, Kg = K / G, group g; hi = p sh -
+# ph + r dh, wi = q sw - pw + s dw, x = 0 outside the image):
+#   forward  y[n, k, p, q] = act(b[k] + sum_{c, r, s} w[k, c, r, s] x[n, g Cg + c, hi, wi])
+#   dgrad    dx[n, c', h, w] = sum_{k, r, s : p = (h + ph - r dh) / sh, q = (w + pw - s dw) / sw
+#                                    integral and in range} w[k, c, r, s] dy[n, k, p, q]
+#   wgrad    dw[k, c, r, s] = sum_{n, p, q} dy[n, k, p, q] x[n, g Cg + c, hi, wi];  db[k] = sum dy[:, k]
+# Each pass is one GEMM per group, its operand gathered on the fly from the NCHW tensors (never
+# an im2col tensor in memory):
+#   forward  M = N P Q,  N = Kg,          K = Cg R S   A = gather(x),  B = w^T
+#   dgrad    M = N H W,  N = Cg,          K = Kg R S   A = gather(dy) (zero where the stride skips)
+#   wgrad    M = Kg,     N = Cg R S,      K = N P Q    A = dy,         B = gather(x)
+# FLOPs: 2 N K P Q Cg R S per pass (dgrad does (sh sw)x more multiply-adds, most by zeros, when
+# strided: the simple gather keeps it correct for every stride and dilation).
+#
+# Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), G); each program owns one BLOCK_M x BLOCK_N output tile
+# of one group and loops over the whole K dimension in BLOCK_K steps, so every output element is
+# written by exactly one program (no atomics, deterministic). wgrad's first column of programs
+# also sums dy for db. Tiles live in registers; tl.dot feeds the tensor cores for fp16/bf16.
+#
+# Traffic: forward reads x R S times through L2 in the worst case (every (r, s) re-gathers it;
+# L1/L2 catch most of it), w once per M-tile, writes y once; the unfused torch baseline (cuDNN)
+# is the same op, so the benchmark's TFLOP/s uses the FLOP count above.
+#
+# Numerics: accumulation in float32 (float64 for float64 input); fp32 tl.dot uses IEEE precision
+# (no TF32), so fp32 results match the float64 reference to ~1e-6 relative. bias and ReLU are
+# applied to the fp32 accumulator before the single rounding to the output dtype.
+#
+# Preconditions (checked on the host by check_args): contiguous NCHW operands (made so here),
+# the native ops' argument rules. Offsets are int64: N C H W may exceed 2^31.
+#
+# References: NVIDIA CUTLASS "Implicit GEMM Convolution" (docs/implicit_gemm_convolution.md);
+# Triton tutorial 03-matrix-multiplication (tiling, activation on the fp32 accumulator).
+"""Triton conv2d kernels (implicit GEMM), registered as ``fastops_triton::conv2d_fwd`` / ``conv2d_bwd``
+with the native ops' schemas. Importing this module registers the ops."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from fastops.ops._conv2d_shapes import bwd_fake, fwd_fake, out_size
+from fastops.triton import interpreting
+from fastops.triton._register import triton_library_op
+
+# ruff: noqa: ANN001  (kernel arguments are pointers and ints whose types Triton infers at launch)
+
+
+def _configs() -> list[triton.Config]:
+    # The interpreter runs each program in numpy: one config, large tiles, few programs.
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}, num_warps=4)]
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=2),
+    ]
+
+
+@triton.autotune(configs=_configs(), key=["GEMM_M", "GEMM_N", "GEMM_K"])
+@triton.jit
+def conv2d_fwd_implicit_gemm_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, C, H, W, K, P, Q, R, S,
+    sh, sw, ph, pw, dh, dw, Cg, Kg,
+    GEMM_M, GEMM_N, GEMM_K,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC_F64: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+) -> None:  # fmt: skip
+    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows: (n, p, q)
+    kn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: output channel within the group
+    m_ok, k_ok = m < GEMM_M, kn < GEMM_N
+    q = m % Q
+    p = (m // Q) % P
+    n = m // (P * Q)
+    x_base = (n * C + g * Cg) * H * W  # (BLOCK_M,) int64
+    w_rows = (g * Kg + kn).to(tl.int64) * GEMM_K  # (BLOCK_N,)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
+    for k0 in range(0, GEMM_K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (c, r, s)
+        kk_ok = kk < GEMM_K
+        s = kk % S
+        r = (kk // S) % R
+        c = kk // (R * S)
+        hi = p[:, None] * sh - ph + r[None, :] * dh
+        wi = q[:, None] * sw - pw + s[None, :] * dw
+        a_ok = m_ok[:, None] & kk_ok[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        a_off = x_base[:, None] + (c[None, :].to(tl.int64) * H + hi) * W + wi
+        a = tl.load(x_ptr + a_off, mask=a_ok, other=0.0)
+        b = tl.load(w_ptr + w_rows[None, :] + kk[:, None], mask=kk_ok[:, None] & k_ok[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+        else:
+            acc += tl.dot(a, b, out_dtype=acc_t)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + g * Kg + kn, mask=k_ok, other=0.0).to(acc_t)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_off = ((n * K)[:, None] + (g * Kg + kn)[None, :].to(tl.int64)) * (P * Q) + (p * Q + q)[:, None]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.autotune(configs=_configs(), key=["GEMM_M", "GEMM_N", "GEMM_K"])
+@triton.jit
+def conv2d_dgrad_implicit_gemm_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    N, C, H, W, K, P, Q, R, S,
+    sh, sw, ph, pw, dh, dw, Cg, Kg,
+    GEMM_M, GEMM_N, GEMM_K,
+    ACC_F64: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+) -> None:  # fmt: skip
+    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows: input pixel (n, h, w)
+    cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: input channel within the group
+    m_ok, c_ok = m < GEMM_M, cn < GEMM_N
+    wq = m % W
+    h = (m // W) % H
+    n = m // (H * W)
+    dy_base = (n * K + g * Kg) * P * Q
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
+    for k0 in range(0, GEMM_K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (k, r, s)
+        kk_ok = kk < GEMM_K
+        s = kk % S
+        r = (kk // S) % R
+        k = kk // (R * S)
+        ph_num = h[:, None] + ph - r[None, :] * dh  # = p sh when this (r, h) pair contributes
+        pw_num = wq[:, None] + pw - s[None, :] * dw
+        # Floor-mod is safe on negatives here only after the >= 0 test, so test that first.
+        a_ok = m_ok[:, None] & kk_ok[None, :] & (ph_num >= 0) & (pw_num >= 0)
+        a_ok = a_ok & (ph_num % sh == 0) & (pw_num % sw == 0)
+        pp = ph_num // sh
+        qq = pw_num // sw
+        a_ok = a_ok & (pp < P) & (qq < Q)
+        a_off = dy_base[:, None] + (k[None, :].to(tl.int64) * P + pp) * Q + qq
+        a = tl.load(dy_ptr + a_off, mask=a_ok, other=0.0)
+        # w[g Kg + k, c, r, s]
+        b_off = ((g * Kg + k[:, None]).to(tl.int64) * Cg + cn[None, :]) * (R * S) + r[:, None] * S + s[:, None]
+        b = tl.load(w_ptr + b_off, mask=kk_ok[:, None] & c_ok[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+        else:
+            acc += tl.dot(a, b, out_dtype=acc_t)
+    dx_off = ((n * C)[:, None] + (g * Cg + cn)[None, :].to(tl.int64)) * (H * W) + (h * W + wq)[:, None]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.autotune(configs=_configs(), key=["GEMM_M", "GEMM_N", "GEMM_K"])
+@triton.jit
+def conv2d_wgrad_implicit_gemm_kernel(
+    dy_ptr, x_ptr, dw_ptr, db_ptr,
+    N, C, H, W, K, P, Q, R, S,
+    sh, sw, ph, pw, dh, dw, Cg, Kg,
+    GEMM_M, GEMM_N, GEMM_K,
+    BIAS_GRAD: tl.constexpr, ACC_F64: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+) -> None:  # fmt: skip
+    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    km = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # rows: output channel within the group
+    j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: (c, r, s)
+    k_ok, j_ok = km < GEMM_M, j < GEMM_N
+    s = j % S
+    r = (j // S) % R
+    c = j // (R * S)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
+    dbias = tl.zeros((BLOCK_M,), dtype=acc_t)
+    for t0 in range(0, GEMM_K, BLOCK_K):
+        t = (t0 + tl.arange(0, BLOCK_K)).to(tl.int64)  # reduction index: (n, p, q)
+        t_ok = t < GEMM_K
+        q = t % Q
+        p = (t // Q) % P
+        n = t // (P * Q)
+        a_off = ((n * K)[None, :] + (g * Kg + km)[:, None].to(tl.int64)) * (P * Q) + (p * Q + q)[None, :]
+        a = tl.load(dy_ptr + a_off, mask=k_ok[:, None] & t_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
+        hi = p[:, None] * sh - ph + r[None, :] * dh
+        wi = q[:, None] * sw - pw + s[None, :] * dw
+        b_ok = t_ok[:, None] & j_ok[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        b_off = ((n * C)[:, None] + (g * Cg + c)[None, :].to(tl.int64)) * (H * W) + hi * W + wi
+        b = tl.load(x_ptr + b_off, mask=b_ok, other=0.0)  # (BLOCK_K, BLOCK_N)
+        if IEEE:
+            acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+        else:
+            acc += tl.dot(a, b, out_dtype=acc_t)
+        if BIAS_GRAD:
+            dbias += tl.sum(a.to(acc_t), axis=1)
+    dw_off = (g * Kg + km)[:, None].to(tl.int64) * GEMM_N + j[None, :]
+    tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=k_ok[:, None] & j_ok[None, :])
+    if BIAS_GRAD:
+        if pid_n == 0:
+            tl.store(db_ptr + g * Kg + km, dbias.to(db_ptr.dtype.element_ty), mask=k_ok)
+
+
+# ---- host side --------------------------------------------------------------------------------
+
+
+def _shape(t: torch.Size | list[int]) -> str:
+    return "(" + ", ".join(str(s) for s in t) + (",)" if len(t) == 1 else ")")
+
+
+def check_args(
+    op: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> tuple[int, int]:
+    """The native ops' argument rules (csrc/fastops.h check_conv2d_args); returns (P, Q)."""
+    if x.dim() != 4:
+        raise ValueError(f"{op}: input must have shape (N, C, H, W), got {_shape(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: weight must have shape (K, C/groups, R, S), got {_shape(weight.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: input must be a floating tensor, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight must have input's dtype {x.dtype}, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but input is on {x.device}")
+    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
+        raise ValueError(f"{op}: stride, padding and dilation must have 2 elements each")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0 or groups < 1:
+        raise ValueError(f"{op}: stride and dilation must be positive, padding non-negative, groups positive")
+    c, k = x.shape[1], weight.shape[0]
+    if c % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels C={c}")
+    if k % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the output channels K={k} (weight.size(0))")
+    if weight.shape[1] != c // groups:
+        raise ValueError(
+            f"{op}: weight must have shape ({k}, {c // groups}, R, S) for {c} input channels and "
+            f"groups={groups}, got {_shape(weight.shape)}"
+        )
+    dims = []
+    for i in range(2):
+        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        padded = x.shape[2 + i] + 2 * padding[i]
+        if padded < span:
+            raise ValueError(f"{op}: output size would be <= 0: padded input {padded} < dilated kernel {span}")
+        dims.append(out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]))
+    return dims[0], dims[1]
+
+
+def _new_output(shape: list[int] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty, or NaN-filled under FASTOPS_POISON=1 (as the native new_output) so unwritten elements show."""
+    if os.environ.get("FASTOPS_POISON") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _geometry_args(x: torch.Tensor, weight: torch.Tensor, pq: tuple[int, int], st, pad, dil, groups) -> list:  # noqa: ANN001
+    n, c, h, w = x.shape
+    k, cg, r, s = weight.shape
+    return [n, c, h, w, k, pq[0], pq[1], r, s, st[0], st[1], pad[0], pad[1], dil[0], dil[1], cg, k // groups]
+
+
+def _grid(m: int, n: int, groups: int):  # noqa: ANN202
+    return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), groups)
+
+
+@triton_library_op(
+    "fastops_triton::conv2d_fwd",
+    mutates_args=(),
+    schema="(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+    "bool relu) -> Tensor",
+    fake=fwd_fake,
+)
+def conv2d_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """y (N, K, P, Q) = act(conv2d(x, weight) + bias), contiguous, x's dtype."""
+    op = "conv2d_fwd"
+    p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
+    k = weight.shape[0]
+    if bias is not None and (bias.shape != (k,) or bias.dtype != x.dtype or bias.device != x.device):
+        raise ValueError(f"{op}: bias must have shape ({k},) and input's dtype and device, got {_shape(bias.shape)}")
+    x, weight = x.contiguous(), weight.contiguous()
+    y = _new_output((x.shape[0], k, p_out, q_out), x.dtype, x.device)
+    cg, r, s = weight.shape[1:]
+    gm, gn, gk = x.shape[0] * p_out * q_out, k // groups, cg * r * s
+    if y.numel() == 0 or gk == 0:
+        if y.numel():
+            y.zero_()
+            if bias is not None:
+                y += bias.view(1, -1, 1, 1)
+            if relu:
+                y.clamp_min_(0)
+        return y
+    b = bias.contiguous() if bias is not None else None
+    wrap_triton(conv2d_fwd_implicit_gemm_kernel)[_grid(gm, gn, groups)](
+        x, weight, b, y, *_geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups),
+        gm, gn, gk, HAS_BIAS=bias is not None, RELU=relu, ACC_F64=x.dtype == torch.float64,
+        IEEE=x.dtype == torch.float32,
+    )  # fmt: skip
+    return y
+
+
+@triton_library_op(
+    "fastops_triton::conv2d_bwd",
+    mutates_args=(),
+    schema="(Tensor grad_out, Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+    "int groups, bool[3] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
+    fake=bwd_fake,
+)
+def conv2d_bwd(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias), contiguous; a masked-off output is an empty (0,) tensor."""
+    op = "conv2d_bwd"
+    p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
+    n, c, h, w = x.shape
+    k, cg, r, s = weight.shape
+    if tuple(grad_out.shape) != (n, k, p_out, q_out):
+        raise ValueError(f"{op}: grad_out must have shape {_shape([n, k, p_out, q_out])}, got {_shape(grad_out.shape)}")
+    if grad_out.dtype != x.dtype or grad_out.device != x.device:
+        raise TypeError(f"{op}: grad_out must have input's dtype {x.dtype} and device {x.device}")
+    x, weight, dy = x.contiguous(), weight.contiguous(), grad_out.contiguous()
+    geo = _geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups)
+    flags = dict(ACC_F64=x.dtype == torch.float64, IEEE=x.dtype == torch.float32)
+    dx = _new_output(x.shape, x.dtype, x.device) if output_mask[0] else x.new_empty((0,))
+    dw = _new_output(weight.shape, x.dtype, x.device) if output_mask[1] else x.new_empty((0,))
+    db = _new_output((k,), x.dtype, x.device) if output_mask[2] else x.new_empty((0,))
+    kg = k // groups
+    empty_sum = n * p_out * q_out == 0 or cg == 0
+    if output_mask[0] and dx.numel():
+        if empty_sum or kg == 0:
+            dx.zero_()
+        else:
+            gm, gn, gk = n * h * w, cg, kg * r * s
+            wrap_triton(conv2d_dgrad_implicit_gemm_kernel)[_grid(gm, gn, groups)](
+                dy, weight, dx, *geo, gm, gn, gk, **flags
+            )
+    if output_mask[1] or output_mask[2]:
+        if empty_sum:
+            if output_mask[1]:
+                dw.zero_()
+            if output_mask[2]:
+                db.copy_(dy.sum((0, 2, 3)) if n * p_out * q_out else torch.zeros_like(db))
+        else:
+            gm, gn, gk = kg, cg * r * s, n * p_out * q_out
+            # Without a requested weight gradient the kernel still runs (its db sum rides on the
+            # same dy tiles) and writes into a scratch buffer.
+            dw_buf = dw if output_mask[1] else torch.empty(weight.shape, dtype=x.dtype, device=x.device)
+            wrap_triton(conv2d_wgrad_implicit_gemm_kernel)[_grid(gm, gn, groups)](
+                dy, x, dw_buf, db if output_mask[2] else None, *geo, gm, gn, gk, BIAS_GRAD=bool(output_mask[2]), **flags
+            )
+    return dx, dw, db

@@ -1,0 +1,458 @@
+"""Conv2d: every backend against the float64 reference over a parameter sweep (strides, dilations,
+'same' / 'valid' / asymmetric padding, groups, odd sizes, kernel sizes, batch 1 and more, unbatched,
+channels_last), gradcheck, opcheck, torch.compile, module parity for every padding_mode, a swapped
+ResNet basic block, bad inputs, and wrong implementations the checker must reject."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import HAS_CUDA, device_backend_params
+
+import fastops
+import fastops.functional as FF
+from fastops import reference
+from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+
+ALL = device_backend_params()
+KERNEL_BACKENDS = device_backend_params(("native", "triton"), ("native", "triton"))
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+
+
+def _dtypes(device: str) -> list[torch.dtype]:
+    return [torch.float32, torch.float64] + (LOW_PRECISION if device == "cuda" else [])
+
+
+# (input shape, weight shape, stride, padding, dilation, groups, bias, channels_last)
+SWEEP = [
+    ((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, 1, True, False),
+    ((1, 4, 11, 10), (6, 4, 3, 3), 2, 1, 1, 1, True, False),
+    ((3, 4, 13, 9), (6, 2, 3, 2), (3, 2), (2, 0), (2, 1), 2, False, False),
+    ((2, 6, 8, 9), (6, 1, 3, 3), 1, "same", 1, 6, True, False),  # depthwise
+    ((2, 6, 8, 9), (12, 1, 5, 3), 1, 2, 1, 6, False, True),  # depthwise, channel multiplier 2
+    ((2, 5, 7, 7), (3, 5, 1, 1), 1, 0, 1, 1, True, False),  # pointwise: no gather
+    ((2, 5, 7, 7), (3, 5, 1, 1), 2, 0, 1, 1, False, True),
+    ((1, 3, 15, 13), (4, 3, 7, 7), 2, 3, 1, 1, True, False),  # stem-like 7x7 / 2
+    ((2, 4, 10, 11), (4, 4, 4, 4), 1, "same", 1, 1, True, False),  # even kernel: asymmetric 'same'
+    ((2, 4, 9, 10), (4, 2, 2, 3), 1, "same", (2, 1), 2, False, True),  # odd total on rows only
+    ((2, 3, 8, 8), (2, 3, 3, 3), 3, "valid", 2, 1, True, False),
+    ((3, 7, 9), (4, 3, 3, 3), 1, (0, 2), 1, 1, True, False),  # unbatched
+    ((2, 4, 6, 5), (8, 4, 6, 5), 1, 0, 1, 1, True, False),  # kernel as large as the input: P = Q = 1
+    ((2, 8, 12, 12), (8, 4, 3, 3), 1, 1, 1, 2, True, True),
+]
+# The Triton interpreter runs every program in Python: the same forms at the smallest sizes.
+SWEEP_TRITON = [
+    ((2, 3, 6, 5), (4, 3, 3, 3), 1, 1, 1, 1, True, False),
+    ((1, 4, 7, 6), (4, 2, 3, 2), (2, 3), (1, 0), (2, 1), 2, False, True),
+    ((2, 3, 5, 6), (3, 1, 3, 3), 1, "same", 1, 3, True, False),
+    ((1, 2, 7, 7), (3, 2, 4, 4), 1, "same", 1, 1, True, False),
+    ((3, 5, 5), (2, 3, 1, 1), 2, 0, 1, 1, True, False),
+    ((1, 2, 9, 8), (2, 2, 5, 5), 3, 2, 1, 1, False, False),
+]
+
+
+def _case_id(case):
+    xs, ws, st, pad, dil, groups, bias, cl = case
+    return f"x{'x'.join(map(str, xs))}-w{'x'.join(map(str, ws))}-s{st}-p{pad}-d{dil}-g{groups}" + ("-cl" if cl else "")
+
+
+def _make(case, dtype, device):
+    xs, ws, st, pad, dil, groups, with_bias, cl = case
+    x = make_tensor(xs, dtype, device)
+    fan_in = ws[1] * ws[2] * ws[3]
+    w = make_tensor(ws, dtype, device, scale=fan_in**-0.5)  # unit-scale outputs
+    b = make_tensor((ws[0],), dtype, device) if with_bias else None
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    kw = dict(stride=st, padding=pad, dilation=dil, groups=groups)
+    return x, w, b, kw
+
+
+def _unit(t: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring a result and its reference to unit scale (the tolerance rule's premise): gradients that
+    sum over N P Q terms grow like sqrt(N P Q), so both are divided by the reference's RMS."""
+    rms = ref.double().pow(2).mean().sqrt().clamp_min(1e-30) if ref.numel() else torch.tensor(1.0)
+    return t / rms.to(t.dtype), ref / rms
+
+
+def _run(fn, x, w, b, kw, grad_seed):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w)]
+    # clone() keeps x's memory format (preserve_format)
+    bl = None if b is None else b.detach().clone().requires_grad_()
+    out = fn(leaves[0], leaves[1], bl, **kw)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    inputs = leaves + ([bl] if bl is not None else [])
+    grads = torch.autograd.grad(out, inputs, g.to(out.dtype).to(out.device))
+    return out.detach(), grads
+
+
+def _check_against_reference(backend, x, w, b, kw, what=""):
+    seed = int(torch.randint(0, 2**31, ()).item())
+    out, grads = _run(lambda *a, **k: FF.conv2d(*a, backend=backend, **k), x, w, b, kw, seed)
+    b64 = None if b is None else b.double()
+    ref, ref_grads = _run(reference.conv2d, x.double(), w.double(), b64, kw, seed)
+    same_out, same_grads = None, [None] * len(grads)
+    if x.dtype in LOW_PRECISION:
+        same_out, same_grads = _run(F.conv2d, x, w, b, kw, seed)
+    # Shape, dtype and memory format as torch's own conv2d.
+    expected_layout = F.conv2d(x, w, b, **{k: v for k, v in kw.items() if k != "activation"})
+    assert out.shape == expected_layout.shape and out.dtype == x.dtype
+    assert out.stride() == expected_layout.stride(), f"memory format {out.stride()} != {expected_layout.stride()}"
+    assert_close_to_reference(*_unit(out, ref), torch_same_dtype=same_out, what=f"output {what}")
+    for name, gr, gref, gsame in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads, same_grads):
+        got, exp = _unit(gr, gref)
+        assert_close_to_reference(
+            got, exp, torch_same_dtype=None if gsame is None else _unit(gsame, gref)[0], what=f"{name} {what}"
+        )
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native", "torch"), ("native", "torch")))
+@pytest.mark.parametrize("case", SWEEP, ids=_case_id)
+def test_matches_reference_sweep(device, backend, case):
+    for dtype in _dtypes(device):
+        x, w, b, kw = _make(case, dtype, device)
+        _check_against_reference(backend, x, w, b, kw, f"{dtype}")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")])]
+)
+@pytest.mark.parametrize("case", SWEEP_TRITON, ids=_case_id)
+def test_triton_matches_reference_sweep(device, case):
+    for dtype in _dtypes(device) if device == "cuda" else [torch.float32]:
+        x, w, b, kw = _make(case, dtype, device)
+        _check_against_reference("triton", x, w, b, kw, f"{dtype}")
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))
+def test_tiled_rows_and_large_channels(device, backend):
+    # More output rows than one column tile holds (CRS x rows x Q > 128k elements): several tiles
+    # per sample with a partial last one, and a C R S reduction longer than any GPU K-tile.
+    case = ((2, 16, 41, 70), (24, 16, 3, 3), 1, 1, 1, 1, True, False)
+    x, w, b, kw = _make(case, torch.float32, device)
+    _check_against_reference(backend, x, w, b, kw)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
+    # The CPU kernel splits samples into one chunk per thread and cuts each chunk's output rows into
+    # tiles that may span samples (small images) or split them (large ones): every split must agree.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for case in [
+            ((5, 6, 5, 7), (8, 3, 3, 3), 1, 1, 1, 2, True, False),  # whole chunk in one tile
+            ((3, 40, 25, 30), (8, 40, 3, 3), (2, 1), (1, 2), (1, 2), 1, True, False),  # P=13: split, straddling tiles
+        ]:
+            x, w, b, kw = _make(case, torch.float64, "cpu")
+            _check_against_reference("native", x, w, b, kw, f"threads={threads}")
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_fused_relu_and_noncontiguous(device, backend):
+    small = backend == "triton"
+    case = ((2, 4, 6, 7) if small else (2, 6, 12, 11), (5, 4 if small else 6, 3, 3), 1, 1, 1, 1, True, False)
+    for dtype in [torch.float64]:
+        x, w, b, kw = _make(case, dtype, device)
+        x, w = noncontiguous(x), noncontiguous(w)
+        _check_against_reference(backend, x, w, b, dict(kw, activation="relu"), "relu")
+        out = FF.conv2d(x, w, b, activation="relu", backend=backend, **kw)
+        assert bool((out >= 0).all()) and bool((out == 0).any())
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_gradcheck_float64(device, backend):
+    cases = [
+        ((2, 4, 5, 6), (4, 2, 3, 2), (2, 1), (1, 0), (1, 2), 2, True, False),
+        ((3, 4, 5), (2, 3, 2, 2), 1, "same", 1, 1, True, False),
+        ((1, 2, 4, 5), (2, 2, 1, 1), 1, 0, 1, 1, False, True),
+    ]
+    for case in cases:
+        x, w, b, kw = _make(case, torch.float64, device)
+        inputs = (x.requires_grad_(), w.requires_grad_()) + ((b.requires_grad_(),) if b is not None else ())
+        for act in (None, "relu"):
+
+            def fn(*args, kw=kw, act=act):
+                return FF.conv2d(*args, activation=act, backend=backend, **kw)
+
+            assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8)
+
+
+def _namespace(backend):
+    if backend == "native":
+        return torch.ops.fastops
+    import fastops.triton.conv2d  # noqa: F401
+
+    return torch.ops.fastops_triton
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
+def test_opcheck(device, backend):
+    ns = _namespace(backend)
+    for xs, ws, st, pad, dil, groups, with_bias, relu in [
+        ((2, 4, 5, 6), (4, 2, 3, 3), [1, 2], [1, 0], [1, 1], 2, True, False),
+        ((1, 3, 6, 5), (2, 3, 2, 2), [2, 1], [0, 1], [2, 1], 1, False, True),
+    ]:
+        x = make_tensor(xs, torch.float64, device)
+        w = make_tensor(ws, torch.float64, device)
+        b = make_tensor((ws[0],), torch.float64, device) if with_bias else None
+        torch.library.opcheck(ns.conv2d_fwd, (x, w, b, st, pad, dil, groups, relu))
+        y = ns.conv2d_fwd(x, w, b, st, pad, dil, groups, relu)
+        gy = torch.randn_like(y)
+        for mask in ([True, True, True], [True, False, False], [False, True, False]):
+            torch.library.opcheck(ns.conv2d_bwd, (gy, x, w, st, pad, dil, groups, mask))
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_torch_compile_fullgraph(device, backend):
+    torch._dynamo.reset()
+
+    def step(x, w, b):
+        y = FF.conv2d(x * 2.0, w, b, stride=1, padding="same", backend=backend)
+        return FF.conv2d(y, w, None, stride=(2, 1), padding=1, activation="relu", backend=backend).sum() * 3.0
+
+    x = make_tensor((2, 3, 6, 7), torch.float32, device)
+    w = make_tensor((3, 3, 2, 3), torch.float32, device, scale=0.3)
+    b = make_tensor((3,), torch.float32, device)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "triton" else "inductor")
+    args_e = [t.clone().requires_grad_() for t in (x, w, b)]
+    args_c = [t.clone().requires_grad_() for t in (x, w, b)]
+    eager, got = step(*args_e), compiled(*args_c)
+    torch.testing.assert_close(got, eager)
+    for ge, gc in zip(torch.autograd.grad(eager, args_e), torch.autograd.grad(got, args_c)):
+        torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_module_parity(device, backend, padding_mode):
+    kwargs = dict(stride=(1, 2), padding=(2, 1), dilation=1, groups=2, padding_mode=padding_mode, device=device)
+    torch.manual_seed(1234)
+    theirs = torch.nn.Conv2d(4, 6, (3, 2), **kwargs)
+    torch.manual_seed(1234)
+    ours = fastops.nn.Conv2d(4, 6, (3, 2), **kwargs, backend=backend)
+    assert isinstance(ours, torch.nn.Conv2d)
+    # Same initialisation (same RNG draws) and the same state_dict.
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, rtol=0, atol=0)
+    fresh = fastops.nn.Conv2d(4, 6, (3, 2), **kwargs, backend=backend)
+    fresh.load_state_dict(theirs.state_dict())
+    x = make_tensor((2, 4, 7, 6), torch.float32, device, requires_grad=True)
+    a, b = fresh(x), theirs(x)
+    torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(a.square().sum(), [x, fresh.weight, fresh.bias])
+    gb = torch.autograd.grad(b.square().sum(), [x, theirs.weight, theirs.bias])
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    assert "backend=" in repr(ours)
+
+
+class _BasicBlock(torch.nn.Module):
+    """torchvision's ResNet BasicBlock with a downsampling shortcut (stride 2, 1x1 projection)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
+
+
+def _swap_convs(model, backend):
+    for name, child in list(model.named_children()):
+        if type(child) is torch.nn.Conv2d:
+            new = fastops.nn.Conv2d(
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                child.stride,
+                child.padding,
+                child.dilation,
+                child.groups,
+                child.bias is not None,
+                child.padding_mode,
+                device=child.weight.device,
+                dtype=child.weight.dtype,
+                backend=backend,
+            )
+            new.load_state_dict(child.state_dict())
+            setattr(model, name, new)
+        else:
+            _swap_convs(child, backend)
+    return model
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_resnet_block_with_swapped_convs(device, backend):
+    import copy
+
+    small = backend == "triton"
+    block = _BasicBlock(4 if small else 8, 6 if small else 16, 2).to(device).double()
+    ours = _swap_convs(copy.deepcopy(block), backend)
+    assert sum(isinstance(m, fastops.nn.Conv2d) for m in ours.modules()) == 3
+    x = make_tensor((2, 4 if small else 8, 7 if small else 15, 6 if small else 13), torch.float64, device)
+    for model in (block, ours):
+        model.train()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = block(xa), ours(xb)
+    torch.testing.assert_close(yb, ya)
+    g = torch.randn_like(ya)
+    ga = torch.autograd.grad(ya, [xa, *block.parameters()], g)
+    gb = torch.autograd.grad(yb, [xb, *ours.parameters()], g)
+    for u, v in zip(gb, ga):
+        torch.testing.assert_close(u, v)
+
+
+def test_fastops_swap_replaces_every_conv():
+    block = _BasicBlock(4, 6, 2).double()
+    x = make_tensor((2, 4, 9, 8), torch.float64)
+    expected = block(x)
+    report = fastops.swap(block, backend="native")
+    assert sum(type(m) is fastops.nn.Conv2d for m in block.modules()) == 3, str(report)
+    torch.testing.assert_close(block(x), expected)
+
+
+BAD_INPUTS = [
+    ("channel mismatch", lambda d: ((2, 4, 5, 5), (3, 3, 3, 3), {}), ValueError, "channel mismatch"),
+    (
+        "groups not dividing C",
+        lambda d: ((2, 5, 5, 5), (4, 2, 3, 3), {"groups": 2}),
+        ValueError,
+        "must divide the input",
+    ),
+    (
+        "groups not dividing K",
+        lambda d: ((2, 4, 5, 5), (3, 2, 3, 3), {"groups": 2}),
+        ValueError,
+        "must divide the output",
+    ),
+    ("output size <= 0", lambda d: ((1, 2, 3, 3), (2, 2, 5, 5), {}), ValueError, "output size would be <= 0"),
+    ("input dims", lambda d: ((2, 3, 4, 5, 6), (2, 3, 3, 3), {}), ValueError, "input must have shape"),
+    ("weight dims", lambda d: ((2, 3, 4, 5), (2, 3, 3), {}), ValueError, "weight must have shape"),
+    ("bias shape", lambda d: ((2, 3, 4, 5), (2, 3, 3, 3), {"bias": (3,)}), ValueError, "bias must have shape (2,)"),
+    ("stride 0", lambda d: ((2, 3, 4, 5), (2, 3, 3, 3), {"stride": 0}), ValueError, "stride must be >= 1"),
+    ("negative padding", lambda d: ((2, 3, 4, 5), (2, 3, 3, 3), {"padding": -1}), ValueError, "padding must be >= 0"),
+    (
+        "same with stride",
+        lambda d: ((2, 3, 4, 5), (2, 3, 3, 3), {"padding": "same", "stride": 2}),
+        ValueError,
+        "strided",
+    ),
+    ("bad padding string", lambda d: ((2, 3, 4, 5), (2, 3, 3, 3), {"padding": "full"}), ValueError, "padding must be"),
+    ("activation", lambda d: ((2, 3, 4, 5), (2, 3, 3, 3), {"activation": "gelu"}), ValueError, "activation"),
+]
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_raises_clear_error(device, backend, case):
+    _, make, exc, message = case
+    xs, ws, kw = make(device)
+    kw = dict(kw)
+    bias = make_tensor(kw.pop("bias"), device=device) if "bias" in kw else None
+    x, w = make_tensor(xs, device=device), make_tensor(ws, device=device)
+    with pytest.raises(exc, match=message.replace("(", r"\(").replace(")", r"\)")):
+        FF.conv2d(x, w, bias, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_bad_dtype_and_device(device, backend):
+    x, w = make_tensor((2, 3, 5, 5), device=device), make_tensor((2, 3, 3, 3), device=device)
+    with pytest.raises(TypeError, match="weight must have input's dtype"):
+        FF.conv2d(x, w.double(), backend=backend)
+    with pytest.raises(TypeError, match="bias must have input's dtype"):
+        FF.conv2d(x, w, torch.zeros(2, dtype=torch.float64, device=device), backend=backend)
+    with pytest.raises(TypeError, match="input must be floating"):
+        FF.conv2d(x.long(), w.long(), backend=backend)
+    with pytest.raises(ValueError, match="weight is on meta"):
+        FF.conv2d(x, w.to("meta"), backend=backend)
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
+def test_raw_ops_reject_bad_input(device, backend):
+    ns = _namespace(backend)
+    x, w = make_tensor((2, 4, 5, 5), device=device), make_tensor((3, 2, 3, 3), device=device)
+    with pytest.raises((ValueError, RuntimeError), match="must divide the output channels"):
+        ns.conv2d_fwd(x, w, None, [1, 1], [0, 0], [1, 1], 2, False)
+    w = make_tensor((4, 3, 3, 3), device=device)
+    with pytest.raises((ValueError, RuntimeError), match="weight must have shape"):
+        ns.conv2d_fwd(x, w, None, [1, 1], [0, 0], [1, 1], 1, False)
+    w = make_tensor((4, 4, 3, 3), device=device)
+    with pytest.raises((ValueError, RuntimeError), match="output size would be <= 0"):
+        ns.conv2d_fwd(x, w, None, [1, 1], [0, 0], [3, 3], 1, False)
+    with pytest.raises((ValueError, RuntimeError), match="bias must have shape"):
+        ns.conv2d_fwd(x, w, torch.zeros(3, device=device), [1, 1], [0, 0], [1, 1], 1, False)
+    with pytest.raises((ValueError, RuntimeError), match="grad_out must have shape"):
+        ns.conv2d_bwd(torch.zeros(2, 4, 2, 2, device=device), x, w, [1, 1], [0, 0], [1, 1], 1, [True, True, False])
+
+
+def test_bfloat16_on_cpu_falls_back_with_correct_result():
+    x, w, b, kw = _make(((2, 3, 6, 5), (4, 3, 3, 3), 1, 1, 1, 1, True, False), torch.bfloat16, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _check_against_reference("auto", x, w, b, kw)
+
+
+def test_backend_resolution():
+    assert fastops._backend.resolve("conv2d", "auto", "cpu", torch.float32) == "native"
+    with pytest.raises(RuntimeError, match="take float32, float64, not float16"):
+        FF.conv2d(make_tensor((1, 2, 3, 3)).half(), make_tensor((1, 2, 1, 1)).half(), backend="native")
+    assert "conv2d" in fastops.backends()["native"]["cpu"][1]
+
+
+# ---- the checker must reject wrong implementations ---------------------------------------------
+
+
+def _wrong_true_convolution(x, w, b=None, **kw):
+    return reference.conv2d(x, w.flip(2, 3), b, **kw)  # flipped kernel: convolution, not correlation
+
+
+def _wrong_same_extra_on_top(x, w, b=None, **kw):
+    x = F.pad(x, [1, 0, 1, 0])  # the odd 'same' padding on the wrong side
+    return reference.conv2d(x, w, b, **dict(kw, padding=1))  # 4x4 kernel: 2 rows above, 1 below
+
+
+def _wrong_one_unwritten(x, w, b=None, **kw):
+    out = reference.conv2d(x, w, b, **kw).clone()
+    out[-1, -1, -1, -1] = float("nan")  # what a kernel that skips the last tile leaves in a poisoned output
+    return out
+
+
+def _wrong_groups_ignored(x, w, b=None, **kw):
+    kw = dict(kw)
+    groups = kw.pop("groups")
+    ws = w.repeat(1, groups, 1, 1) / groups  # every group sees every channel
+    return reference.conv2d(x, ws, b, groups=1, **kw)
+
+
+@pytest.mark.parametrize(
+    "wrong", [_wrong_true_convolution, _wrong_same_extra_on_top, _wrong_one_unwritten, _wrong_groups_ignored]
+)
+def test_checker_rejects_wrong_implementations(wrong):
+    x = make_tensor((2, 4, 9, 8), torch.float32)
+    w = make_tensor((4, 2, 4, 4), torch.float32, scale=0.2)
+    kw = dict(stride=1, padding="same", dilation=1, groups=2)
+    with pytest.raises(AssertionError):
+        got = wrong(x, w, None, **kw)
+        expected = reference.conv2d(x.double(), w.double(), None, **kw)
+        assert_close_to_reference(*_unit(got, expected), what="wrong implementation")
+
+
+def test_reference_matches_torch():
+    # The reference is written from the formula; torch's conv2d is an independent check of it.
+    for case in SWEEP:
+        x, w, b, kw = _make(case, torch.float64, "cpu")
+        torch.testing.assert_close(reference.conv2d(x, w, b, **kw), F.conv2d(x, w, b, **kw))
