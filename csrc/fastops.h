@@ -266,4 +266,67 @@ inline void check_linear_relu_bwd_args(const char* op, const LinearReluGeometry&
   }
 }
 
+// ---- Adam / AdamW step ------------------------------------------------------------------------
+
+// Validates one adam_step_ call: list lengths, per-parameter shape/dtype/device agreement, scalar
+// ranges (torch.optim.Adam's messages), dense gradients, one-element float32 steps and scalars.
+inline void check_adam_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList state_steps,
+                            double lr, const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2,
+                            double weight_decay, double eps, bool amsgrad, const std::optional<at::Tensor>& grad_scale,
+                            const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
+                    op, ": params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length, got ", n,
+                    ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size(), ", ", state_steps.size());
+  TORCH_CHECK_VALUE(max_exp_avg_sqs.size() == (amsgrad ? n : 0), op, ": max_exp_avg_sqs must have ",
+                    amsgrad ? n : 0, " tensors (amsgrad=", amsgrad, "), got ", max_exp_avg_sqs.size());
+  TORCH_CHECK_VALUE(lr >= 0.0, op, ": Invalid learning rate: ", lr);
+  TORCH_CHECK_VALUE(eps >= 0.0, op, ": Invalid epsilon value: ", eps);
+  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, op, ": Invalid beta parameter at index 0: ", beta1);
+  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, op, ": Invalid beta parameter at index 1: ", beta2);
+  TORCH_CHECK_VALUE(weight_decay >= 0.0, op, ": Invalid weight_decay value: ", weight_decay);
+  if (n == 0) return;
+  const at::Device dev = params[0].device();
+  const at::ScalarType dt = params[0].scalar_type();
+  TORCH_CHECK_TYPE(at::isFloatingType(dt), op, ": params must be floating, got ", dt);
+  auto check_scalar = [&](const char* name, const std::optional<at::Tensor>& t) {
+    if (!t.has_value()) return;
+    TORCH_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must have one element, got shape ", shape_str(t->sizes()));
+    TORCH_CHECK_VALUE(t->device() == dev, op, ": ", name, " is on ", t->device(), " but params are on ", dev);
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating, got ",
+                     t->scalar_type());
+  };
+  check_scalar("lr_tensor", lr_tensor);
+  check_scalar("grad_scale", grad_scale);
+  check_scalar("found_inf", found_inf);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK_VALUE(p.device() == dev, op, ": all params must be on one device; params[0] is on ", dev,
+                      " but params[", i, "] is on ", p.device());
+    TORCH_CHECK_TYPE(p.scalar_type() == dt, op, ": all params must have one dtype; params[0] is ", dt,
+                     " but params[", i, "] is ", p.scalar_type());
+    TORCH_CHECK_VALUE(!grads[i].is_sparse(), op,
+                      ": Adam does not support sparse gradients, please consider SparseAdam instead (grads[", i,
+                      "])");
+    TORCH_CHECK_VALUE(p.layout() == at::kStrided, op, ": params[", i, "] must be a strided (dense) tensor");
+    const std::pair<const char*, const at::Tensor*> same[] = {
+        {"grads", &grads[i]}, {"exp_avgs", &exp_avgs[i]}, {"exp_avg_sqs", &exp_avg_sqs[i]},
+        {"max_exp_avg_sqs", amsgrad ? &max_exp_avg_sqs[i] : nullptr}};
+    for (const auto& [name, t] : same) {
+      if (t == nullptr) continue;
+      TORCH_CHECK_VALUE(t->sizes() == p.sizes(), op, ": ", name, "[", i, "] must have params[", i, "]'s shape ",
+                        shape_str(p.sizes()), ", got ", shape_str(t->sizes()));
+      TORCH_CHECK_TYPE(t->scalar_type() == dt, op, ": ", name, "[", i, "] must have the params' dtype ", dt,
+                       ", got ", t->scalar_type());
+      TORCH_CHECK_VALUE(t->device() == dev, op, ": ", name, "[", i, "] is on ", t->device(),
+                        " but params are on ", dev);
+    }
+    const at::Tensor& s = state_steps[i];
+    TORCH_CHECK_VALUE(s.numel() == 1 && s.scalar_type() == at::kFloat && s.device() == dev, op, ": state_steps[",
+                      i, "] must be a one-element float32 tensor on ", dev, ", got ", s.scalar_type(), " of shape ",
+                      shape_str(s.sizes()), " on ", s.device());
+  }
+}
+
 }  // namespace fastops

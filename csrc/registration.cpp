@@ -48,4 +48,17 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "linear_relu_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor out) "
       "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // ---- Adam / AdamW step ----------------------------------------------------------------------
+  // One in-place step over lists of equally long lists (one entry per parameter, all on one device
+  // and of one dtype; state in the parameter's dtype). max_exp_avg_sqs is empty unless amsgrad.
+  // state_steps: one float32 tensor of one element per parameter, on the parameters' device: the
+  // step count before this step; the op adds 1 (not when found_inf is nonzero). lr_tensor, when
+  // given, replaces lr (one element, read on the device: no host sync). grad_scale: the grads are
+  // divided by it; found_inf (one element): when nonzero nothing is written at all. Both as in
+  // torch's GradScaler contract for fused optimizers. decoupled_weight_decay: AdamW, else Adam's L2.
+  m.def(
+      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, Tensor? lr_tensor, float beta1, "
+      "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
+      "Tensor? grad_scale, Tensor? found_inf) -> ()");
 }

@@ -4,6 +4,7 @@
     import fastops.functional as FF
     FF.cross_entropy(logits, target)          # like torch.nn.functional.cross_entropy
     fastops.nn.CrossEntropyLoss()             # like torch.nn.CrossEntropyLoss
+    fastops.optim.AdamW(model.parameters())   # like torch.optim.AdamW, one fused step
     fastops.backends()                        # which backends run here, and why not
     torch.ops.fastops.*                       # the registered ops
 
@@ -13,11 +14,12 @@ Importing works without the compiled extension: ``backends()`` then says why ``n
 from fastops import _backend
 from fastops import functional as functional
 from fastops import nn as nn
+from fastops import optim as optim
 from fastops import reference as reference
 from fastops._backend import backends
 from fastops.swap import SwapReport, swap
 
 __version__ = "0.1.0"
-__all__ = ["SwapReport", "backends", "functional", "nn", "reference", "swap", "__version__"]
+__all__ = ["SwapReport", "backends", "functional", "nn", "optim", "reference", "swap", "__version__"]
 
 NATIVE_LOADED = _backend.NATIVE_LOADED

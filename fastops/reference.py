@@ -153,3 +153,67 @@ def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if bias is not None:
         y = y + bias.to(dt)
     return y.masked_fill(y <= 0, 0).to(x.dtype)
+
+
+def adam_step_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    *,
+    lr: float,
+    lr_tensor: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+) -> None:
+    """One Adam (``decoupled_weight_decay=False``) or AdamW step, in place, with torch.optim's formulas.
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs: one tensor per parameter, each list entry of the
+            parameter's shape and dtype (any shape, including ``()`` and empty).
+        max_exp_avg_sqs: as exp_avgs when ``amsgrad``, else an empty list.
+        state_steps: one-element float32 tensors, the step count before this step; incremented.
+        lr / lr_tensor: the learning rate; a one-element ``lr_tensor`` replaces ``lr``.
+        grad_scale, found_inf: one-element tensors from a GradScaler or None: grads are divided by
+            ``grad_scale``; when ``found_inf`` is nonzero nothing changes.
+
+    float16/bfloat16 state is updated in float32 and rounded once per stored value.
+    """
+    if found_inf is not None and bool(found_inf.item() != 0):
+        return
+    lr_value = float(lr_tensor.item()) if lr_tensor is not None else lr
+    for i, p in enumerate(params):
+        dtype = _compute_dtype(p.dtype)
+        state_steps[i] += 1
+        t = float(state_steps[i].item())
+        g = grads[i].to(dtype)
+        if grad_scale is not None:
+            g = g / grad_scale.to(dtype)
+        if maximize:
+            g = -g
+        x = p.to(dtype)
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                x = x * (1 - lr_value * weight_decay)
+            else:
+                g = g + weight_decay * x
+        m = exp_avgs[i].to(dtype).lerp(g, 1 - beta1)
+        v = exp_avg_sqs[i].to(dtype) * beta2 + (1 - beta2) * g * g
+        v_used = v
+        if amsgrad:
+            v_used = torch.maximum(max_exp_avg_sqs[i].to(dtype), v)
+            max_exp_avg_sqs[i].copy_(v_used)
+        step_size = lr_value / (1 - beta1**t)
+        denom = v_used.sqrt() / (1 - beta2**t) ** 0.5 + eps
+        p.copy_(x - step_size * m / denom)
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)

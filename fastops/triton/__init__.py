@@ -44,7 +44,7 @@ def _why_unavailable() -> str:
 REASON: str = _why_unavailable()
 AVAILABLE: bool = REASON == ""
 
-_OPS = ("conv2d", "cross_entropy", "linear_relu")
+_OPS = ("adam", "conv2d", "cross_entropy", "linear_relu")
 
 
 def load(stem: str) -> ModuleType:

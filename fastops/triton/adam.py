@@ -1,0 +1,226 @@
+# Adam / AdamW step, Triton kernel, registered as fastops_triton::adam_step_.
+#
+# Math (the same as csrc/cpu/adam.cpp; torch.optim.Adam's _single_tensor_adam), per element, with
+# t = the step count after this step:
+#   g = grad * inv_scale; g = -g (maximize); p *= 1 - lr*wd (AdamW) | g += wd*p (Adam L2)
+#   m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2; vm = max(vm, v) (amsgrad, used for v)
+#   p = p + neg_step_size * m / (sqrt(v) / bc2_sqrt + eps)
+#   neg_step_size = -lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t)
+# The per-tensor scalars depend on the step counts, the lr tensor and grad_scale, which live on the
+# device: the launcher computes them there with a handful of tiny torch ops over all tensors at once
+# (float64, as torch's host arithmetic; stored in the math type), so nothing is read back to the
+# host. found_inf is read by every program, which then masks all its loads and stores off.
+#
+# Grid. One launch per parameter tensor: grid = (cdiv(numel, BLOCK),), one BLOCK of elements per
+# program, offsets in int64 (a tensor may exceed 2^31 elements). A grouped launch over a pointer
+# table would save the per-tensor launch overhead on many-small-tensor lists; the native CUDA
+# kernel (csrc/cuda/adam.cu) does that, this backend keeps the simple form.
+#
+# Tiling. A program's BLOCK elements of p, g, m, v (vm) live in registers; no reuse, no shared memory.
+#
+# Traffic per parameter and step (s = bytes per element): read p, g, m, v, write p, m, v: 7s (28
+# bytes in float32), 9s with amsgrad. Unfused torch (foreach=False) makes ~9 elementwise passes,
+# about 24s. The benchmark's GB/s uses 7s (9s with amsgrad).
+#
+# Numerics. Math in float32 for fp16/bf16/fp32 and float64 for fp64; one rounding per stored value.
+# NaN/inf in grads propagate as in torch. found_inf != 0: nothing is written (steps not advanced).
+#
+# Preconditions (fastops.ops.adam.check_args): per parameter, grad/m/v/vm of p's shape, dtype and
+# device; one device and dtype per call; one-element float32 steps. Tensors that are not contiguous
+# are updated through contiguous copies that are copied back.
+#
+# References. Kingma & Ba, "Adam" (arXiv:1412.6980); Loshchilov & Hutter, AdamW (arXiv:1711.05101);
+# torch/optim/adam.py; llm.c dev/cuda/adamw.cu (read, not copied).
+"""Triton Adam/AdamW step: ``fastops_triton::adam_step_``, same schema as the native ``fastops::adam_step_``."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from fastops.ops.adam import SCHEMA, adam_step_fake, check_args, check_hyperparameters
+from fastops.triton import interpreting
+from fastops.triton._register import triton_library_op
+
+# ruff: noqa: ANN001
+# 1024 elements per program on a GPU (4 warps x 8 elements per thread: 16-byte accesses). The CPU
+# interpreter runs each program as numpy ops over the block, so there a larger block only means fewer
+# (slow, Python-level) programs for the same result.
+BLOCK = 16384 if interpreting() else 1024
+
+
+@triton.jit
+def _store(ptr, x, mask, BF16: tl.constexpr):
+    # float32 -> bfloat16 rounded to nearest even by hand: the interpreter's cast truncates (on a GPU
+    # the cast rounds; this gives the same bits), and truncation biases every stored value the same
+    # way, which drifts visibly over many steps. NaN keeps the truncated (still NaN) bits.
+    if BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        y = tl.where(x != x, bits >> 16, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        tl.store(ptr, y, mask=mask)
+    else:
+        tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns nothing
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    vm_ptr,
+    scal_ptr,  # (NSCAL,) math type, see _SCALARS
+    inv_scale_ptr,  # (1,) math type
+    found_ptr,  # (1,) float32: nonzero skips the step
+    numel,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    L2: tl.constexpr,
+    LERP_LOW: tl.constexpr,
+    BF16: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    found = tl.load(found_ptr)
+    mask = (offs < numel) & ((tl.zeros([BLOCK], dtype=tl.float32) + found) == 0.0)
+    # Scalars travel in the math type (float64 for fp64 params), not as float32 kernel arguments.
+    neg_step_size = tl.load(scal_ptr)
+    acc = neg_step_size.dtype
+    bc2_sqrt = tl.load(scal_ptr + 1)
+    decay = tl.load(scal_ptr + 2)
+    wd = tl.load(scal_ptr + 3)
+    w = tl.load(scal_ptr + 4)
+    one_minus_w = tl.load(scal_ptr + 5)
+    b2 = tl.load(scal_ptr + 6)
+    one_minus_b2 = tl.load(scal_ptr + 7)
+    eps = tl.load(scal_ptr + 8)
+    inv_scale = tl.load(inv_scale_ptr)
+    p = tl.load(p_ptr + offs, mask=mask).to(acc)
+    g = tl.load(g_ptr + offs, mask=mask).to(acc) * inv_scale
+    m = tl.load(m_ptr + offs, mask=mask).to(acc)
+    v = tl.load(v_ptr + offs, mask=mask).to(acc)
+    if MAXIMIZE:
+        g = -g
+    if DECOUPLED:
+        p = p * decay
+    if L2:
+        g = g + wd * p
+    if LERP_LOW:
+        m = m + w * (g - m)
+    else:
+        m = g - (g - m) * one_minus_w
+    v = v * b2 + one_minus_b2 * g * g
+    vv = v
+    if AMSGRAD:
+        vm = tl.load(vm_ptr + offs, mask=mask).to(acc)
+        vm = tl.maximum(vm, v, propagate_nan=tl.PropagateNan.ALL)
+        _store(vm_ptr + offs, vm, mask, BF16)
+        vv = vm
+    denom = tl.sqrt(vv) / bc2_sqrt + eps
+    p = p + neg_step_size * m / denom
+    _store(p_ptr + offs, p, mask, BF16)
+    _store(m_ptr + offs, m, mask, BF16)
+    _store(v_ptr + offs, v, mask, BF16)
+
+
+@triton_library_op(
+    "fastops_triton::adam_step_",
+    mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"),
+    schema=SCHEMA,
+    fake=adam_step_fake,
+)
+def adam_step_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    lr: float,
+    lr_tensor: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+) -> None:
+    """One Adam/AdamW step in place over one device's and dtype's parameters (see the file header)."""
+    # The native op's checks (metadata only, so traceable), then nothing can index out of bounds.
+    check_hyperparameters(lr, (beta1, beta2), eps, weight_decay)
+    check_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad)
+    n = len(params)
+    if n == 0:
+        return
+    device, dtype = params[0].device, params[0].dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    f64 = dict(dtype=torch.float64, device=device)
+    t = torch.stack([s.reshape(()) for s in state_steps]).to(torch.float64) + 1  # (n,)
+    lr_v = lr_tensor.reshape(()).to(torch.float64) if lr_tensor is not None else torch.tensor(lr, **f64)
+    # torch rounds 1 - beta1 and 1 - beta2 from double to the math type, and forms lerp's 1 - w there.
+    consts = torch.tensor([weight_decay, 1.0 - beta1, 0.0, beta2, 1.0 - beta2, eps], dtype=acc, device=device)
+    consts[2] = 1 - consts[1]
+    scal = torch.cat(
+        [
+            torch.stack(
+                [
+                    -lr_v / (1 - torch.tensor(beta1, **f64) ** t),
+                    (1 - torch.tensor(beta2, **f64) ** t).sqrt(),
+                    (1 - lr_v * weight_decay).expand(n),
+                ],
+                dim=1,
+            ).to(acc),
+            consts.to(acc).expand(n, 6),
+        ],
+        dim=1,
+    )  # (n, 9): neg_step_size, bc2_sqrt, decay, wd, w, 1 - w, beta2, 1 - beta2, eps
+    if grad_scale is not None:
+        inv_scale = (1.0 / grad_scale.reshape(1).to(torch.float64)).to(acc)
+    else:
+        inv_scale = torch.ones(1, dtype=acc, device=device)
+    found = (
+        found_inf.reshape(1).to(torch.float32)
+        if found_inf is not None
+        else torch.zeros(1, dtype=torch.float32, device=device)
+    )
+    kernel = wrap_triton(adam_step_elementwise_kernel)
+    for i in range(n):
+        numel = params[i].numel()
+        if numel == 0:
+            continue
+        bufs = [params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]] + ([max_exp_avg_sqs[i]] if amsgrad else [])
+        work = [b.contiguous() for b in bufs]
+        p, g, m, v = work[:4]
+        vm = work[4] if amsgrad else m  # never read or written without AMSGRAD
+        kernel[(triton.cdiv(numel, BLOCK),)](
+            p,
+            g,
+            m,
+            v,
+            vm,
+            scal[i],
+            inv_scale,
+            found,
+            numel,
+            AMSGRAD=amsgrad,
+            MAXIMIZE=maximize,
+            DECOUPLED=decoupled_weight_decay and weight_decay != 0,
+            L2=(not decoupled_weight_decay) and weight_decay != 0,
+            LERP_LOW=abs(1.0 - beta1) < 0.5,
+            BF16=dtype == torch.bfloat16,
+            BLOCK=BLOCK,
+        )
+        # Decided from strides, not data pointers: the launcher is traced on fake tensors on a GPU.
+        for k, (dst, src) in enumerate(zip(bufs, work)):
+            if k != 1 and not dst.is_contiguous():
+                dst.copy_(src)
+    # step += 1, or += 0 on an overflow step: no host sync.
+    torch._foreach_add_(state_steps, (1 - found).reshape(()))
