@@ -54,11 +54,16 @@ inline Vectorized<T> vexp(const Vectorized<T>& v) {
 // ATen's polynomial exp_u20 (<= 20 ulp, ~2.4e-6 relative) costs about half of Sleef's 1-ulp exp;
 // softmax probabilities and the log of their sum need no more than that in float32, and the tests
 // hold the result to 2e-5 of the float64 reference. float64 keeps Sleef's 1-ulp exp.
-// exp_u20 maps NaN to a finite garbage value; the blend keeps NaN rows (and all -inf rows, whose
-// x - lse is NaN) NaN in the gradient, as torch's are.
 template <>
 inline Vectorized<float> vexp(const Vectorized<float>& v) {
-  return Vectorized<float>::blendv(v.exp_u20(), v, v.isnan());
+  return v.exp_u20();
+}
+// exp_u20 maps NaN to a finite garbage value. The row kernels never feed it NaN (a row whose lse is
+// not finite is written without exp); the lane-parallel kernels, whose lanes are different rows,
+// blend NaN back in so a NaN row (and an all -inf row, whose x - lse is NaN) stays NaN, as torch's.
+template <typename T>
+inline Vectorized<T> vexp_keep_nan(const Vectorized<T>& v) {
+  return Vectorized<T>::blendv(vexp(v), v, v.isnan());
 }
 
 template <typename T>
@@ -130,7 +135,8 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
       }
     }
   }
-  out.lse = m + std::log(s);
+  // A +inf logit: lse = +inf (s may hold exp(inf - inf) = NaN, which must not leak into it).
+  out.lse = m == std::numeric_limits<T>::infinity() ? m : m + std::log(s);
   return out;
 }
 
@@ -179,8 +185,13 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* lse, T* out) {
       T* o = out + r * a.C;
       const T g = grad[r];
       const V vlse(lse[r]);
+      const bool finite = std::isfinite(lse[r]);  // NaN, +inf or all -inf rows: a NaN gradient
       if (a.t) {
         const T* t = a.t + r * a.C;
+        if (!finite) {
+          std::fill(o, o + a.C, std::numeric_limits<T>::quiet_NaN());
+          continue;
+        }
         const auto vadd = [](const V& p, const V& q) { return p + q; };
         const T swt = a.w ? at::vec::map2_reduce_all<T>([](V p, V q) { return p * q; }, vadd, t, a.w, a.C)
                           : at::vec::reduce_all<T>(vadd, t, a.C);
@@ -199,6 +210,10 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* lse, T* out) {
         continue;
       }
       check_index(yv, r, a);
+      if (!finite) {
+        std::fill(o, o + a.C, std::numeric_limits<T>::quiet_NaN());
+        continue;
+      }
       const T wy = a.w ? a.w[yv] : T(1);
       const V coef(g * ((1 - e) * wy + e * a.wsum / C)), g0(g * e / C);
       if (a.w && e > 0) {
@@ -238,7 +253,7 @@ void fwd_cols(const Args<T>& a, T* loss, T* lse) {
       for (int64_t c = 0; c < a.C; ++c) {
         const V xv = V::loadu(xb + c * a.D, n);
         const V mn = at::vec::maximum(m, xv);
-        s = s * vexp(sub_max(m, mn)) + vexp(sub_max(xv, mn));
+        s = s * vexp_keep_nan(sub_max(m, mn)) + vexp_keep_nan(sub_max(xv, mn));
         m = mn;
         const V wc(a.w ? a.w[c] : T(1));
         if (need_sx) sx = sx + wc * xv;
@@ -291,7 +306,7 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
         for (int64_t c = 0; c < a.C; ++c) {
           const V wc(a.w ? a.w[c] : T(1));
           const V tv = V::loadu(tb + c * a.D, n);
-          (coef * vexp(V::loadu(xb + c * a.D, n) - vlse) - (g1 * tv + g0) * wc).store(ob + c * a.D, n);
+          (coef * vexp_keep_nan(V::loadu(xb + c * a.D, n) - vlse) - (g1 * tv + g0) * wc).store(ob + c * a.D, n);
         }
         continue;
       }
@@ -310,7 +325,7 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
       const V coef = V::loadu(coef_, n);
       for (int64_t c = 0; c < a.C; ++c) {
         const V wc(a.w ? a.w[c] : T(1));
-        (coef * vexp(V::loadu(xb + c * a.D, n) - vlse) - g0 * wc).store(ob + c * a.D, n);
+        (coef * vexp_keep_nan(V::loadu(xb + c * a.D, n) - vlse) - g0 * wc).store(ob + c * a.D, n);
       }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t yv = a.y[r0 + j];
