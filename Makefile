@@ -1,6 +1,7 @@
 # fastops: README's two commands live here.
 #   make bench   set up, build, then the benchmark suite (python -m bench) and the digits training demo
-#   make test    set up, build, lint, pytest (CPU; GPU tests run when a GPU is visible), CMake + ctest
+#   make test    set up, build, lint, pytest (CPU; GPU tests run when a GPU is visible), CMake + ctest,
+#                and a --quick smoke run of the benchmark suite (its checks must pass; no timing claims)
 # Both do all set-up on a fresh machine: a venv in .venv with torch, then the extension.
 
 PYTHON ?= python3
@@ -42,7 +43,7 @@ pytest: build
 ctest: setup
 	PYTHON=$(PY) bash scripts/cmake_test.sh
 
-test: lint pytest ctest
+test: lint pytest ctest bench-quick
 
 bench: build
 	$(PY) -m bench
