@@ -37,6 +37,7 @@ data-dependent Python on fake tensors (checks that need data are skipped when ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -78,3 +79,13 @@ def triton_library_op(
         return op
 
     return register
+
+
+def new_output(
+    shape: list[int] | tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """torch.empty, or NaN-filled under FASTOPS_POISON=1 (as the native new_output in csrc/fastops.h)
+    so an element a kernel forgot to write shows in the tests."""
+    if os.environ.get("FASTOPS_POISON") == "1":
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)

@@ -37,8 +37,6 @@ with the native ops' schemas. Importing this module registers the ops."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -46,7 +44,7 @@ from torch.library import wrap_triton
 
 from fastops.ops._conv2d_shapes import bwd_fake, fwd_fake, out_size
 from fastops.triton import interpreting
-from fastops.triton._register import triton_library_op
+from fastops.triton._register import new_output, triton_library_op
 
 # ruff: noqa: ANN001  (kernel arguments are pointers and ints whose types Triton infers at launch)
 
@@ -253,13 +251,6 @@ def check_args(
     return dims[0], dims[1]
 
 
-def _new_output(shape: list[int] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """torch.empty, or NaN-filled under FASTOPS_POISON=1 (as the native new_output) so unwritten elements show."""
-    if os.environ.get("FASTOPS_POISON") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _geometry_args(x: torch.Tensor, weight: torch.Tensor, pq: tuple[int, int], st, pad, dil, groups) -> list:  # noqa: ANN001
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
@@ -294,7 +285,7 @@ def conv2d_fwd(
     if bias is not None and (bias.shape != (k,) or bias.dtype != x.dtype or bias.device != x.device):
         raise ValueError(f"{op}: bias must have shape ({k},) and input's dtype and device, got {_shape(bias.shape)}")
     x, weight = x.contiguous(), weight.contiguous()
-    y = _new_output((x.shape[0], k, p_out, q_out), x.dtype, x.device)
+    y = new_output((x.shape[0], k, p_out, q_out), x.dtype, x.device)
     cg, r, s = weight.shape[1:]
     gm, gn, gk = x.shape[0] * p_out * q_out, k // groups, cg * r * s
     if y.numel() == 0 or gk == 0:
@@ -343,9 +334,9 @@ def conv2d_bwd(
     x, weight, dy = x.contiguous(), weight.contiguous(), grad_out.contiguous()
     geo = _geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups)
     flags = dict(ACC_F64=x.dtype == torch.float64, IEEE=x.dtype == torch.float32)
-    dx = _new_output(x.shape, x.dtype, x.device) if output_mask[0] else x.new_empty((0,))
-    dw = _new_output(weight.shape, x.dtype, x.device) if output_mask[1] else x.new_empty((0,))
-    db = _new_output((k,), x.dtype, x.device) if output_mask[2] else x.new_empty((0,))
+    dx = new_output(x.shape, x.dtype, x.device) if output_mask[0] else x.new_empty((0,))
+    dw = new_output(weight.shape, x.dtype, x.device) if output_mask[1] else x.new_empty((0,))
+    db = new_output((k,), x.dtype, x.device) if output_mask[2] else x.new_empty((0,))
     kg = k // groups
     empty_sum = n * p_out * q_out == 0 or cg == 0
     if output_mask[0] and dx.numel():

@@ -66,7 +66,6 @@ Importing this module registers the ops (see ``_register.py`` for which torch.li
 
 from __future__ import annotations
 
-import os
 import struct
 
 import torch
@@ -84,7 +83,7 @@ from fastops.ops._cross_entropy_shapes import (
     fwd_fake,
 )
 from fastops.triton import interpreting
-from fastops.triton._register import triton_library_op
+from fastops.triton._register import new_output, triton_library_op
 
 __all__ = ["check_args", "check_bwd_args", "cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_"]
 
@@ -277,13 +276,6 @@ def _check_triton_input(op: str, logits: torch.Tensor) -> None:
 # ---- launchers --------------------------------------------------------------------------------
 
 
-def _new_output(shape: list[int] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """torch.empty, or NaN-filled under FASTOPS_POISON=1 (as the native new_output) so unwritten elements show."""
-    if os.environ.get("FASTOPS_POISON") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _eps_pair(e: float) -> tuple[float, float]:
     """e = hi + lo with hi, lo float32-representable: Triton passes Python floats as float32."""
     hi = struct.unpack("f", struct.pack("f", e))[0]
@@ -309,8 +301,8 @@ def _launch_fwd(
     g = check_args(op, logits, target, weight, label_smoothing)
     _check_triton_input(op, logits)
     acc = acc_dtype(logits.dtype)
-    loss = _new_output(g.row_shape, acc, logits.device)
-    lse = _new_output(g.row_shape, acc, logits.device)
+    loss = new_output(g.row_shape, acc, logits.device)
+    lse = new_output(g.row_shape, acc, logits.device)
     if g.rows == 0:
         return loss, lse
     if not g.probs:
@@ -400,7 +392,7 @@ def cross_entropy_bwd(
     label_smoothing: float,
 ) -> torch.Tensor:
     """d loss / d logits for the per-row upstream gradient grad_loss: logits' shape and dtype, contiguous."""
-    out = _new_output(logits.shape, logits.dtype, logits.device)
+    out = new_output(logits.shape, logits.dtype, logits.device)
     _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, out)
     return out
 

@@ -58,8 +58,6 @@ Importing this module registers the ops (see ``_register.py`` for which torch.li
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -67,7 +65,7 @@ from torch.library import wrap_triton
 
 from fastops.ops._linear_relu_shapes import bwd_fake, check_args, check_bwd_args, fwd_fake
 from fastops.triton import interpreting
-from fastops.triton._register import triton_library_op
+from fastops.triton._register import new_output, triton_library_op
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -153,13 +151,6 @@ def _check_triton_input(op: str, x: torch.Tensor) -> None:
         )
 
 
-def _new_output(shape: list[int] | tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """torch.empty, or NaN-filled under FASTOPS_POISON=1 (as the native new_output) so unwritten elements show."""
-    if os.environ.get("FASTOPS_POISON") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _gemm(
     y: torch.Tensor,
     y_strides: tuple[int, int],
@@ -200,7 +191,7 @@ def _launch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     g = check_args(op, x, weight, bias)
     _check_triton_input(op, x)
     a = x.reshape(g.M, g.K)
-    out = _new_output((g.M, g.N), x.dtype, x.device)
+    out = new_output((g.M, g.N), x.dtype, x.device)
     # Z[k, n] = weight[n, k]: the transposed read is a stride swap.
     _gemm(a, (a.stride(0), a.stride(1)), weight, (weight.stride(1), weight.stride(0)), out, g.M, g.N, g.K,
           bias=bias, relu=True)  # fmt: skip
@@ -215,9 +206,9 @@ def _launch_bwd(
     check_bwd_args(op, g, x, grad_out, out)
     _check_triton_input(op, x)
     a, go, c = x.reshape(g.M, g.K), grad_out.reshape(g.M, g.N), out.reshape(g.M, g.N)
-    dx = _new_output((g.M, g.K), x.dtype, x.device)
-    dw = _new_output((g.N, g.K), x.dtype, x.device)
-    db = _new_output((g.N,), x.dtype, x.device)
+    dx = new_output((g.M, g.K), x.dtype, x.device)
+    dw = new_output((g.N, g.K), x.dtype, x.device)
+    db = new_output((g.N,), x.dtype, x.device)
     # grad_x (M, K) = (G . mask) (M, N) @ weight (N, K)
     _gemm(go, (go.stride(0), go.stride(1)), weight, (weight.stride(0), weight.stride(1)), dx, g.M, g.K, g.N,
           mask=c, mask_strides=(c.stride(0), c.stride(1)))  # fmt: skip
