@@ -23,8 +23,10 @@
 //
 // Numerics. Accumulation in the input dtype (these kernels take only float32/float64); sums are
 // two-level (SIMD lanes within an L1 block, then across blocks), which bounds the error growth on
-// 128k-class rows. Max subtraction makes exp never overflow. NaN in a row gives NaN loss and
-// gradient; a row of all -inf gives lse = -inf and a NaN loss (as torch); +inf gives NaN.
+// 128k-class rows. Max subtraction makes exp never overflow. float32 uses ATen's exp_u20 (<= 20
+// ulp). NaN in a row gives NaN loss and gradient; a row of all -inf gives lse = -inf and a NaN
+// loss and gradient (as torch); a +inf logit gives lse = +inf (as torch.logsumexp) and a NaN
+// gradient row.
 //
 // Preconditions (checked in check_cross_entropy_args): C >= 1; target int64 of the row shape or
 // float of logits' shape; weight (C,). Class indices outside [0, C) other than ignore_index raise
