@@ -194,6 +194,15 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
   return g;
 }
 
+// torch's rule for conv outputs: channels_last when the input or the weight is (and is not also
+// plain contiguous), else contiguous. Every backend's ops and fake kernels follow it.
+inline at::MemoryFormat conv_memory_format(const at::Tensor& x, const at::Tensor& w) {
+  auto cl = [](const at::Tensor& t) {
+    return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  };
+  return cl(x) || cl(w) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 inline void check_conv2d_bias(const char* op, const Conv2dGeometry& g, const at::Tensor& x,
                               const std::optional<at::Tensor>& bias) {
   if (!bias.has_value()) return;

@@ -48,9 +48,7 @@ def _pair(value: object, name: str, minimum: int) -> list[int]:
     return pair
 
 
-def is_channels_last(t: torch.Tensor) -> bool:
-    """torch's suggest_memory_format: channels_last strides that are not also plain contiguous."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+is_channels_last = shapes.is_channels_last
 
 
 def normalize_args(
@@ -148,7 +146,8 @@ class Conv2dFunction(torch.autograd.Function):
 
     forward(x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) | None, stride, padding, dilation
     (pairs, symmetric padding), groups, relu, backend ("native" | "triton"), channels_last) ->
-    y (N, K, P, Q) in x's dtype, in channels_last memory format when ``channels_last``.
+    y (N, K, P, Q) in x's dtype: channels_last when x or weight is (the ops' rule,
+    :func:`fastops.ops._conv2d_shapes.memory_format`), contiguous when ``channels_last`` is False.
     """
 
     @staticmethod
@@ -168,8 +167,8 @@ class Conv2dFunction(torch.autograd.Function):
         y = _ops(backend).conv2d_fwd(x, weight, bias, stride, padding, dilation, groups, relu)
         ctx.save_for_backward(x, weight, y if relu else None)
         ctx.config = (stride, padding, dilation, groups, relu, backend, bias is not None)
-        if channels_last:
-            y = y.contiguous(memory_format=torch.channels_last)
+        if not channels_last:  # the op follows x / weight's layout; an unbatched call returns contiguous
+            y = y.contiguous()
         return y
 
     @staticmethod
@@ -180,10 +179,6 @@ class Conv2dFunction(torch.autograd.Function):
             grad = torch.where(y > 0, grad, 0)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
         gx, gw, gb = _ops(backend).conv2d_bwd(grad, x, weight, stride, padding, dilation, groups, mask)
-        if mask[0] and is_channels_last(x):
-            gx = gx.contiguous(memory_format=torch.channels_last)
-        if mask[1] and is_channels_last(weight):
-            gw = gw.contiguous(memory_format=torch.channels_last)
         return (
             gx if mask[0] else None,
             gw if mask[1] else None,

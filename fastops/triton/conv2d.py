@@ -27,7 +27,8 @@
 # (no TF32), so fp32 results match the float64 reference to ~1e-6 relative. bias and ReLU are
 # applied to the fp32 accumulator before the single rounding to the output dtype.
 #
-# Preconditions (checked on the host by check_args): contiguous NCHW operands (made so here),
+# Preconditions (checked on the host by check_args): contiguous NCHW operands (made so here; the
+# outputs go back in the ops' memory_format(x, weight), channels_last when either operand is),
 # the native ops' argument rules. Offsets are int64: N C H W may exceed 2^31.
 #
 # References: NVIDIA CUTLASS "Implicit GEMM Convolution" (docs/implicit_gemm_convolution.md);
@@ -42,7 +43,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastops.ops._conv2d_shapes import bwd_fake, fwd_fake, out_size
+from fastops.ops._conv2d_shapes import bwd_fake, fwd_fake, memory_format, out_size
 from fastops.triton import interpreting
 from fastops.triton._register import new_output, triton_library_op
 
@@ -278,9 +279,10 @@ def conv2d_fwd(
     groups: int,
     relu: bool,
 ) -> torch.Tensor:
-    """y (N, K, P, Q) = act(conv2d(x, weight) + bias), contiguous, x's dtype."""
+    """y (N, K, P, Q) = act(conv2d(x, weight) + bias), x's dtype, in memory_format(x, weight)."""
     op = "conv2d_fwd"
     p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
+    out_format = memory_format(x, weight)
     k = weight.shape[0]
     if bias is not None and (bias.shape != (k,) or bias.dtype != x.dtype or bias.device != x.device):
         raise ValueError(f"{op}: bias must have shape ({k},) and input's dtype and device, got {_shape(bias.shape)}")
@@ -295,14 +297,15 @@ def conv2d_fwd(
                 y += bias.view(1, -1, 1, 1)
             if relu:
                 y.clamp_min_(0)
-        return y
+        return y.contiguous(memory_format=out_format)
     b = bias.contiguous() if bias is not None else None
     wrap_triton(conv2d_fwd_implicit_gemm_kernel)[_grid(gm, gn, groups)](
         x, weight, b, y, *_geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups),
         gm, gn, gk, HAS_BIAS=bias is not None, RELU=relu, ACC_F64=x.dtype == torch.float64,
         IEEE=x.dtype == torch.float32,
     )  # fmt: skip
-    return y
+    # The kernels work in NCHW; a channels_last call gets torch's layout back.
+    return y.contiguous(memory_format=out_format)
 
 
 @triton_library_op(
@@ -322,9 +325,11 @@ def conv2d_bwd(
     groups: int,
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_weight, grad_bias), contiguous; a masked-off output is an empty (0,) tensor."""
+    """(grad_x, grad_weight in memory_format(x, weight), grad_bias); a masked-off output is an empty (0,)
+    tensor."""
     op = "conv2d_bwd"
     p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
+    out_format = memory_format(x, weight)
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
     if tuple(grad_out.shape) != (n, k, p_out, q_out):
@@ -361,4 +366,8 @@ def conv2d_bwd(
             wrap_triton(conv2d_wgrad_implicit_gemm_kernel)[_grid(gm, gn, groups)](
                 dy, x, dw_buf, db if output_mask[2] else None, *geo, gm, gn, gk, BIAS_GRAD=bool(output_mask[2]), **flags
             )
+    if output_mask[0]:
+        dx = dx.contiguous(memory_format=out_format)
+    if output_mask[1]:
+        dw = dw.contiguous(memory_format=out_format)
     return dx, dw, db
