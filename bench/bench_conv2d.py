@@ -6,7 +6,8 @@ or 2 for the first block of a stage), 1x1 pad 0 (stride 2 on the downsampling pr
 a small CIFAR-style ResNet's convs at batch 8 in float32, contiguous NCHW, plus two 56x56 layers.
 
 Providers: torch eager (cuDNN / oneDNN), ``torch.compile`` of the same, fastops native (C++ on
-CPU, CUDA SIMT on GPU), fastops triton (CUDA only: the interpreter is a test path). A second op,
+CPU; on GPU the CUDA tensor-core kernel for bfloat16,
+SIMT for float32), fastops triton (CUDA only: the interpreter is a test path). A second op,
 ``conv2d_bias_relu``, compares ``FF.conv2d(..., activation="relu")`` (ReLU in the epilogue) with
 torch's conv followed by a separate ReLU.
 

@@ -154,6 +154,34 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
         torch.set_num_threads(saved)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")
+@pytest.mark.parametrize(
+    "case",
+    [
+        # channel counts % 8 == 0: the 16-byte gathers; the small tile grids take split-K on every pass
+        ((4, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1, 1, True, True),
+        ((2, 128, 14, 14), (256, 128, 1, 1), 2, 0, 1, 1, False, True),
+        ((2, 64, 15, 13), (96, 32, 3, 3), (2, 1), (1, 2), (1, 2), 2, True, False),
+        # channel counts that break the vectors: the per-element gathers of the same kernel
+        ((3, 3, 33, 31), (40, 3, 7, 7), 2, 3, 1, 1, True, True),
+        ((2, 60, 17, 17), (36, 20, 3, 3), 1, 1, 1, 3, False, False),
+        ((2, 32, 20, 20), (32, 1, 3, 3), 1, 1, 1, 32, True, True),  # depthwise
+    ],
+    ids=_case_id,
+)
+def test_cuda_tensor_core_path(case):
+    # float16 / bfloat16 on CUDA run the WMMA implicit GEMM (csrc/cuda/conv2d.cu) in NHWC: larger
+    # shapes than the sweep so that every pass spans several tiles and splits its reduction.
+    for dtype in LOW_PRECISION:
+        x, w, b, kw = _make(case, dtype, "cuda")
+        _check_against_reference("native", x, w, b, kw, f"{dtype}")
+        # The fused ReLU acts on the same float accumulator before the one rounding, and rounding
+        # commutes with max(., 0): bit-identical to ReLU after the unfused kernel (deterministic).
+        fused = FF.conv2d(x, w, b, activation="relu", backend="native", **kw)
+        assert torch.equal(fused, FF.conv2d(x, w, b, backend="native", **kw).relu())
+
+
 @pytest.mark.parametrize("device,backend", ALL)
 def test_fused_relu_and_noncontiguous(device, backend):
     small = backend == "triton"
@@ -195,18 +223,45 @@ def _namespace(backend):
 @pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
 def test_opcheck(device, backend):
     ns = _namespace(backend)
-    for xs, ws, st, pad, dil, groups, with_bias, relu in [
-        ((2, 4, 5, 6), (4, 2, 3, 3), [1, 2], [1, 0], [1, 1], 2, True, False),
-        ((1, 3, 6, 5), (2, 3, 2, 2), [2, 1], [0, 1], [2, 1], 1, False, True),
+    cl = torch.channels_last
+    for xs, ws, st, pad, dil, groups, with_bias, relu, x_fmt, w_fmt in [
+        ((2, 4, 5, 6), (4, 2, 3, 3), [1, 2], [1, 0], [1, 1], 2, True, False, None, None),
+        ((1, 3, 6, 5), (2, 3, 2, 2), [2, 1], [0, 1], [2, 1], 1, False, True, None, None),
+        # channels_last operands: the fake kernels must give the same strides as the real ops
+        ((2, 4, 5, 6), (6, 4, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, True, cl, None),
+        ((2, 4, 5, 6), (6, 2, 1, 3), [2, 1], [0, 1], [1, 1], 2, False, False, None, cl),
     ]:
         x = make_tensor(xs, torch.float64, device)
         w = make_tensor(ws, torch.float64, device)
+        if x_fmt is not None:
+            x = x.contiguous(memory_format=x_fmt)
+        if w_fmt is not None:
+            w = w.contiguous(memory_format=w_fmt)
         b = make_tensor((ws[0],), torch.float64, device) if with_bias else None
         torch.library.opcheck(ns.conv2d_fwd, (x, w, b, st, pad, dil, groups, relu))
         y = ns.conv2d_fwd(x, w, b, st, pad, dil, groups, relu)
         gy = torch.randn_like(y)
         for mask in ([True, True, True], [True, False, False], [False, True, False]):
             torch.library.opcheck(ns.conv2d_bwd, (gy, x, w, st, pad, dil, groups, mask))
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
+def test_ops_follow_torch_memory_format(device, backend):
+    # Every backend's ops return y, grad_x and grad_weight channels_last exactly when x or weight is
+    # (torch's conv rule; the CUDA tensor-core path computes in that layout), else contiguous.
+    ns = _namespace(backend)
+    cl = torch.channels_last
+    for x_cl, w_cl in [(False, False), (True, False), (False, True), (True, True)]:
+        x = make_tensor((2, 4, 5, 6), torch.float32, device)
+        w = make_tensor((6, 4, 3, 3), torch.float32, device)
+        x = x.contiguous(memory_format=cl) if x_cl else x
+        w = w.contiguous(memory_format=cl) if w_cl else w
+        fmt = cl if (x_cl or w_cl) else torch.contiguous_format
+        y = ns.conv2d_fwd(x, w, None, [1, 1], [1, 1], [1, 1], 1, False)
+        assert y.is_contiguous(memory_format=fmt), (x_cl, w_cl, y.stride())
+        assert y.stride() == F.conv2d(x, w, None, padding=1).stride()
+        gx, gw, _ = ns.conv2d_bwd(torch.randn_like(y), x, w, [1, 1], [1, 1], [1, 1], 1, [True, True, False])
+        assert gx.is_contiguous(memory_format=fmt) and gw.is_contiguous(memory_format=fmt), (x_cl, w_cl)
 
 
 @pytest.mark.parametrize("device,backend", ALL)
