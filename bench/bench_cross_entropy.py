@@ -9,7 +9,7 @@ forward and writes it over the logits, so its ``fwd`` includes the backward's wo
 ``bwd`` is nearly free; compare its ``fwd+bwd``.
 
 Traffic (the GB/s column), the ideal bytes with elem = bytes per logit and the O(N) terms
-(targets, per-row lse/loss) ignored:
+(targets, per-row loss and max/log-sum stats) ignored:
 
     fwd      reads the logits once                         N * V * elem
     bwd      reads the logits, writes the gradient         2 * N * V * elem

@@ -127,12 +127,25 @@ inline CrossEntropyGeometry check_cross_entropy_args(
   return g;
 }
 
+// The forward's saved row statistics: stats (2, *row_shape) in the accumulation dtype, stats[0] = the
+// row max m, stats[1] = log sum_c exp(x_c - m). Two numbers, not lse = m + log sum: x - lse loses
+// ulp(m) / 2 when lse is rounded (3.9e-3 in exp's argument for float32 logits near 1e5), while
+// (x - m) is exact for every x near the max and log sum is small.
+inline std::vector<int64_t> cross_entropy_stats_shape(const CrossEntropyGeometry& g) {
+  std::vector<int64_t> s{2};
+  s.insert(s.end(), g.row_shape.begin(), g.row_shape.end());
+  return s;
+}
+
 inline void check_cross_entropy_bwd_args(const char* op, const CrossEntropyGeometry& g, const at::Tensor& logits,
-                                         const at::Tensor& grad_loss, const at::Tensor& lse) {
+                                         const at::Tensor& grad_loss, const at::Tensor& stats) {
   const auto acc = cross_entropy_acc_dtype(logits.scalar_type());
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_loss", grad_loss}, {"lse", lse}}) {
-    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(g.row_shape), op, ": ", name, " must have shape ",
-                      shape_str(g.row_shape), ", got ", shape_str(t.sizes()));
+  const std::vector<int64_t> stats_shape = cross_entropy_stats_shape(g);
+  for (const auto& [name, t, shape] :
+       {std::tuple<const char*, const at::Tensor&, const std::vector<int64_t>&>{"grad_loss", grad_loss, g.row_shape},
+        {"stats", stats, stats_shape}}) {
+    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", shape_str(shape),
+                      ", got ", shape_str(t.sizes()));
     TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", logits.scalar_type(),
                      " logits, got ", t.scalar_type());
     TORCH_CHECK_VALUE(t.device() == logits.device(), op, ": ", name, " is on ", t.device(), " but logits are on ",

@@ -9,21 +9,22 @@
 TORCH_LIBRARY(fastops, m) {
   // ---- softmax cross-entropy ------------------------------------------------------------------
   // logits (C,), (N, C) or (N, C, d1..dk); target int64 class indices of logits' shape without
-  // the class dim, or float class probabilities of logits' shape. `loss` and `lse` have the
-  // target-index shape, in the accumulation dtype (float32 for fp16/bf16/fp32, float64 for fp64):
-  // `loss` is the unreduced (weighted, smoothed) loss per row, `lse` = logsumexp over classes.
+  // the class dim, or float class probabilities of logits' shape. `loss` has the target-index
+  // shape, `stats` (2, *that shape), both in the accumulation dtype (float32 for fp16/bf16/fp32,
+  // float64 for fp64): `loss` is the unreduced (weighted, smoothed) loss per row; stats[0] is the
+  // row max m and stats[1] = log sum exp(x - m), kept apart so the backward's x - m is exact.
   m.def(
       "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
-      "float label_smoothing) -> (Tensor loss, Tensor lse)");
+      "float label_smoothing) -> (Tensor loss, Tensor stats)");
   // grad_loss: per-row upstream gradient, shape of `loss` (the reduction's 1/denominator already
   // folded in). Returns d loss / d logits, logits' shape and dtype.
   m.def(
-      "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+      "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor stats, "
       "int ignore_index, float label_smoothing) -> Tensor");
   // Same, written over `logits` (contiguous) to save the N x C gradient allocation.
   m.def(
       "cross_entropy_bwd_(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, "
-      "Tensor lse, int ignore_index, float label_smoothing) -> ()");
+      "Tensor stats, int ignore_index, float label_smoothing) -> ()");
 
   // ---- conv2d ---------------------------------------------------------------------------------
   // x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> y (N, K, P, Q) in x's dtype,

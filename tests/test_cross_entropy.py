@@ -99,7 +99,29 @@ def test_extreme_logits(device, backend):
     _check_against_reference(backend, x, target, None, dict(reduction="none"))
     x[2, 17] = float("nan")  # a NaN logit: NaN loss and gradient for its row only
     x[3] = float("-inf")  # a fully masked row: NaN, as in torch
+    x[4, 5] = float("inf")  # a +inf logit: NaN loss and gradient for its row, as torch's log_softmax
     _check_against_reference(backend, x, target, None, dict(reduction="none"))
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shift_invariance(device, backend, dtype):
+    # softmax is shift-invariant and torch's log_softmax ((x - max) - log sum) keeps it: logits moved
+    # by a large constant must give the float64 reference's loss and gradient to the usual tolerance.
+    # Rounding lse = max + log sum to the accumulation dtype costs ulp(max) / 2 (3.9e-3 near 1e5 in
+    # float32), which fails this wherever a row's loss is small (the target is its max).
+    offsets = (1e4, -3e4, 1e5) if dtype == torch.float32 else (1e4, -3e4, 1e5, 1e9)
+    for shape in ((5, 300), (3, 37, 4)):
+        for off in offsets:
+            x, target, weight = _make_case(shape, False, True, dtype, device, ignore_frac=0.0)
+            x = x + off
+            target[:2] = x.argmax(1)[:2]  # rows whose loss is ls alone, small next to ulp(off)
+            _check_against_reference(backend, x, target, None, dict(reduction="none"), what=f"offset {off}")
+            _check_against_reference(backend, x, target, weight, dict(reduction="none", label_smoothing=0.1))
+            # probabilities concentrated on the max: a small loss, every term near it
+            p = torch.softmax(x.double() - x.double().amax(1, keepdim=True), 1).to(dtype)
+            _check_against_reference(backend, x, p, weight, dict(reduction="none"), what=f"probs, offset {off}")
+            _check_against_reference(backend, x, p, None, dict(reduction="none", label_smoothing=0.3))
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -192,11 +214,11 @@ def test_opcheck(device, backend):
     ns = _namespace(backend)
     for x, target, weight, ignore_index, smoothing in _op_samples(device):
         torch.library.opcheck(ns.cross_entropy_fwd, (x, target, weight, ignore_index, smoothing))
-        loss, lse = ns.cross_entropy_fwd(x, target, weight, ignore_index, smoothing)
+        loss, stats = ns.cross_entropy_fwd(x, target, weight, ignore_index, smoothing)
         grad = torch.randn_like(loss)
-        torch.library.opcheck(ns.cross_entropy_bwd, (grad, x, target, weight, lse, ignore_index, smoothing))
+        torch.library.opcheck(ns.cross_entropy_bwd, (grad, x, target, weight, stats, ignore_index, smoothing))
         buf = x.clone()
-        torch.library.opcheck(ns.cross_entropy_bwd_, (grad, buf, target, weight, lse, ignore_index, smoothing))
+        torch.library.opcheck(ns.cross_entropy_bwd_, (grad, buf, target, weight, stats, ignore_index, smoothing))
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -350,13 +372,17 @@ def test_raw_ops_reject_bad_input(device, backend):
         ns.cross_entropy_fwd(
             x, torch.zeros(4, dtype=torch.long, device=device), torch.ones(3, device=device), -100, 0.0
         )
-    loss, lse = ns.cross_entropy_fwd(x, torch.zeros(4, dtype=torch.long, device=device), None, -100, 0.0)
+    zeros = torch.zeros(4, dtype=torch.long, device=device)
+    loss, stats = ns.cross_entropy_fwd(x, zeros, None, -100, 0.0)
+    assert stats.shape == (2, 4) and stats.dtype == torch.float32
     with pytest.raises((ValueError, RuntimeError), match="grad_loss must have shape"):
-        ns.cross_entropy_bwd(
-            torch.ones(3, device=device), x, torch.zeros(4, dtype=torch.long, device=device), None, lse, -100, 0.0
-        )
+        ns.cross_entropy_bwd(torch.ones(3, device=device), x, zeros, None, stats, -100, 0.0)
+    with pytest.raises((ValueError, RuntimeError), match=r"stats must have shape \(2, 4\)"):
+        ns.cross_entropy_bwd(loss, x, zeros, None, stats[0], -100, 0.0)
+    with pytest.raises((TypeError, RuntimeError), match="stats must be"):
+        ns.cross_entropy_bwd(loss, x, zeros, None, stats.double(), -100, 0.0)
     with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
-        ns.cross_entropy_bwd(loss, x, torch.tensor([0, 1, 1, 99], device=device), None, lse, -100, 0.0)
+        ns.cross_entropy_bwd(loss, x, torch.tensor([0, 1, 1, 99], device=device), None, stats, -100, 0.0)
 
 
 def test_backend_resolution(monkeypatch):

@@ -1,22 +1,27 @@
 // Softmax cross-entropy, C++ kernels for CPU tensors (float32, float64).
 //
-// Math. Row i has logits x (C classes), log-sum-exp lse = log sum_c exp(x_c), class weights w
-// (1 when absent), W = sum_c w_c, label smoothing e.
-//   class index y:  loss = (1-e) w_y (lse - x_y) + e/C (W lse - sum_c w_c x_c)   (0 if y == ignore)
+// Math. Row i has logits x (C classes), row max m, ls = log sum_c exp(x_c - m) (so the log-sum-exp
+// is lse = m + ls), class weights w (1 when absent), W = sum_c w_c, label smoothing e.
+//   class index y:  loss = (1-e) w_y ((m - x_y) + ls) + e/C (W ls + sum_c w_c (m - x_c))   (0 if y == ignore)
 //                   dloss/dx_c = g [ p_c ((1-e) w_y + e W / C) - (1-e) w_y [c == y] - e/C w_c ]
 //   probabilities t: with t' = (1-e) t + e/C,
-//                   loss = lse sum_c w_c t'_c - sum_c w_c t'_c x_c
+//                   loss = sum_c w_c t'_c ((m - x_c) + ls)
 //                   dloss/dx_c = g [ p_c sum_k w_k t'_k - w_c t'_c ]
-//   where p_c = exp(x_c - lse) and g is the row's upstream gradient (reduction folded in).
+//   where p_c = exp((x_c - m) - ls) and g is the row's upstream gradient (reduction folded in).
+// The forward saves (m, ls) per row, never lse = m + ls rounded: that rounding costs ulp(m) / 2 in
+// every exp argument and in a loss that is small next to m (3.9e-3 for float32 logits near 1e5;
+// shifting all logits by a constant must not change the result). Written relative to m, every term
+// of the loss is >= 0, so no large m * W - sum w x difference is ever formed.
 //
 // Decomposition. logits are viewed as (B, C, D), row r = (b, d). D == 1 ((N, C) and (C,)): rows
 // are contiguous; at::parallel_for splits rows over threads and each row is swept with at::vec in
 // blocks of kBlock elements that stay in L1: the block's max, then one exp per element into the
 // running sum (rescaled once per block, not per element), then the weighted/target sums the loss
-// needs, all from L1. D > 1 ((N, C, d1..dk)): a row is strided by D, so the SIMD lanes run over
+// needs (relative to the block-updated max, re-based by (m_old - m_new) * partial sum when the max
+// moves), all from L1. D > 1 ((N, C, d1..dk)): a row is strided by D, so the SIMD lanes run over
 // D consecutive rows instead (contiguous loads along d) with a per-lane online max/sum-exp.
 //
-// Traffic (float32, N x C logits): forward reads N*C*4 bytes once and writes 2 floats per row;
+// Traffic (float32, N x C logits): forward reads N*C*4 bytes once and writes 3 floats per row;
 // backward reads the logits once and writes the gradient once: 12*N*C bytes for forward+backward
 // (+4*N*C with probability targets, read once per pass). Unfused PyTorch (log_softmax, nll_loss,
 // their backwards) moves about 6 N x C tensors: ~24*N*C bytes, and keeps an N x C log_softmax.
@@ -24,9 +29,8 @@
 // Numerics. Accumulation in the input dtype (these kernels take only float32/float64); sums are
 // two-level (SIMD lanes within an L1 block, then across blocks), which bounds the error growth on
 // 128k-class rows. Max subtraction makes exp never overflow. float32 uses ATen's exp_u20 (<= 20
-// ulp). NaN in a row gives NaN loss and gradient; a row of all -inf gives lse = -inf and a NaN
-// loss and gradient (as torch); a +inf logit gives lse = +inf (as torch.logsumexp) and a NaN
-// gradient row.
+// ulp). A row whose max is not finite gets a NaN loss and gradient, as torch's log_softmax path:
+// NaN in the row, all -inf (m = -inf), or a +inf logit (m = +inf).
 //
 // Preconditions (checked in check_cross_entropy_args): C >= 1; target int64 of the row shape or
 // float of logits' shape; weight (C,). Class indices outside [0, C) other than ignore_index raise
@@ -60,9 +64,9 @@ template <>
 inline Vectorized<float> vexp(const Vectorized<float>& v) {
   return v.exp_u20();
 }
-// exp_u20 maps NaN to a finite garbage value. The row kernels never feed it NaN (a row whose lse is
-// not finite is written without exp); the lane-parallel kernels, whose lanes are different rows,
-// blend NaN back in so a NaN row (and an all -inf row, whose x - lse is NaN) stays NaN, as torch's.
+// exp_u20 maps NaN to a finite garbage value. The row kernels never feed it NaN (a row whose m or ls
+// is not finite is written without exp); the lane-parallel kernels, whose lanes are different rows,
+// blend NaN back in so a NaN row (and an all -inf row, whose x - m is NaN) stays NaN, as torch's.
 template <typename T>
 inline Vectorized<T> vexp_keep_nan(const Vectorized<T>& v) {
   return Vectorized<T>::blendv(vexp(v), v, v.isnan());
@@ -94,11 +98,19 @@ constexpr int64_t kBlock = 8192 / sizeof(T);
 
 template <typename T>
 struct RowSums {
-  T lse;
-  T sx;   // sum_c w_c x_c              (smoothing)
-  T swt;  // sum_c w_c t_c              (probabilities)
-  T swtx; // sum_c w_c t_c x_c          (probabilities)
+  T m;     // row max
+  T ls;    // log sum_c exp(x_c - m)
+  T sxr;   // sum_c w_c (x_c - m)         (smoothing)
+  T swt;   // sum_c w_c t_c               (probabilities)
+  T swtxr; // sum_c w_c t_c (x_c - m)     (probabilities)
 };
+
+// The shift the relative sums are taken against: the running max, or 0 while it is -inf (every
+// element so far is -inf, and x - (-inf) would be NaN for them).
+template <typename T>
+inline T sum_shift(T m) {
+  return m == -std::numeric_limits<T>::infinity() ? T(0) : m;
+}
 
 template <typename T>
 RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx) {
@@ -107,11 +119,13 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
   const auto vadd = [](const V& a, const V& b) { return a + b; };
   const auto vmul = [](const V& a, const V& b) { return a * b; };
   T m = -std::numeric_limits<T>::infinity(), s = 0;
-  RowSums<T> out{0, 0, 0, 0};
+  T ws = 0;  // sum of w_c over the blocks seen (what sxr's terms are shifted by when m moves)
+  RowSums<T> out{0, 0, 0, 0, 0};
   for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
     const int64_t n = std::min(kBlock<T>, C - c0);
     const T* xb = x + c0;
     const T bm = at::vec::reduce_all<T>(vmax, xb, n);
+    const T shift_old = sum_shift(m);
     if (std::isnan(bm)) {
       m = bm;
       s = 1;
@@ -119,45 +133,59 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
       s *= std::exp(m - bm);
       m = bm;
     }
+    const T shift = sum_shift(m);
+    if (shift != shift_old) {  // re-base the relative sums on the new max (terms stay <= 0)
+      out.sxr += (shift_old - shift) * ws;
+      out.swtxr += (shift_old - shift) * out.swt;
+    }
     if (m != -std::numeric_limits<T>::infinity() && !std::isnan(m)) {
       const V vm(m);
       s += at::vec::map_reduce_all<T>([&](V v) { return vexp(v - vm); }, vadd, xb, n);
     }
+    const V vs(shift);
     if (need_sx) {
-      out.sx += w ? at::vec::map2_reduce_all<T>(vmul, vadd, xb, w + c0, n) : at::vec::reduce_all<T>(vadd, xb, n);
+      if (w) {
+        out.sxr += at::vec::map2_reduce_all<T>([&](V xv, V wv) { return (xv - vs) * wv; }, vadd, xb, w + c0, n);
+        ws += at::vec::reduce_all<T>(vadd, w + c0, n);
+      } else {
+        out.sxr += at::vec::map_reduce_all<T>([&](V xv) { return xv - vs; }, vadd, xb, n);
+        ws += static_cast<T>(n);
+      }
     }
     if (t) {
       const T* tb = t + c0;
       if (w) {
         out.swt += at::vec::map2_reduce_all<T>(vmul, vadd, tb, w + c0, n);
-        out.swtx += at::vec::map3_reduce_all<T>([](V a, V b, V c) { return a * b * c; }, vadd, tb, w + c0, xb, n);
+        out.swtxr += at::vec::map3_reduce_all<T>([&](V a, V b, V c) { return a * b * (c - vs); }, vadd, tb, w + c0,
+                                                 xb, n);
       } else {
         out.swt += at::vec::reduce_all<T>(vadd, tb, n);
-        out.swtx += at::vec::map2_reduce_all<T>(vmul, vadd, tb, xb, n);
+        out.swtxr += at::vec::map2_reduce_all<T>([&](V a, V c) { return a * (c - vs); }, vadd, tb, xb, n);
       }
     }
   }
-  // A +inf logit: lse = +inf (s may hold exp(inf - inf) = NaN, which must not leak into it).
-  out.lse = m == std::numeric_limits<T>::infinity() ? m : m + std::log(s);
+  out.m = m;
+  out.ls = std::log(s);
   return out;
 }
 
+// The loss from the max-relative sums: every term is >= 0 (lse - x_c = (m - x_c) + ls), so nothing
+// cancels, and the loss of a row whose target is its max is ls itself, not (m + ls) - m rounded at
+// ulp(m). A row whose max is not finite (all -inf, a +inf or a NaN logit) gets a NaN loss, as
+// torch's log_softmax path.
 template <typename T>
 T row_loss(const Args<T>& a, int64_t r, const RowSums<T>& rs, T x_y) {
   const T e = a.eps, C = static_cast<T>(a.C);
-  if (a.t) {
-    return rs.lse * ((1 - e) * rs.swt + e / C * a.wsum) - ((1 - e) * rs.swtx + e / C * rs.sx);
-  }
-  const int64_t yv = a.y[r];
-  if (yv == a.ignore_index) return 0;
-  const T wy = a.w ? a.w[yv] : T(1);
-  T loss = (1 - e) * wy * (rs.lse - x_y);
-  if (e > 0) loss += e / C * (a.wsum * rs.lse - rs.sx);
-  return loss;
+  if (!a.t && a.y[r] == a.ignore_index) return 0;
+  if (!std::isfinite(rs.m)) return std::numeric_limits<T>::quiet_NaN();
+  const T smooth = e > 0 ? e / C * (a.wsum * rs.ls - rs.sxr) : T(0);
+  if (a.t) return (1 - e) * (rs.swt * rs.ls - rs.swtxr) + smooth;
+  const T wy = a.w ? a.w[a.y[r]] : T(1);
+  return (1 - e) * wy * ((rs.m - x_y) + rs.ls) + smooth;
 }
 
 template <typename T>
-void fwd_rows(const Args<T>& a, T* loss, T* lse) {
+void fwd_rows(const Args<T>& a, T* loss, T* stats) {
   const int64_t rows = a.B;
   at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -171,14 +199,17 @@ void fwd_rows(const Args<T>& a, T* loss, T* lse) {
         }
       }
       const RowSums<T> rs = row_sums<T>(x, a.t ? a.t + r * a.C : nullptr, a.w, a.C, a.eps > 0);
-      lse[r] = rs.lse;
+      stats[r] = rs.m;
+      stats[rows + r] = rs.ls;
       loss[r] = row_loss(a, r, rs, x_y);
     }
   });
 }
 
+// p_c = exp((x_c - m) - ls): x_c - m is exact for x_c within a factor 2 of m (Sterbenz), so the
+// probabilities of the classes near the max keep full relative precision at any logit offset.
 template <typename T>
-void bwd_rows(const Args<T>& a, const T* grad, const T* lse, T* out) {
+void bwd_rows(const Args<T>& a, const T* grad, const T* stats, T* out) {
   using V = Vectorized<T>;
   const T e = a.eps, C = static_cast<T>(a.C);
   at::parallel_for(0, a.B, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
@@ -186,23 +217,24 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* lse, T* out) {
       const T* x = a.x + r * a.C;
       T* o = out + r * a.C;
       const T g = grad[r];
-      const V vlse(lse[r]);
-      const bool finite = std::isfinite(lse[r]);  // NaN, +inf or all -inf rows: a NaN gradient
+      const V vm(stats[r]), vls(stats[a.B + r]);
+      const auto p = [&](const V& xv) { return vexp((xv - vm) - vls); };
+      // NaN, +inf or all -inf rows: a NaN gradient
+      const bool finite = std::isfinite(stats[r]) && std::isfinite(stats[a.B + r]);
       if (a.t) {
         const T* t = a.t + r * a.C;
         if (!finite) {
           std::fill(o, o + a.C, std::numeric_limits<T>::quiet_NaN());
           continue;
         }
-        const auto vadd = [](const V& p, const V& q) { return p + q; };
-        const T swt = a.w ? at::vec::map2_reduce_all<T>([](V p, V q) { return p * q; }, vadd, t, a.w, a.C)
+        const auto vadd = [](const V& u, const V& v) { return u + v; };
+        const T swt = a.w ? at::vec::map2_reduce_all<T>([](V u, V v) { return u * v; }, vadd, t, a.w, a.C)
                           : at::vec::reduce_all<T>(vadd, t, a.C);
         const V coef(g * ((1 - e) * swt + e / C * a.wsum)), g1(g * (1 - e)), g0(g * e / C);
         if (a.w) {
-          at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * vexp(xv - vlse) - (g1 * tv + g0) * wv; }, o, x, t,
-                           a.w, a.C);
+          at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; }, o, x, t, a.w, a.C);
         } else {
-          at::vec::map2<T>([&](V xv, V tv) { return coef * vexp(xv - vlse) - (g1 * tv + g0); }, o, x, t, a.C);
+          at::vec::map2<T>([&](V xv, V tv) { return coef * p(xv) - (g1 * tv + g0); }, o, x, t, a.C);
         }
         continue;
       }
@@ -219,9 +251,9 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* lse, T* out) {
       const T wy = a.w ? a.w[yv] : T(1);
       const V coef(g * ((1 - e) * wy + e * a.wsum / C)), g0(g * e / C);
       if (a.w && e > 0) {
-        at::vec::map2<T>([&](V xv, V wv) { return coef * vexp(xv - vlse) - g0 * wv; }, o, x, a.w, a.C);
+        at::vec::map2<T>([&](V xv, V wv) { return coef * p(xv) - g0 * wv; }, o, x, a.w, a.C);
       } else {
-        at::vec::map<T>([&](V xv) { return coef * vexp(xv - vlse) - g0; }, o, x, a.C);
+        at::vec::map<T>([&](V xv) { return coef * p(xv) - g0; }, o, x, a.C);
       }
       o[yv] -= g * (1 - e) * wy;
     }
@@ -239,46 +271,54 @@ inline Vectorized<T> sub_max(const Vectorized<T>& a, const Vectorized<T>& m) {
 }
 
 template <typename T>
-void fwd_cols(const Args<T>& a, T* loss, T* lse) {
+void fwd_cols(const Args<T>& a, T* loss, T* stats) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  const int64_t chunks = (a.D + L - 1) / L;
+  const int64_t chunks = (a.D + L - 1) / L, rows = a.B * a.D;
   const bool need_sx = a.eps > 0;
   at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.C * L)), [&](int64_t i0,
                                                                                                       int64_t i1) {
-    T m_[L], s_[L], sx_[L], swt_[L], swtx_[L];
+    T m_[L], s_[L], sxr_[L], swt_[L], swtxr_[L];
+    const V ninf(-std::numeric_limits<T>::infinity()), zero(0);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
       const T* xb = a.x + b * a.C * a.D + d0;
       const T* tb = a.t ? a.t + b * a.C * a.D + d0 : nullptr;
-      V m(-std::numeric_limits<T>::infinity()), s(0), sx(0), swt(0), swtx(0);
+      // Per lane as row_sums: relative sums against shift = m (0 while m is -inf), re-based when m moves.
+      V m(ninf), s(0), sxr(0), ws(0), swt(0), swtxr(0), shift(0);
       for (int64_t c = 0; c < a.C; ++c) {
         const V xv = V::loadu(xb + c * a.D, n);
         const V mn = at::vec::maximum(m, xv);
         s = s * vexp_keep_nan(sub_max(m, mn)) + vexp_keep_nan(sub_max(xv, mn));
         m = mn;
+        const V shift_new = V::blendv(mn, zero, mn == ninf), delta = shift - shift_new;
+        shift = shift_new;
         const V wc(a.w ? a.w[c] : T(1));
-        if (need_sx) sx = sx + wc * xv;
+        if (need_sx) {
+          sxr = sxr + delta * ws + wc * (xv - shift);
+          ws = ws + wc;
+        }
         if (tb) {
           const V tv = V::loadu(tb + c * a.D, n) * wc;
+          swtxr = swtxr + delta * swt + tv * (xv - shift);
           swt = swt + tv;
-          swtx = swtx + tv * xv;
         }
       }
       m.store(m_, n);
       s.store(s_, n);
-      sx.store(sx_, n);
+      sxr.store(sxr_, n);
       swt.store(swt_, n);
-      swtx.store(swtx_, n);
+      swtxr.store(swtxr_, n);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t r = b * a.D + d0 + j;
-        const RowSums<T> rs{m_[j] + std::log(s_[j]), sx_[j], swt_[j], swtx_[j]};
+        const RowSums<T> rs{m_[j], std::log(s_[j]), sxr_[j], swt_[j], swtxr_[j]};
         T x_y = 0;
         if (!a.t && a.y[r] != a.ignore_index) {
           check_index(a.y[r], r, a);
           x_y = xb[a.y[r] * a.D + j];
         }
-        lse[r] = rs.lse;
+        stats[r] = rs.m;
+        stats[rows + r] = rs.ls;
         loss[r] = row_loss(a, r, rs, x_y);
       }
     }
@@ -286,10 +326,10 @@ void fwd_cols(const Args<T>& a, T* loss, T* lse) {
 }
 
 template <typename T>
-void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
+void bwd_cols(const Args<T>& a, const T* grad, const T* stats, T* out) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
-  const int64_t chunks = (a.D + L - 1) / L;
+  const int64_t chunks = (a.D + L - 1) / L, rows = a.B * a.D;
   const T e = a.eps, C = static_cast<T>(a.C);
   at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.C * L)), [&](int64_t i0,
                                                                                                       int64_t i1) {
@@ -299,7 +339,9 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
       const int64_t base = b * a.C * a.D + d0, r0 = b * a.D + d0;
       const T* xb = a.x + base;
       T* ob = out + base;
-      const V vlse = V::loadu(lse + r0, n), vg = V::loadu(grad + r0, n);
+      const V vm = V::loadu(stats + r0, n), vls = V::loadu(stats + rows + r0, n), vg = V::loadu(grad + r0, n);
+      // p_c = exp((x_c - m) - ls), as bwd_rows; a non-finite m or ls makes the lane NaN.
+      const auto p = [&](int64_t c) { return vexp_keep_nan((V::loadu(xb + c * a.D, n) - vm) - vls); };
       if (a.t) {
         const T* tb = a.t + base;
         V swt(0);
@@ -308,7 +350,7 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
         for (int64_t c = 0; c < a.C; ++c) {
           const V wc(a.w ? a.w[c] : T(1));
           const V tv = V::loadu(tb + c * a.D, n);
-          (coef * vexp_keep_nan(V::loadu(xb + c * a.D, n) - vlse) - (g1 * tv + g0) * wc).store(ob + c * a.D, n);
+          (coef * p(c) - (g1 * tv + g0) * wc).store(ob + c * a.D, n);
         }
         continue;
       }
@@ -327,7 +369,7 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* lse, T* out) {
       const V coef = V::loadu(coef_, n);
       for (int64_t c = 0; c < a.C; ++c) {
         const V wc(a.w ? a.w[c] : T(1));
-        (coef * vexp_keep_nan(V::loadu(xb + c * a.D, n) - vlse) - g0 * wc).store(ob + c * a.D, n);
+        (coef * p(c) - g0 * wc).store(ob + c * a.D, n);
       }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t yv = a.y[r0 + j];
@@ -369,56 +411,56 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& logit
   const at::Tensor logits = logits_.contiguous(), target = target_.contiguous();
   const at::Tensor weight = weight_.has_value() ? weight_->contiguous() : at::Tensor();
   at::Tensor loss = new_output(g.row_shape, logits.options());
-  at::Tensor lse = new_output(g.row_shape, logits.options());
-  if (g.rows() == 0) return {loss, lse};
+  at::Tensor stats = new_output(cross_entropy_stats_shape(g), logits.options());
+  if (g.rows() == 0) return {loss, stats};
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "cross_entropy_fwd_cpu", [&] {
     const auto a = make_args<scalar_t>(g, logits, target, weight, ignore_index, label_smoothing);
     if (g.D == 1) {
-      fwd_rows<scalar_t>(a, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+      fwd_rows<scalar_t>(a, loss.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>());
     } else {
-      fwd_cols<scalar_t>(a, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+      fwd_cols<scalar_t>(a, loss.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>());
     }
   });
-  return {loss, lse};
+  return {loss, stats};
 }
 
 void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const at::Tensor& logits,
                             const at::Tensor& target_, const std::optional<at::Tensor>& weight_,
-                            const at::Tensor& lse_, int64_t ignore_index, double label_smoothing, at::Tensor& out) {
+                            const at::Tensor& stats_, int64_t ignore_index, double label_smoothing, at::Tensor& out) {
   const auto g = check_cross_entropy_args(op, logits, target_, weight_, label_smoothing);
   check_cpu_dtype(op, logits);
-  check_cross_entropy_bwd_args(op, g, logits, grad_loss_, lse_);
+  check_cross_entropy_bwd_args(op, g, logits, grad_loss_, stats_);
   if (g.rows() == 0) return;
-  const at::Tensor target = target_.contiguous(), grad_loss = grad_loss_.contiguous(), lse = lse_.contiguous();
+  const at::Tensor target = target_.contiguous(), grad_loss = grad_loss_.contiguous(), stats = stats_.contiguous();
   const at::Tensor weight = weight_.has_value() ? weight_->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "cross_entropy_bwd_cpu", [&] {
     const auto a = make_args<scalar_t>(g, logits, target, weight, ignore_index, label_smoothing);
     if (g.D == 1) {
-      bwd_rows<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+      bwd_rows<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), stats.const_data_ptr<scalar_t>(),
                          out.data_ptr<scalar_t>());
     } else {
-      bwd_cols<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+      bwd_cols<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), stats.const_data_ptr<scalar_t>(),
                          out.data_ptr<scalar_t>());
     }
   });
 }
 
 at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
-                                 const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                 const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                  int64_t ignore_index, double label_smoothing) {
   const at::Tensor logits = logits_.contiguous();
   at::Tensor out = new_output(logits.sizes(), logits.options());
-  cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing,
+  cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing,
                          out);
   return out;
 }
 
 void cross_entropy_bwd_inplace_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
-                                   const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                   const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                    int64_t ignore_index, double label_smoothing) {
   TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
   at::Tensor out = logits;
-  cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, lse, ignore_index,
+  cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index,
                          label_smoothing, out);
 }
 

@@ -1,16 +1,17 @@
 // Softmax cross-entropy, CUDA kernels (float16, bfloat16, float32, float64 logits).
 //
-// Math (identical to csrc/cpu/cross_entropy.cpp). Row r has logits x (C classes), class weights w
-// (1 when absent), W = sum_c w_c, label smoothing e, lse = log sum_c exp(x_c), p_c = exp(x_c - lse),
-// g = the row's upstream gradient (the reduction's 1/denominator already folded in).
-//   class index y:  loss = (1-e) w_y (lse - x_y) + e/C (W lse - sum_c w_c x_c)     (0 if y == ignore)
+// Math (identical to csrc/cpu/cross_entropy.cpp). Row r has logits x (C classes), row max m,
+// ls = log sum_c exp(x_c - m) (the log-sum-exp is m + ls), class weights w (1 when absent),
+// W = sum_c w_c, label smoothing e, p_c = exp((x_c - m) - ls), g = the row's upstream gradient
+// (the reduction's 1/denominator already folded in).
+//   class index y:  loss = (1-e) w_y ((m - x_y) + ls) + e/C (W ls - sxr)            (0 if y == ignore)
 //                   dloss/dx_c = g [ p_c ((1-e) w_y + e W / C) - (1-e) w_y [c == y] - e/C w_c ]
 //   probabilities t: with t' = (1-e) t + e/C,
-//                   loss = lse sum_c w_c t'_c - sum_c w_c t'_c x_c
-//                        = lse ((1-e) swt + e/C W) - ((1-e) swtx + e/C sx)
+//                   loss = sum_c w_c t'_c ((m - x_c) + ls) = (1-e) (swt ls - swtxr) + e/C (W ls - sxr)
 //                   dloss/dx_c = g [ p_c sum_k w_k t'_k - w_c t'_c ]
-//   with sx = sum_c w_c x_c, swt = sum_c w_c t_c, swtx = sum_c w_c t_c x_c. The forward keeps only
-//   `lse` (one number per row) for the backward: no log_softmax tensor exists at any point.
+//   with sxr = sum_c w_c (x_c - m) <= 0, swt = sum_c w_c t_c, swtxr = sum_c w_c t_c (x_c - m) <= 0.
+//   The forward keeps only stats = (m, ls) (two numbers per row) for the backward: no log_softmax
+//   tensor exists at any point. Not lse = m + ls: see Numerics.
 //
 // Grid. logits are viewed as (B, C, D); row r = (b, d) holds C logits at stride D.
 //   D == 1, C <  1024: a warp per row, 8 rows per 256-thread block. Such a row is at most 8
@@ -29,23 +30,24 @@
 // Tiling, where data lives. No shared-memory tiles: each thread streams its elements
 // c = (lane + k * group) * VEC .. + VEC through registers as 16-byte vectors (8 x fp16/bf16,
 // 4 x fp32, 2 x fp64), converts them to the accumulation type and folds them into its registers:
-// the running max m, sum-of-exp s, and (only when needed) sx, swt, swtx. The group then merges
+// the running max m, sum-of-exp s, and (only when needed) sxr, ws, swt, swtxr. The group then merges
 // those partials with shuffles (warp) plus a 33-entry shared array (block). Vectors are used only
 // when C % VEC == 0 and every row pointer (logits, probabilities, weights, gradient) is 16-byte
 // aligned, checked on the host at launch; otherwise the same kernels run with scalar loads.
 // Forward (one pass):  x (and t) are read exactly once; each thread owns a running (m, s) over its
 //   elements and rescales s only when its max grows (once per vector, not per element); the
-//   group merge is m = max(m1, m2), s = s1 exp(m1 - m) + s2 exp(m2 - m).
-// Backward, index target: one pass, out_c = f(x_c) written from the saved lse; the thread that
+//   group merge is m = max(m1, m2), s = s1 exp(m1 - m) + s2 exp(m2 - m), and a relative sum
+//   moves to the new max as sxr + (m1 - m) ws (likewise swtxr with swt).
+// Backward, index target: one pass, out_c = f(x_c) written from the saved (m, ls); the thread that
 //   owns c == y subtracts (1-e) g w_y in registers (no second write, no race).
 // Backward, probabilities: the gradient needs sum_k w_k t_k before any element can be written, and
-//   the forward does not save it (its outputs are fixed to loss and lse), so the group first
+//   the forward does not save it (its outputs are fixed to loss and stats), so the group first
 //   reduces swt over t (pass 1, reads t), then writes (pass 2, reads x and t again). The second
 //   read of a row's t is mostly an L2 hit (a 32k-class bf16 row is 64 KiB).
 //
 // Memory traffic, s = bytes per logit, N rows x C classes (the benchmark's GB/s uses these counts):
-//   forward   N C s (x) + 8 N (int64 y) + 2 N a (loss, lse; a = 4, or 8 for fp64)   [+ N C s for t]
-//   backward  N C s (x) + N C s (gradient) + 8 N + 2 N a                              [+ 2 N C s for t]
+//   forward   N C s (x) + 8 N (int64 y) + 3 N a (loss, m, ls; a = 4, or 8 for fp64)   [+ N C s for t]
+//   backward  N C s (x) + N C s (gradient) + 8 N + 3 N a                               [+ 2 N C s for t]
 //   so forward + backward ~ 3 N C s with index targets, and bwd_ writes the gradient over x so no
 //   second N x C buffer exists. The unfused PyTorch baseline (log_softmax + nll_loss and their
 //   backwards) moves ~6 N C s: log_softmax reads x and writes log p (2), nll_loss_backward writes a
@@ -53,30 +55,33 @@
 //   smoothing adds a full read of log p (7) and keeps an N x C log p alive between the passes.
 //
 // Numerics. Loads in the input dtype, all arithmetic in float32 (float64 for float64 logits);
-// loss/lse come out in that accumulation dtype, the gradient is rounded once to the logits'
-// dtype. exp(x - m) with m the running max never overflows. expf/logf (<= 2 ulp, full range) rather
+// loss and stats come out in that accumulation dtype, the gradient is rounded once to the logits'
+// dtype. exp(x - m) with m the running max never overflows. Shift invariance: the saved pair
+// (m, ls) rather than lse = m + ls, because rounding lse costs ulp(m) / 2 in every exp argument
+// (3.9e-3 for float32 logits near 1e5) while x - m is exact for every x within a factor 2 of m;
+// and the loss is a sum of terms >= 0 ((m - x_c) + ls), never lse - x_y or W lse - sum w x, whose
+// rounding at ulp(m) swamps a small loss. The relative sums are re-based (shift difference times
+// the partial's weight sum, a term <= 0 too) when a max moves. expf/logf (<= 2 ulp, full range) rather
 // than __expf, whose error grows as 2 + 1.16 |x| ulp: |x - m| reaches ~90 for fp32, i.e. ~100 ulp.
 // Each thread sums ~C / (group * VEC) vectors, then a log2(group)-deep tree: error grows like
 // (C / group + log group) ulp, not C ulp. Special values, as the CPU kernel (and torch) do:
 //   * -inf logits contribute exp = 0; the online update and the merge never form -inf - -inf
-//     (a thread or group that has seen only -inf keeps m = -inf, s = 0). A row of only -inf gives
-//     lse = -inf and a NaN loss ((-inf) - (-inf)) and gradient (exp(-inf - -inf)).
+//     (a thread or group that has seen only -inf keeps m = -inf, s = 0, relative sums taken
+//     against 0). A row of only -inf has m = -inf: a NaN loss and gradient row, as torch.
 //   * NaN anywhere in a row: the max uses fmax (ignores NaN) so m stays a number and the NaN enters
-//     s through exp(NaN - m): lse, loss and the gradient row are NaN.
-//   * +inf: exp(x - m) is taken as 1 where x == m, its limit, so lse = +inf (torch.logsumexp and
-//     the CPU kernel agree); the loss is then lse - x_y = +inf, or NaN where x_y = +inf or
-//     smoothing adds sum_c w_c x_c = +inf (CPU: the same; torch's log_softmax path: NaN).
-//     The gradient is NaN at the +inf entries (exp(inf - inf)).
-//   * a probability 0 on a -inf logit: 0 * -inf = NaN in swtx, as -(t * log_softmax(x)).sum().
+//     s through exp(NaN - m): ls, loss and the gradient row are NaN.
+//   * +inf: m = +inf, a NaN loss and gradient row, as torch's log_softmax path.
+//   * a probability 0 on a -inf logit: 0 * -inf = NaN in swtxr, as -(t * log_softmax(x)).sum().
 //
 // Preconditions (check_cross_entropy_args / check_cross_entropy_bwd_args in fastops.h, plus the
 // CUDA-specific checks below): logits on a CUDA device, float16/bfloat16/float32/float64, C >= 1;
 // target int64 of the row shape or of logits' dtype and shape; weight (C,) in logits' dtype;
-// grad_loss and lse of the row shape in the accumulation dtype; every tensor on logits' device.
+// grad_loss of the row shape and stats (2, *row shape), in the accumulation dtype; every tensor on
+// logits' device.
 // Non-contiguous inputs are made contiguous; bwd_ requires contiguous logits. Zero rows: empty
 // outputs, no launch. W = sum(weight) is computed on the device into a 0-dim tensor (no host sync).
 // Class indices outside [0, C) (other than ignore_index) are data, only known on the device: the
-// kernels never dereference them; they write NaN to that row's loss and lse (forward) or gradient
+// kernels never dereference them; they write NaN to that row's loss and stats (forward) or gradient
 // row (backward) and record the smallest such row in a device flag. The host then reads the flag
 // and raises IndexError with the same message as the CPU kernel. That read is a device->host sync,
 // paid only with index targets and only for this check; while the stream is capturing a CUDA graph
@@ -140,68 +145,93 @@ struct CeArgs {
 // ---- forward -----------------------------------------------------------------------------------
 
 // Per-thread (then per-group) partials of one row. Plain aggregate: it lives in __shared__ and is
-// moved through shuffles word by word.
+// moved through shuffles word by word. The weighted sums are kept relative to the partial's own
+// max (shift(m): m, or 0 while m is -inf), so every term is <= 0 and the loss never forms a large
+// difference such as W lse - sum w x (see the header's Numerics).
 template <typename A>
 struct RowAcc {
-  A m;     // running max (never NaN: fmax)
-  A s;     // sum exp(x - m); carries NaN
-  A sx;    // sum w_c x_c          (label smoothing only)
-  A swt;   // sum w_c t_c          (probabilities only)
-  A swtx;  // sum w_c t_c x_c      (probabilities only)
+  A m;      // running max (never NaN: fmax)
+  A s;      // sum exp(x - m); carries NaN
+  A sxr;    // sum w_c (x_c - shift(m))        (label smoothing only)
+  A ws;     // sum w_c over the elements seen  (label smoothing only)
+  A swt;    // sum w_c t_c                     (probabilities only)
+  A swtxr;  // sum w_c t_c (x_c - shift(m))    (probabilities only)
 };
 
 template <typename A>
 __device__ __forceinline__ RowAcc<A> row_acc_identity() {
-  return RowAcc<A>{-inf_acc<A>(), A(0), A(0), A(0), A(0)};
+  return RowAcc<A>{-inf_acc<A>(), A(0), A(0), A(0), A(0), A(0)};
+}
+
+// The value the relative sums are taken against: m, or 0 while m is -inf (all elements so far are
+// -inf; x - (-inf) would be NaN for them).
+template <typename A>
+__device__ __forceinline__ A sum_shift(A m) {
+  return m == -inf_acc<A>() ? A(0) : m;
 }
 
 // exp(a - m) for a <= m, where a == m gives exactly 1 even when both are -inf or +inf (a - m would
 // be NaN). -inf == -inf: a thread that has seen only -inf (s = 0) merges without poisoning the sum.
-// +inf == +inf: the max element counts exp(0) = 1, its limit, so a row holding +inf gets
-// lse = +inf (as torch.logsumexp and the CPU kernel) instead of NaN.
+// +inf == +inf: the max element counts exp(0) = 1, its limit (such a row's loss and gradient are
+// NaN anyway, from its non-finite max).
 template <typename A>
 __device__ __forceinline__ A exp_below_max(A a, A m) {
   return a == m ? A(1) : exp_acc(a - m);
 }
 
+// Re-bases a partial's relative sums from shift(m_old) to shift(m_new), m_new >= m_old: adds
+// (shift_old - shift_new) * (the weights they were summed with), a term <= 0 like the others.
+template <typename A>
+__device__ __forceinline__ void rebase_sums(RowAcc<A>& acc, A m_new) {
+  const A d = sum_shift(acc.m) - sum_shift(m_new);
+  if (d != A(0)) {
+    acc.sxr += d * acc.ws;
+    acc.swtxr += d * acc.swt;
+  }
+}
+
 // Symmetric in (a, b) bit for bit, so the butterfly leaves every lane with the same value. A side
-// with m = -inf below the other scales by exp(-inf) = 0, so the identity (-inf, 0) is neutral.
+// with m = -inf below the other scales by exp(-inf) = 0, so the identity (-inf, 0, ...) is neutral.
 template <typename A>
 struct MergeRowAcc {
-  __device__ __forceinline__ RowAcc<A> operator()(const RowAcc<A>& a, const RowAcc<A>& b) const {
+  __device__ __forceinline__ RowAcc<A> operator()(RowAcc<A> a, RowAcc<A> b) const {
     RowAcc<A> r;
     r.m = max_acc(a.m, b.m);
     r.s = a.s * exp_below_max(a.m, r.m) + b.s * exp_below_max(b.m, r.m);
-    r.sx = a.sx + b.sx;
+    rebase_sums(a, r.m);
+    rebase_sums(b, r.m);
+    r.sxr = a.sxr + b.sxr;
+    r.ws = a.ws + b.ws;
     r.swt = a.swt + b.swt;
-    r.swtx = a.swtx + b.swtx;
+    r.swtxr = a.swtxr + b.swtxr;
     return r;
   }
 };
 
-// Folds N logits into (m, s): one rescale per vector when its max exceeds m, then one exp per
-// element. A -inf element adds exactly 0 (exp_below_max would give 1 while m is still -inf).
-// Every element is <= m after the rescale, so exp never overflows.
-template <int N, typename A>
-__device__ __forceinline__ void online_lse_add(A& m, A& s, const A (&x)[N]) {
+// Folds N logits (weights w, probabilities t: N elements at stride 1 when N > 1, or null) into the
+// partial: one rescale of s (and re-base of the relative sums) per vector when its max exceeds m,
+// then one exp per element. A -inf element adds exactly 0 to s (exp_below_max would give 1 while m
+// is still -inf). Every element is <= m after the rescale, so exp never overflows.
+template <int N, typename T, typename A>
+__device__ __forceinline__ void row_acc_add(RowAcc<A>& acc, const A (&x)[N], const A (&w)[N], const T* t,
+                                            bool smooth) {
   A vmax = x[0];
 #pragma unroll
   for (int k = 1; k < N; ++k) vmax = max_acc(vmax, x[k]);
-  if (vmax > m) {
-    s *= exp_acc(m - vmax);
-    m = vmax;
+  if (vmax > acc.m) {
+    acc.s *= exp_acc(acc.m - vmax);
+    if (smooth || t != nullptr) rebase_sums(acc, vmax);
+    acc.m = vmax;
   }
 #pragma unroll
-  for (int k = 0; k < N; ++k) s += x[k] == -inf_acc<A>() ? A(0) : exp_below_max(x[k], m);
-}
-
-// The non-lse sums for N elements; t (N elements at stride 1 when N > 1) may be null.
-template <int N, typename T, typename A>
-__device__ __forceinline__ void accumulate_sums(RowAcc<A>& acc, const A (&x)[N], const A (&w)[N], const T* t,
-                                                bool smooth) {
+  for (int k = 0; k < N; ++k) acc.s += x[k] == -inf_acc<A>() ? A(0) : exp_below_max(x[k], acc.m);
+  const A shift = sum_shift(acc.m);
   if (smooth) {
 #pragma unroll
-    for (int k = 0; k < N; ++k) acc.sx += w[k] * x[k];
+    for (int k = 0; k < N; ++k) {
+      acc.sxr += w[k] * (x[k] - shift);
+      acc.ws += w[k];
+    }
   }
   if (t != nullptr) {
     A tv[N];
@@ -210,7 +240,7 @@ __device__ __forceinline__ void accumulate_sums(RowAcc<A>& acc, const A (&x)[N],
     for (int k = 0; k < N; ++k) {
       const A wt = w[k] * tv[k];
       acc.swt += wt;
-      acc.swtx += wt * x[k];
+      acc.swtxr += wt * (x[k] - shift);
     }
   }
 }
@@ -225,35 +255,37 @@ __device__ __forceinline__ void load_weights(const T* w, int64_t c, A (&out)[N])
   }
 }
 
-// Loss and lse of row r from its merged partials. x_row[c * x_stride] is logit c of the row.
+// Loss and stats (m at stats[r], ls at stats[rows + r]) of row r from its merged partials.
+// x_row[c * x_stride] is logit c of the row. Every loss term is >= 0 (lse - x_c = (m - x_c) + ls);
+// a row whose max is not finite (all -inf, or a +inf logit) gets a NaN loss, as torch.
 template <typename T, typename A>
 __device__ __forceinline__ void finish_fwd_row(const CeArgs<T, A>& a, int64_t r, const RowAcc<A>& acc,
-                                               const T* x_row, int64_t x_stride, A* loss, A* lse) {
+                                               const T* x_row, int64_t x_stride, A* loss, A* stats) {
   const A e = a.eps, C = static_cast<A>(a.C);
   const A W = a.wsum != nullptr ? *a.wsum : C;
-  const A l = acc.m + log_acc(acc.s);
+  const A ls = log_acc(acc.s);
+  const bool finite = acc.m > -inf_acc<A>() && acc.m < inf_acc<A>();
+  stats[r] = acc.m;
+  stats[a.rows + r] = ls;
+  const A smooth = e > 0 ? e / C * (W * ls - acc.sxr) : A(0);
   if (a.t != nullptr) {
-    loss[r] = l * ((1 - e) * acc.swt + e / C * W) - ((1 - e) * acc.swtx + e / C * acc.sx);
-    lse[r] = l;
+    loss[r] = finite ? (1 - e) * (acc.swt * ls - acc.swtxr) + smooth : nan_acc<A>();
     return;
   }
   const int64_t y = a.y[r];
   if (y == a.ignore_index) {
     loss[r] = A(0);
-    lse[r] = l;
     return;
   }
   if (y < 0 || y >= a.C) {  // never read x_row[y]: report and poison the row instead
     loss[r] = nan_acc<A>();
-    lse[r] = nan_acc<A>();
+    stats[r] = nan_acc<A>();
+    stats[a.rows + r] = nan_acc<A>();
     cuda::report_bad_index(a.bad, r);
     return;
   }
   const A wy = a.w != nullptr ? static_cast<A>(a.w[y]) : A(1);
-  A out = (1 - e) * wy * (l - static_cast<A>(x_row[y * x_stride]));
-  if (e > 0) out += e / C * (W * l - acc.sx);
-  loss[r] = out;
-  lse[r] = l;
+  loss[r] = finite ? (1 - e) * wy * ((acc.m - static_cast<A>(x_row[y * x_stride])) + ls) + smooth : nan_acc<A>();
 }
 
 // Which threads share a row: a whole block, or one warp (several rows per block).
@@ -291,7 +323,7 @@ struct RowGroup {
 // D == 1. N = elements per load (16 bytes, or 1 when alignment or C % N forbids).
 template <int N, bool kBlockPerRow, typename T, typename A>
 __global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
-    cross_entropy_fwd_online_rows_kernel(const CeArgs<T, A> a, A* __restrict__ loss, A* __restrict__ lse) {
+    cross_entropy_fwd_online_rows_kernel(const CeArgs<T, A> a, A* __restrict__ loss, A* __restrict__ stats) {
   __shared__ RowAcc<A> smem[kWarpSize + 1];
   const RowGroup<kBlockPerRow> grp;
   const bool smooth = a.eps > 0;
@@ -305,18 +337,17 @@ __global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
       A xv[N], wv[N];
       cuda::load_acc<N>(x + c, xv);
       load_weights<N>(a.w, c, wv);
-      online_lse_add<N>(acc.m, acc.s, xv);
-      accumulate_sums<N>(acc, xv, wv, t != nullptr ? t + c : nullptr, smooth);
+      row_acc_add<N>(acc, xv, wv, t != nullptr ? t + c : nullptr, smooth);
     }
     acc = grp.all_reduce(acc, MergeRowAcc<A>{}, row_acc_identity<A>(), smem);
-    if (grp.lane == 0) finish_fwd_row(a, row, acc, x, 1, loss, lse);
+    if (grp.lane == 0) finish_fwd_row(a, row, acc, x, 1, loss, stats);
   }
 }
 
 // D > 1: one thread per row (b, d), element c at x[(b C + c) D + d].
 template <typename T, typename A>
 __global__ void __launch_bounds__(kStridedThreads)
-    cross_entropy_fwd_online_strided_kernel(const CeArgs<T, A> a, A* __restrict__ loss, A* __restrict__ lse) {
+    cross_entropy_fwd_online_strided_kernel(const CeArgs<T, A> a, A* __restrict__ loss, A* __restrict__ stats) {
   const bool smooth = a.eps > 0;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < a.rows; r += step) {
@@ -328,41 +359,52 @@ __global__ void __launch_bounds__(kStridedThreads)
       A xv[1], wv[1];
       cuda::load_acc<1>(x + c * a.D, xv);
       wv[0] = a.w != nullptr ? static_cast<A>(a.w[c]) : A(1);
-      online_lse_add<1>(acc.m, acc.s, xv);
-      accumulate_sums<1>(acc, xv, wv, t != nullptr ? t + c * a.D : nullptr, smooth);
+      row_acc_add<1>(acc, xv, wv, t != nullptr ? t + c * a.D : nullptr, smooth);
     }
-    finish_fwd_row(a, r, acc, x, a.D, loss, lse);
+    finish_fwd_row(a, r, acc, x, a.D, loss, stats);
   }
 }
 
 // ---- backward ----------------------------------------------------------------------------------
 
-enum class GradKind : int { kFormula, kZero, kNaN };
+// kBadIndex: an out-of-range class index (reported to the host); kNaN: a row whose max or log-sum
+// is not finite (NaN, all -inf, +inf), a NaN gradient row as torch's.
+enum class GradKind : int { kFormula, kZero, kNaN, kBadIndex };
 
 // The per-row constants of dloss/dx_c = coef p_c - sub_c (see the header).
 template <typename A>
 struct GradRow {
-  A lse, coef, g0, g1;
+  A m, ls, coef, g0, g1;
   int64_t y;      // the target class, -1 with probabilities
   bool probs;
   bool smooth;    // e > 0: the index-target smoothing term is e/C g w_c rather than e/C g
   GradKind kind;
 };
 
+template <typename A>
+__device__ __forceinline__ bool stats_finite(A m, A ls) {
+  return m > -inf_acc<A>() && m < inf_acc<A>() && ls > -inf_acc<A>() && ls < inf_acc<A>();
+}
+
 template <typename T, typename A>
-__device__ __forceinline__ GradRow<A> index_grad_row(const CeArgs<T, A>& a, int64_t r, A g, A l) {
+__device__ __forceinline__ GradRow<A> index_grad_row(const CeArgs<T, A>& a, int64_t r, A g, A m, A ls) {
   GradRow<A> gr;
-  gr.lse = l;
+  gr.m = m;
+  gr.ls = ls;
   gr.y = a.y[r];
   gr.probs = false;
   const A e = a.eps, C = static_cast<A>(a.C);
   gr.smooth = e > 0;
   gr.coef = gr.g0 = gr.g1 = A(0);
   if (gr.y == a.ignore_index) {
-    gr.kind = GradKind::kZero;  // exact zeros, even where exp(x - lse) is inf/NaN
+    gr.kind = GradKind::kZero;  // exact zeros, even where exp(x - m) is inf/NaN
     return gr;
   }
   if (gr.y < 0 || gr.y >= a.C) {
+    gr.kind = GradKind::kBadIndex;
+    return gr;
+  }
+  if (!stats_finite(m, ls)) {
     gr.kind = GradKind::kNaN;
     return gr;
   }
@@ -376,25 +418,27 @@ __device__ __forceinline__ GradRow<A> index_grad_row(const CeArgs<T, A>& a, int6
 }
 
 template <typename T, typename A>
-__device__ __forceinline__ GradRow<A> prob_grad_row(const CeArgs<T, A>& a, A g, A l, A swt) {
+__device__ __forceinline__ GradRow<A> prob_grad_row(const CeArgs<T, A>& a, A g, A m, A ls, A swt) {
   GradRow<A> gr;
   const A e = a.eps, C = static_cast<A>(a.C);
   const A W = a.wsum != nullptr ? *a.wsum : C;
-  gr.lse = l;
+  gr.m = m;
+  gr.ls = ls;
   gr.y = -1;
   gr.probs = true;
   gr.smooth = e > 0;
   gr.coef = g * ((1 - e) * swt + e / C * W);
   gr.g1 = g * (1 - e);
   gr.g0 = g * e / C;
-  gr.kind = GradKind::kFormula;
+  gr.kind = stats_finite(m, ls) ? GradKind::kFormula : GradKind::kNaN;
   return gr;
 }
 
 // dloss/dx_c for a kFormula row; w = 1 without weights, t unused with index targets.
+// p_c = exp((x_c - m) - ls): x_c - m is exact for x_c within a factor 2 of m (Sterbenz).
 template <typename A>
 __device__ __forceinline__ A grad_elem(const GradRow<A>& gr, A x, A w, A t, int64_t c) {
-  const A pterm = gr.coef * exp_acc(x - gr.lse);
+  const A pterm = gr.coef * exp_acc((x - gr.m) - gr.ls);
   if (gr.probs) return pterm - (gr.g1 * t + gr.g0) * w;
   A v = pterm - (gr.smooth ? gr.g0 * w : gr.g0);
   if (c == gr.y) v -= gr.g1;
@@ -405,7 +449,7 @@ __device__ __forceinline__ A grad_elem(const GradRow<A>& gr, A x, A w, A t, int6
 // neither pointer is __restrict__.
 template <int N, bool kBlockPerRow, typename T, typename A>
 __global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
-    cross_entropy_bwd_rows_kernel(const CeArgs<T, A> a, const A* __restrict__ grad, const A* __restrict__ lse,
+    cross_entropy_bwd_rows_kernel(const CeArgs<T, A> a, const A* __restrict__ grad, const A* __restrict__ stats,
                                   T* out) {
   __shared__ A smem[kWarpSize + 1];
   const RowGroup<kBlockPerRow> grp;
@@ -414,7 +458,7 @@ __global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
     const T* x = a.x + row * a.C;
     const T* t = a.t != nullptr ? a.t + row * a.C : nullptr;
     T* o = out + row * a.C;
-    const A g = grad[row], l = lse[row];
+    const A g = grad[row], m = stats[row], ls = stats[a.rows + row];
     GradRow<A> gr;
     if (t != nullptr) {
       // Pass 1: swt = sum_k w_k t_k, needed by every element of the row.
@@ -428,10 +472,10 @@ __global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
         for (int k = 0; k < N; ++k) swt += wv[k] * tv[k];
       }
       swt = grp.all_reduce(swt, cuda::SumOp<A>{}, A(0), smem);
-      gr = prob_grad_row(a, g, l, swt);
+      gr = prob_grad_row(a, g, m, ls, swt);
     } else {
-      gr = index_grad_row(a, row, g, l);
-      if (gr.kind == GradKind::kNaN && grp.lane == 0) cuda::report_bad_index(a.bad, row);
+      gr = index_grad_row(a, row, g, m, ls);
+      if (gr.kind == GradKind::kBadIndex && grp.lane == 0) cuda::report_bad_index(a.bad, row);
     }
     // Pass 2 (the only pass for index targets).
     for (int64_t i = grp.lane; i < nvec; i += grp.size) {
@@ -462,7 +506,7 @@ __global__ void __launch_bounds__(row_kernel_max_threads(kBlockPerRow))
 // D > 1: one thread per row (b, d). `out` may alias a.x, as above.
 template <typename T, typename A>
 __global__ void __launch_bounds__(kStridedThreads)
-    cross_entropy_bwd_strided_kernel(const CeArgs<T, A> a, const A* __restrict__ grad, const A* __restrict__ lse,
+    cross_entropy_bwd_strided_kernel(const CeArgs<T, A> a, const A* __restrict__ grad, const A* __restrict__ stats,
                                      T* out) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < a.rows; r += step) {
@@ -470,7 +514,7 @@ __global__ void __launch_bounds__(kStridedThreads)
     const T* x = a.x + base;
     const T* t = a.t != nullptr ? a.t + base : nullptr;
     T* o = out + base;
-    const A g = grad[r], l = lse[r];
+    const A g = grad[r], m = stats[r], ls = stats[a.rows + r];
     GradRow<A> gr;
     if (t != nullptr) {
       A swt = A(0);
@@ -478,10 +522,10 @@ __global__ void __launch_bounds__(kStridedThreads)
         const A wc = a.w != nullptr ? static_cast<A>(a.w[c]) : A(1);
         swt += wc * static_cast<A>(t[c * a.D]);
       }
-      gr = prob_grad_row(a, g, l, swt);
+      gr = prob_grad_row(a, g, m, ls, swt);
     } else {
-      gr = index_grad_row(a, r, g, l);
-      if (gr.kind == GradKind::kNaN) cuda::report_bad_index(a.bad, r);
+      gr = index_grad_row(a, r, g, m, ls);
+      if (gr.kind == GradKind::kBadIndex) cuda::report_bad_index(a.bad, r);
     }
     for (int64_t c = 0; c < a.C; ++c) {
       A v;
@@ -538,40 +582,40 @@ LaunchPlan plan_launch(const CrossEntropyGeometry& g, std::initializer_list<cons
 }
 
 template <typename T, typename A>
-void launch_fwd(const LaunchPlan& p, const CeArgs<T, A>& a, A* loss, A* lse) {
+void launch_fwd(const LaunchPlan& p, const CeArgs<T, A>& a, A* loss, A* stats) {
   constexpr int V = cuda::kVec16<T>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (p.kind) {
     case LaunchPlan::Kind::kStrided:
-      cross_entropy_fwd_online_strided_kernel<T, A><<<p.grid, p.block, 0, stream>>>(a, loss, lse);
+      cross_entropy_fwd_online_strided_kernel<T, A><<<p.grid, p.block, 0, stream>>>(a, loss, stats);
       break;
     case LaunchPlan::Kind::kWarpPerRow:
-      if (p.vec) cross_entropy_fwd_online_rows_kernel<V, false, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, lse);
-      else cross_entropy_fwd_online_rows_kernel<1, false, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, lse);
+      if (p.vec) cross_entropy_fwd_online_rows_kernel<V, false, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, stats);
+      else cross_entropy_fwd_online_rows_kernel<1, false, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, stats);
       break;
     case LaunchPlan::Kind::kBlockPerRow:
-      if (p.vec) cross_entropy_fwd_online_rows_kernel<V, true, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, lse);
-      else cross_entropy_fwd_online_rows_kernel<1, true, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, lse);
+      if (p.vec) cross_entropy_fwd_online_rows_kernel<V, true, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, stats);
+      else cross_entropy_fwd_online_rows_kernel<1, true, T, A><<<p.grid, p.block, 0, stream>>>(a, loss, stats);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, typename A>
-void launch_bwd(const LaunchPlan& p, const CeArgs<T, A>& a, const A* grad, const A* lse, T* out) {
+void launch_bwd(const LaunchPlan& p, const CeArgs<T, A>& a, const A* grad, const A* stats, T* out) {
   constexpr int V = cuda::kVec16<T>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (p.kind) {
     case LaunchPlan::Kind::kStrided:
-      cross_entropy_bwd_strided_kernel<T, A><<<p.grid, p.block, 0, stream>>>(a, grad, lse, out);
+      cross_entropy_bwd_strided_kernel<T, A><<<p.grid, p.block, 0, stream>>>(a, grad, stats, out);
       break;
     case LaunchPlan::Kind::kWarpPerRow:
-      if (p.vec) cross_entropy_bwd_rows_kernel<V, false, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, lse, out);
-      else cross_entropy_bwd_rows_kernel<1, false, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, lse, out);
+      if (p.vec) cross_entropy_bwd_rows_kernel<V, false, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, stats, out);
+      else cross_entropy_bwd_rows_kernel<1, false, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, stats, out);
       break;
     case LaunchPlan::Kind::kBlockPerRow:
-      if (p.vec) cross_entropy_bwd_rows_kernel<V, true, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, lse, out);
-      else cross_entropy_bwd_rows_kernel<1, true, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, lse, out);
+      if (p.vec) cross_entropy_bwd_rows_kernel<V, true, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, stats, out);
+      else cross_entropy_bwd_rows_kernel<1, true, T, A><<<p.grid, p.block, 0, stream>>>(a, grad, stats, out);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -637,8 +681,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cuda(const at::Tensor& logi
   const c10::cuda::CUDAGuard guard(logits_.device());
   const auto acc = cross_entropy_acc_dtype(logits_.scalar_type());
   at::Tensor loss = new_output(g.row_shape, logits_.options().dtype(acc));
-  at::Tensor lse = new_output(g.row_shape, logits_.options().dtype(acc));
-  if (g.rows() == 0) return {loss, lse};
+  at::Tensor stats = new_output(cross_entropy_stats_shape(g), logits_.options().dtype(acc));
+  if (g.rows() == 0) return {loss, stats};
   const at::Tensor logits = logits_.contiguous();
   const Inputs in = prepare_inputs(target_, weight_, acc);
   std::optional<cuda::DeviceBadIndex> bad;
@@ -647,23 +691,23 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cuda(const at::Tensor& logi
     using A = acc_t<scalar_t>;
     const auto a = make_args<scalar_t, A>(g, logits, in, ignore_index, label_smoothing, bad ? bad->ptr() : nullptr);
     const LaunchPlan p = plan_launch<scalar_t>(g, {a.x, a.t, a.w});
-    launch_fwd<scalar_t, A>(p, a, loss.mutable_data_ptr<A>(), lse.mutable_data_ptr<A>());
+    launch_fwd<scalar_t, A>(p, a, loss.mutable_data_ptr<A>(), stats.mutable_data_ptr<A>());
   });
   if (bad) raise_if_bad_target(*bad, in.target, g.C, ignore_index);
-  return {loss, lse};
+  return {loss, stats};
 }
 
 // `logits` contiguous; `out` contiguous with logits' shape and dtype (may be logits itself).
 void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const at::Tensor& logits,
                             const at::Tensor& target_, const std::optional<at::Tensor>& weight_,
-                            const at::Tensor& lse_, int64_t ignore_index, double label_smoothing, at::Tensor& out) {
+                            const at::Tensor& stats_, int64_t ignore_index, double label_smoothing, at::Tensor& out) {
   const auto g = check_cross_entropy_args(op, logits, target_, weight_, label_smoothing);
   check_cuda_logits(op, logits);
-  check_cross_entropy_bwd_args(op, g, logits, grad_loss_, lse_);
+  check_cross_entropy_bwd_args(op, g, logits, grad_loss_, stats_);
   const c10::cuda::CUDAGuard guard(logits.device());
   if (g.rows() == 0) return;
   const auto acc = cross_entropy_acc_dtype(logits.scalar_type());
-  const at::Tensor grad_loss = grad_loss_.contiguous(), lse = lse_.contiguous();
+  const at::Tensor grad_loss = grad_loss_.contiguous(), stats = stats_.contiguous();
   const Inputs in = prepare_inputs(target_, weight_, acc);
   std::optional<cuda::DeviceBadIndex> bad;
   if (!g.probs) bad.emplace(logits.device());
@@ -672,29 +716,29 @@ void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const 
     const auto a = make_args<scalar_t, A>(g, logits, in, ignore_index, label_smoothing, bad ? bad->ptr() : nullptr);
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const LaunchPlan p = plan_launch<scalar_t>(g, {a.x, a.t, a.w, o});
-    launch_bwd<scalar_t, A>(p, a, grad_loss.const_data_ptr<A>(), lse.const_data_ptr<A>(), o);
+    launch_bwd<scalar_t, A>(p, a, grad_loss.const_data_ptr<A>(), stats.const_data_ptr<A>(), o);
   });
   if (bad) raise_if_bad_target(*bad, in.target, g.C, ignore_index);
 }
 
 at::Tensor cross_entropy_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
-                                  const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                  const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                   int64_t ignore_index, double label_smoothing) {
   // No guard here: logits may not even be a CUDA tensor yet (cross_entropy_bwd_into checks that
   // before its guard); contiguous() and the allocation follow logits' own device.
   const at::Tensor logits = logits_.contiguous();
   at::Tensor out = new_output(logits.sizes(), logits.options());
-  cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing,
+  cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing,
                          out);
   return out;
 }
 
 void cross_entropy_bwd_inplace_cuda(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
-                                    const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                    const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                     int64_t ignore_index, double label_smoothing) {
   TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
   at::Tensor out = logits;
-  cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, lse, ignore_index,
+  cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index,
                          label_smoothing, out);
 }
 

@@ -23,6 +23,15 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def stats_shape(logits: torch.Tensor) -> list[int]:
+    """The forward's saved row statistics: (2, *row_shape); [0] = row max m, [1] = log sum exp(x - m).
+
+    Two numbers rather than lse = m + log sum: x - lse loses ulp(m) / 2 when lse is rounded to the
+    accumulation dtype, while x - m is exact for every x near the max (csrc/fastops.h).
+    """
+    return [2, *row_shape(logits)]
+
+
 def fwd_fake(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -30,9 +39,9 @@ def fwd_fake(
     ignore_index: int,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, lse), both of logits' row shape in the accumulation dtype."""
-    shape, dt = row_shape(logits), acc_dtype(logits.dtype)
-    return logits.new_empty(shape, dtype=dt), logits.new_empty(shape, dtype=dt)
+    """(loss, stats): loss of logits' row shape, stats (2, *row_shape), both in the accumulation dtype."""
+    dt = acc_dtype(logits.dtype)
+    return logits.new_empty(row_shape(logits), dtype=dt), logits.new_empty(stats_shape(logits), dtype=dt)
 
 
 def bwd_fake(
@@ -40,7 +49,7 @@ def bwd_fake(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
 ) -> torch.Tensor:
@@ -53,7 +62,7 @@ def bwd_inplace_fake(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
 ) -> None:
@@ -134,12 +143,12 @@ def check_args(
     return Geometry(B, C, D, probs, row_shape)
 
 
-def check_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.Tensor, lse: torch.Tensor) -> None:
-    """csrc/fastops.h check_cross_entropy_bwd_args: grad_loss and lse of the row shape, accumulation dtype."""
+def check_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.Tensor, stats: torch.Tensor) -> None:
+    """csrc/fastops.h check_cross_entropy_bwd_args: grad_loss (row shape), stats (2, *row shape), acc dtype."""
     acc = acc_dtype(logits.dtype)
-    for name, t in (("grad_loss", grad_loss), ("lse", lse)):
-        if list(t.shape) != g.row_shape:
-            raise ValueError(f"{op}: {name} must have shape {_shape(g.row_shape)}, got {_shape(t.shape)}")
+    for name, t, shape in (("grad_loss", grad_loss, g.row_shape), ("stats", stats, [2, *g.row_shape])):
+        if list(t.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {_shape(shape)}, got {_shape(t.shape)}")
         if t.dtype != acc:
             raise TypeError(f"{op}: {name} must be {acc} for {logits.dtype} logits, got {t.dtype}")
         if t.device != logits.device:

@@ -105,9 +105,9 @@ class CrossEntropyFunction(torch.autograd.Function):
         inplace_backward: bool,
     ):
         ops = _ops(backend)
-        loss, lse = ops.cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing)
-        denom = _mean_denominator(target, weight, ignore_index, lse.dtype) if reduction == "mean" else None
-        ctx.save_for_backward(logits, target, weight, lse, denom)
+        loss, stats = ops.cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing)
+        denom = _mean_denominator(target, weight, ignore_index, loss.dtype) if reduction == "mean" else None
+        ctx.save_for_backward(logits, target, weight, stats, denom)
         ctx.config = (ignore_index, reduction, label_smoothing, backend, inplace_backward)
         if reduction == "none":
             return loss.to(logits.dtype)
@@ -116,16 +116,16 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        logits, target, weight, lse, denom = ctx.saved_tensors
+        logits, target, weight, stats, denom = ctx.saved_tensors
         ignore_index, reduction, label_smoothing, backend, inplace_backward = ctx.config
-        g = grad.to(lse.dtype)
+        g = grad.to(stats.dtype)
         if reduction == "mean":
             g = g / denom
-        g = g.expand(lse.shape)
+        g = g.expand(stats.shape[1:])
         ops = _ops(backend)
         if inplace_backward and logits.is_contiguous():
-            ops.cross_entropy_bwd_(g, logits, target, weight, lse, ignore_index, label_smoothing)
+            ops.cross_entropy_bwd_(g, logits, target, weight, stats, ignore_index, label_smoothing)
             grad_logits = logits
         else:
-            grad_logits = ops.cross_entropy_bwd(g, logits, target, weight, lse, ignore_index, label_smoothing)
+            grad_logits = ops.cross_entropy_bwd(g, logits, target, weight, stats, ignore_index, label_smoothing)
         return grad_logits, None, None, None, None, None, None, None

@@ -1,14 +1,17 @@
 # Softmax cross-entropy, Triton kernels, registered as fastops_triton::cross_entropy_{fwd,bwd,bwd_}.
 #
-# Math (the same formulas as csrc/cpu/cross_entropy.cpp). Row r has logits x (C classes),
-# lse = log sum_c exp(x_c), class weights w (1 when absent), W = sum_c w_c, label smoothing e.
-#   class index y:  loss = (1-e) w_y (lse - x_y) + e/C (W lse - sum_c w_c x_c)      (0 if y == ignore)
+# Math (the same formulas as csrc/cpu/cross_entropy.cpp). Row r has logits x (C classes), row max
+# m, ls = log sum_c exp(x_c - m) (the log-sum-exp is m + ls), class weights w (1 when absent),
+# W = sum_c w_c, label smoothing e, sxr = sum_c w_c (x_c - m), swt = sum_c w_c t_c,
+# swtxr = sum_c w_c t_c (x_c - m).
+#   class index y:  loss = (1-e) w_y ((m - x_y) + ls) + e/C (W ls - sxr)            (0 if y == ignore)
 #                   dloss/dx_c = g [ p_c ((1-e) w_y + e W / C) - (1-e) w_y [c == y] - e/C w_c ]
 #   probabilities t: with t' = (1-e) t + e/C,
-#                   loss = lse sum_c w_c t'_c - sum_c w_c t'_c x_c
+#                   loss = sum_c w_c t'_c ((m - x_c) + ls) = (1-e) (swt ls - swtxr) + e/C (W ls - sxr)
 #                   dloss/dx_c = g [ p_c sum_k w_k t'_k - w_c t'_c ]
-#   p_c = exp(x_c - lse); g = the row's upstream gradient (the reduction's 1/denominator folded in).
-#   The forward saves lse (one number per row), never log_softmax.
+#   p_c = exp((x_c - m) - ls); g = the row's upstream gradient (the reduction's 1/denominator folded
+#   in). The forward saves stats = (m, ls), two numbers per row, never log_softmax, and never
+#   lse = m + ls rounded (see Numerics).
 #
 # Grid. logits are viewed as (B, C, D) (D = d1*..*dk, 1 for (N, C) and (C,)); row r = (b, d) holds
 # C logits at stride D starting at b*C*D + d. One program per row: grid = (B*D,). All offsets are
@@ -19,15 +22,16 @@
 # reduction scratch.
 #   forward:  one loop over the tiles: tile max -> running max m, running sum s rescaled once per tile
 #             (one exp per element, not two), and in the same loop the sums the loss needs:
-#             sum w_c x_c (smoothing), sum w_c t_c and sum w_c t_c x_c (probabilities).
-#   backward: one loop writing g (coef * p_c - target term) from the saved lse; probability targets
+#             sxr (smoothing), swt and swtxr (probabilities), relative to the running max and
+#             re-based by (m_old - m_new) * (their weight sum so far) when a tile raises it.
+#   backward: one loop writing g (coef * p_c - target term) from the saved (m, ls); probability targets
 #             first need sum w_c t_c, a loop over t (and w) before the write loop.
 #   In-place backward: out == logits; each tile is read before it is written, by the same program.
 # With D > 1 a program's loads are strided by D (neighbouring programs read neighbouring addresses,
 # so sectors are shared through L1/L2, not within a warp); such inputs (segmentation) have small C.
 #
 # Traffic (s = bytes per logit, N rows of C classes, index targets): forward reads N*C*s and writes
-# 8N (loss, lse in float32); backward reads N*C*s, writes N*C*s: 3*N*C*s for forward + backward.
+# 12N (loss, m, ls in float32); backward reads N*C*s, writes N*C*s: 3*N*C*s for forward + backward.
 # Probability targets add N*C*s to the forward and 2*N*C*s to the backward (t is read by both loops;
 # the second read hits L2 for rows up to a few MB). Unfused PyTorch (log_softmax, nll_loss, and their
 # backwards: write log_softmax, zero-fill + scatter the nll grad, read grad and log_softmax, write the
@@ -36,19 +40,22 @@
 # fwd N*C*s (+ N*C*s probs) + 8N (int64 targets) + 8N; bwd 2*N*C*s (+ 2*N*C*s probs) + 8N + 8N.
 #
 # Numerics. Loads are converted to the accumulation type: float32 for fp16/bf16/fp32, float64 for
-# fp64 (taken from the loss/lse pointer's element type). Max subtraction: every exp argument is <= 0,
+# fp64 (taken from the loss/stats pointer's element type). Max subtraction: every exp argument is <= 0,
 # so nothing overflows; the running sum is rescaled by exp(m_old - m_new) <= 1. Sums are a tree within
 # a tile (tl.sum) then sequential over C/BLOCK_C tiles. A row whose maximum is -inf so far is shifted
-# by 0 instead of -inf (exp(-inf - -inf) would be NaN): a row of all -inf gives lse = -inf and a NaN
-# loss, as torch. NaN anywhere in a row gives NaN lse, loss and gradient; +inf gives NaN (as the
-# native kernels). Triton passes Python floats as float32, so label smoothing travels as a float32
+# by 0 instead of -inf (exp(-inf - -inf) would be NaN). A row whose max is not finite (all -inf, a
+# +inf or NaN logit) gets a NaN loss and gradient, as torch's log_softmax path. Shift invariance:
+# (m, ls) is saved rather than lse = m + ls because rounding lse costs ulp(m) / 2 in every exp
+# argument (3.9e-3 for float32 logits near 1e5) while x - m is exact near the max; and the loss is
+# a sum of terms >= 0, never lse - x_y or W lse - sum w x, whose rounding at ulp(m) swamps a small
+# loss. Triton passes Python floats as float32, so label smoothing travels as a float32
 # pair (hi + lo) that float64 kernels add back to ~2^-48 relative error. Ignored rows get an exact 0
 # loss and gradient.
 #
 # Preconditions (check_args, the launchers): logits fp16/bf16/fp32/fp64 of shape (C,), (N, C) or
 # (N, C, d1..dk), C >= 1, on a CUDA device (CPU under TRITON_INTERPRET=1); target int64 of the row
 # shape or float probabilities of logits' shape and dtype; weight (C,) in logits' dtype; 0 <= e <= 1;
-# grad_loss and lse of the row shape in the accumulation dtype; rows < 2^31 (grid limit). Inputs are
+# grad_loss (row shape) and stats (2, *row shape) in the accumulation dtype; rows < 2^31 (grid limit). Inputs are
 # made contiguous (a copy when they are not). Class indices outside [0, C) other than ignore_index
 # raise IndexError in the launcher before any kernel runs (one reduction and a device-to-host sync
 # on GPU). Under tracing (fake tensors, torch.compile of the triton_op on GPU) that check cannot run;
@@ -104,7 +111,7 @@ def cross_entropy_fwd_online_lse_kernel(
     w_ptr,  # class weights (C,) (HAS_WEIGHT; else None)
     wsum_ptr,  # W = sum_c w_c, 0-dim, accumulation dtype (HAS_WEIGHT; else None)
     loss_ptr,  # (B, D), accumulation dtype
-    lse_ptr,  # (B, D), accumulation dtype
+    stats_ptr,  # (2, B, D), accumulation dtype: [0] row max m, [1] ls = log sum exp(x - m)
     C,
     D,
     ignore_index,
@@ -122,55 +129,61 @@ def cross_entropy_fwd_online_lse_kernel(
     cls = tl.arange(0, BLOCK_C)
     m = tl.full([], float("-inf"), acc)  # running max
     s = tl.zeros([], acc)  # running sum of exp(x - m)
-    sx = tl.zeros([], acc)  # sum w_c x_c
+    shift = tl.zeros([], acc)  # m, or 0 while m is -inf: what the relative sums are taken against
+    sxr = tl.zeros([], acc)  # sum w_c (x_c - shift)
+    ws = tl.zeros([], acc)  # sum w_c over the tiles seen
     swt = tl.zeros([], acc)  # sum w_c t_c
-    swtx = tl.zeros([], acc)  # sum w_c t_c x_c
+    swtxr = tl.zeros([], acc)  # sum w_c t_c (x_c - shift)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cls
         live = c < C
         off = row + c.to(tl.int64) * D
         x = tl.load(x_ptr + off, mask=live, other=float("-inf")).to(acc)
         m_new = tl.maximum(m, tl.max(x, axis=0))
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: exp(-inf - 0) = 0, not NaN
-        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)
+        new_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: exp(-inf - 0) = 0, not NaN
+        s = s * tl.exp(m - new_shift) + tl.sum(tl.exp(x - new_shift), axis=0)
         m = m_new
+        d = shift - new_shift  # <= 0: re-bases the relative sums when the max moves
+        shift = new_shift
         if HAS_WEIGHT and (SMOOTHING or PROBS):
             w = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)
-        xz = tl.where(live, x, 0.0)  # x is -inf off the row; 0 * -inf would be NaN
+        xr = tl.where(live, x - shift, 0.0)  # x is -inf off the row; 0 * -inf would be NaN
         if SMOOTHING:
-            sx += tl.sum(w * xz if HAS_WEIGHT else xz, axis=0)
+            sxr += d * ws + tl.sum(w * xr if HAS_WEIGHT else xr, axis=0)
+            ws += tl.sum(w, axis=0) if HAS_WEIGHT else tl.sum(live.to(acc), axis=0)
         if PROBS:
             wt = tl.load(tgt_ptr + off, mask=live, other=0.0).to(acc)
             if HAS_WEIGHT:
                 wt = w * wt
+            swtxr += d * swt + tl.sum(wt * xr, axis=0)
             swt += tl.sum(wt, axis=0)
-            swtx += tl.sum(wt * xz, axis=0)
-    lse = m + tl.log(s)
+    ls = tl.log(s)
+    finite = (m > float("-inf")) & (m < float("inf"))  # all -inf, +inf or NaN: a NaN loss, as torch
 
     Cf = tl.zeros([], acc) + C
     if SMOOTHING:
         eps = (tl.zeros([], acc) + eps_hi) + eps_lo
         W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Cf
     if PROBS:
-        mass = swt  # sum_c w_c t'_c
-        wtx = swtx  # sum_c w_c t'_c x_c
+        loss = swt * ls - swtxr  # sum_c w_c t_c ((m - x_c) + ls): terms >= 0
         if SMOOTHING:
-            mass = (1.0 - eps) * swt + eps / Cf * W
-            wtx = (1.0 - eps) * swtx + eps / Cf * sx
-        loss = lse * mass - wtx
+            loss = (1.0 - eps) * loss + eps / Cf * (W * ls - sxr)
+        loss = tl.where(finite, loss, float("nan"))
     else:
         y = tl.load(tgt_ptr + r)
         keep = y != ignore_index
         inb = (y >= 0) & (y < C)  # the launcher raised already; this only keeps a traced call in bounds
         x_y = tl.load(x_ptr + row + y * D, mask=keep & inb, other=0.0).to(acc)
-        loss = lse - x_y
+        loss = (m - x_y) + ls
         if HAS_WEIGHT:
             loss = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) * loss
         if SMOOTHING:
-            loss = (1.0 - eps) * loss + eps / Cf * (W * lse - sx)
-        loss = tl.where(keep, tl.where(inb, loss, float("nan")), 0.0)
+            loss = (1.0 - eps) * loss + eps / Cf * (W * ls - sxr)
+        loss = tl.where(keep, tl.where(inb & finite, loss, float("nan")), 0.0)
     tl.store(loss_ptr + r, loss)
-    tl.store(lse_ptr + r, lse)
+    rows = tl.num_programs(0).to(tl.int64)
+    tl.store(stats_ptr + r, m)
+    tl.store(stats_ptr + rows + r, ls)
 
 
 @triton.jit
@@ -180,7 +193,7 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
     tgt_ptr,  # int64 class indices (B, D), or probabilities (B, C, D) (PROBS)
     w_ptr,  # class weights (C,) (HAS_WEIGHT)
     wsum_ptr,  # W = sum_c w_c, 0-dim (HAS_WEIGHT)
-    lse_ptr,  # (B, D), accumulation dtype, from the forward
+    stats_ptr,  # (2, B, D), accumulation dtype, from the forward: m, ls
     out_ptr,  # gradient (B, C, D) in logits' dtype; may be x_ptr (in-place)
     C,
     D,
@@ -192,13 +205,16 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
     SMOOTHING: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    acc = lse_ptr.dtype.element_ty
+    acc = stats_ptr.dtype.element_ty
     r = tl.program_id(0).to(tl.int64)
     b = r // D
     row = b * C * D + (r - b * D)
     cls = tl.arange(0, BLOCK_C)
     g = tl.load(g_ptr + r).to(acc)
-    lse = tl.load(lse_ptr + r).to(acc)
+    m = tl.load(stats_ptr + r).to(acc)
+    ls = tl.load(stats_ptr + tl.num_programs(0).to(tl.int64) + r).to(acc)
+    # A row whose max or log-sum is not finite (NaN, all -inf, +inf): a NaN gradient row, as torch.
+    finite = (m > float("-inf")) & (m < float("inf")) & (ls > float("-inf")) & (ls < float("inf"))
     Cf = tl.zeros([], acc) + C
     if SMOOTHING:
         eps = (tl.zeros([], acc) + eps_hi) + eps_lo
@@ -219,6 +235,7 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
         if SMOOTHING:
             coef = g * ((1.0 - eps) * swt + eps / Cf * W)
             g1 = g * (1.0 - eps)
+        coef = tl.where(finite, coef, float("nan"))
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cls
             live = c < C
@@ -229,7 +246,7 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
                 tgt += g0
             if HAS_WEIGHT:
                 tgt = tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * tgt
-            grad = coef * tl.exp(x - lse) - tgt
+            grad = coef * tl.exp((x - m) - ls) - tgt  # x - m exact near the max
             tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=live)
     else:
         y = tl.load(tgt_ptr + r)
@@ -241,13 +258,14 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
         if SMOOTHING:
             g1 = (1.0 - eps) * g1
             coef = g1 + g0 * W
-        coef = tl.where(inb, coef, float("nan"))  # out-of-range index (traced call only): NaN row, no read
+        # out-of-range index (traced call only): NaN row, no read; or non-finite stats
+        coef = tl.where(inb & finite, coef, float("nan"))
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cls
             live = c < C
             off = row + c.to(tl.int64) * D
             x = tl.load(x_ptr + off, mask=live, other=0.0).to(acc)
-            grad = coef * tl.exp(x - lse) - tl.where(c == y, g1, 0.0)
+            grad = coef * tl.exp((x - m) - ls) - tl.where(c == y, g1, 0.0)
             if SMOOTHING:
                 if HAS_WEIGHT:
                     grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * g0
@@ -302,9 +320,9 @@ def _launch_fwd(
     _check_triton_input(op, logits)
     acc = acc_dtype(logits.dtype)
     loss = new_output(g.row_shape, acc, logits.device)
-    lse = new_output(g.row_shape, acc, logits.device)
+    stats = new_output([2, *g.row_shape], acc, logits.device)
     if g.rows == 0:
-        return loss, lse
+        return loss, stats
     if not g.probs:
         check_class_indices(op, target, g.C, ignore_index)
     logits, target = logits.contiguous(), target.contiguous()
@@ -314,10 +332,10 @@ def _launch_fwd(
     block, warps = _launch_config(g.C, logits.dtype, block_c)
     hi, lo = _eps_pair(label_smoothing)
     wrap_triton(cross_entropy_fwd_online_lse_kernel)[(g.rows,)](
-        logits, target, w, wsum, loss, lse, g.C, g.D, ignore_index, hi, lo,
+        logits, target, w, wsum, loss, stats, g.C, g.D, ignore_index, hi, lo,
         PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
     )  # fmt: skip
-    return loss, lse
+    return loss, stats
 
 
 def _launch_bwd(
@@ -326,7 +344,7 @@ def _launch_bwd(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
     out: torch.Tensor,
@@ -335,13 +353,13 @@ def _launch_bwd(
     """Writes the gradient into out (contiguous, logits' shape and dtype; may be logits itself)."""
     g = check_args(op, logits, target, weight, label_smoothing)
     _check_triton_input(op, logits)
-    check_bwd_args(op, g, logits, grad_loss, lse)
+    check_bwd_args(op, g, logits, grad_loss, stats)
     if g.rows == 0:
         return
     if not g.probs:
         check_class_indices(op, target, g.C, ignore_index)
     logits, target = logits.contiguous(), target.contiguous()
-    grad_loss, lse = grad_loss.contiguous(), lse.contiguous()
+    grad_loss, stats = grad_loss.contiguous(), stats.contiguous()
     has_w = weight is not None
     acc = acc_dtype(logits.dtype)
     w = weight.contiguous() if has_w else None
@@ -349,7 +367,7 @@ def _launch_bwd(
     block, warps = _launch_config(g.C, logits.dtype, block_c)
     hi, lo = _eps_pair(label_smoothing)
     wrap_triton(cross_entropy_bwd_softmax_minus_target_kernel)[(g.rows,)](
-        grad_loss, logits, target, w, wsum, lse, out, g.C, g.D, ignore_index, hi, lo,
+        grad_loss, logits, target, w, wsum, stats, out, g.C, g.D, ignore_index, hi, lo,
         PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
     )  # fmt: skip
 
@@ -361,7 +379,7 @@ def _launch_bwd(
     "fastops_triton::cross_entropy_fwd",
     mutates_args=(),
     schema="(Tensor logits, Tensor target, Tensor? weight, int ignore_index, float label_smoothing) "
-    "-> (Tensor loss, Tensor lse)",
+    "-> (Tensor loss, Tensor stats)",
     fake=fwd_fake,
 )
 def cross_entropy_fwd(
@@ -371,14 +389,14 @@ def cross_entropy_fwd(
     ignore_index: int,
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (loss, lse), logits' row shape, accumulation dtype."""
+    """(loss, stats): loss (row shape), stats (2, *row shape) = (row max, log sum exp(x - max)), accumulation dtype."""
     return _launch_fwd(logits, target, weight, ignore_index, label_smoothing)
 
 
 @triton_library_op(
     "fastops_triton::cross_entropy_bwd",
     mutates_args=(),
-    schema="(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor lse, int ignore_index, "
+    schema="(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor stats, int ignore_index, "
     "float label_smoothing) -> Tensor",
     fake=bwd_fake,
 )
@@ -387,20 +405,20 @@ def cross_entropy_bwd(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
 ) -> torch.Tensor:
     """d loss / d logits for the per-row upstream gradient grad_loss: logits' shape and dtype, contiguous."""
     out = new_output(logits.shape, logits.dtype, logits.device)
-    _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, out)
+    _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, out)
     return out
 
 
 @triton_library_op(
     "fastops_triton::cross_entropy_bwd_",
     mutates_args=("logits",),
-    schema="(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor lse, int ignore_index, "
+    schema="(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor stats, int ignore_index, "
     "float label_smoothing) -> ()",
     fake=bwd_inplace_fake,
 )
@@ -409,11 +427,11 @@ def cross_entropy_bwd_(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    lse: torch.Tensor,
+    stats: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
 ) -> None:
     """As cross_entropy_bwd, written over logits (which must be contiguous)."""
     if not logits.is_contiguous():
         raise ValueError("cross_entropy_bwd_: logits must be contiguous to be overwritten")
-    _launch_bwd("cross_entropy_bwd_", grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, logits)
+    _launch_bwd("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, logits)

@@ -1,6 +1,7 @@
 // C++ test of the fastops cross-entropy ops, called through the dispatcher (as torch.ops.fastops
 // calls them) on random CPU tensors and checked against ATen run in float64 on the same inputs:
-//   fastops::cross_entropy_fwd  -> (loss, lse)  vs  at::cross_entropy_loss(reduction=None), at::logsumexp
+//   fastops::cross_entropy_fwd  -> (loss, stats)  vs  at::cross_entropy_loss(reduction=None), at::amax and
+//                                  at::logsumexp (stats[0] is the row max, stats[0] + stats[1] the lse)
 //   fastops::cross_entropy_bwd  -> d loss/d logits  vs  autograd of at::cross_entropy_loss
 //   fastops::cross_entropy_bwd_ -> the same, written over the logits
 // over (C,), (N, C) and (N, C, d1..dk) logits, float32 and float64, with/without class weights and
@@ -165,9 +166,9 @@ void run_case(const Ops& ops, const Case& c) {
   loss_ref.backward(grad_loss.to(at::kDouble));
   const at::Tensor grad_ref = x64.grad();
 
-  at::Tensor loss, lse;
+  at::Tensor loss, stats;
   try {
-    std::tie(loss, lse) = ops.fwd.call(x, target, weight, c.ignore_index, c.label_smoothing);
+    std::tie(loss, stats) = ops.fwd.call(x, target, weight, c.ignore_index, c.label_smoothing);
   } catch (const c10::Error& e) {
     fail(name + ": cross_entropy_fwd threw: " + e.what_without_backtrace());
     return;
@@ -176,13 +177,21 @@ void run_case(const Ops& ops, const Case& c) {
   const double wmax = weight ? std::max(1.0, weight->max().item<double>()) : 1.0;
   const double gmax = grad_loss.numel() ? grad_loss.abs().max().item<double>() : 0.0;
   expect_close("cross_entropy_fwd loss, " + name, loss, loss_ref, c.dtype, xmax * wmax, C);
-  expect_close("cross_entropy_fwd lse, " + name, lse, lse_ref, c.dtype, xmax, C);
+  // stats = (row max, log sum exp(x - max)); their sum is the log-sum-exp.
+  if (stats.dim() < 1 || stats.size(0) != 2) {
+    fail(name + ": cross_entropy_fwd stats must have a leading dim of 2");
+    return;
+  }
+  expect_close("cross_entropy_fwd stats[0] (row max), " + name, stats[0], at::amax(x.detach(), {cdim}).to(at::kDouble),
+               c.dtype, xmax, 1);
+  expect_close("cross_entropy_fwd stats[0] + stats[1] (lse), " + name, stats[0] + stats[1], lse_ref, c.dtype, xmax,
+               C);
 
   try {
-    const at::Tensor grad = ops.bwd.call(grad_loss, x, target, weight, lse, c.ignore_index, c.label_smoothing);
+    const at::Tensor grad = ops.bwd.call(grad_loss, x, target, weight, stats, c.ignore_index, c.label_smoothing);
     expect_close("cross_entropy_bwd, " + name, grad, grad_ref, c.dtype, xmax * wmax * gmax, C);
     at::Tensor inplace = x.clone();
-    ops.bwd_inplace.call(grad_loss, inplace, target, weight, lse, c.ignore_index, c.label_smoothing);
+    ops.bwd_inplace.call(grad_loss, inplace, target, weight, stats, c.ignore_index, c.label_smoothing);
     expect_close("cross_entropy_bwd_ (in place), " + name, inplace, grad_ref, c.dtype, xmax * wmax * gmax, C);
   } catch (const c10::Error& e) {
     fail(name + ": cross_entropy_bwd threw: " + e.what_without_backtrace());
