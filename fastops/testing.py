@@ -65,11 +65,16 @@ def assert_close_to_reference(
     *,
     torch_same_dtype: torch.Tensor | None = None,
     what: str = "result",
+    is_torch_composition: bool = False,
 ) -> None:
     """Check ``actual`` (any float dtype) against a float64 reference by the tolerance rule.
 
     ``torch_same_dtype`` is PyTorch's own result in ``actual``'s dtype; it is required for
-    float16/bfloat16 (the bound is 2x its error) and ignored otherwise. NaN must be where the
+    float16/bfloat16 (the bound is 2x its error). ``is_torch_composition``: ``actual`` comes from
+    the ``torch`` backend, itself a PyTorch composition, so a float32/float64 result outside the
+    tight tolerance still passes when it is within 2x ``torch_same_dtype``'s error (required then)
+    plus the floor: PyTorch's own float32 reductions miss the tight bound on confident
+    70k-class rows, and the kernels are what the tight bound is for. NaN must be where the
     reference has NaN, and nowhere else. Raises AssertionError with the worst element.
     """
     if actual.shape != expected64.shape:
@@ -89,9 +94,10 @@ def assert_close_to_reference(
     if dtype in TOLERANCES:
         rtol, atol = TOLERANCES[dtype]
         bad = (a - e).abs() > atol + rtol * e.abs()
-        if bool(bad.any()):
+        if not bool(bad.any()):
+            return
+        if not is_torch_composition:
             raise AssertionError(f"{what} ({dtype}): {int(bad.sum())} elements out of tolerance; {_describe(a, e)}")
-        return
     if torch_same_dtype is None:
         raise ValueError(f"{what}: a {dtype} result needs torch's own {dtype} result to set the bound")
     t = torch_same_dtype.detach().double().cpu().masked_fill(nan_e, 0).masked_fill(inf_e, 0)
