@@ -138,7 +138,8 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
       out.sxr += (shift_old - shift) * ws;
       out.swtxr += (shift_old - shift) * out.swt;
     }
-    if (m != -std::numeric_limits<T>::infinity() && !std::isnan(m)) {
+    if (std::isfinite(m)) {  // -inf so far: nothing to add; +inf / NaN: the row is NaN anyway (and
+                             // exp_u20 must not see the NaN of inf - inf)
       const V vm(m);
       s += at::vec::map_reduce_all<T>([&](V v) { return vexp(v - vm); }, vadd, xb, n);
     }

@@ -190,8 +190,9 @@ __device__ __forceinline__ void rebase_sums(RowAcc<A>& acc, A m_new) {
   }
 }
 
-// Symmetric in (a, b) bit for bit, so the butterfly leaves every lane with the same value. A side
-// with m = -inf below the other scales by exp(-inf) = 0, so the identity (-inf, 0, ...) is neutral.
+// Symmetric in (a, b) except where nvcc contracts one side of r.s into an FMA (last bit); only
+// lane 0's merged value is ever read, so that cannot split a row. A side with m = -inf below the
+// other scales by exp(-inf) = 0, so the identity (-inf, 0, ...) is neutral.
 template <typename A>
 struct MergeRowAcc {
   __device__ __forceinline__ RowAcc<A> operator()(RowAcc<A> a, RowAcc<A> b) const {

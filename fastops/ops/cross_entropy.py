@@ -1,9 +1,9 @@
 """Softmax cross-entropy: fake kernels of the native ops, argument checks, the autograd.Function.
 
 ``CrossEntropyFunction`` is the one place that knows both passes: forward calls
-``<backend>.cross_entropy_fwd`` (per-row loss and logsumexp, nothing N x C saved), reduces in the
-accumulation dtype, and backward calls ``<backend>.cross_entropy_bwd`` with the reduction's scale
-folded into the per-row gradient.
+``<backend>.cross_entropy_fwd`` (per-row loss, and the row max and log-sum-exp relative to it as
+``stats``; nothing N x C saved), reduces in the accumulation dtype, and backward calls
+``<backend>.cross_entropy_bwd`` with the reduction's scale folded into the per-row gradient.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@
 # the second read hits L2 for rows up to a few MB). Unfused PyTorch (log_softmax, nll_loss, and their
 # backwards: write log_softmax, zero-fill + scatter the nll grad, read grad and log_softmax, write the
 # gradient) moves about 6*N*C*s, and keeps the N x C log_softmax alive from forward to backward; with
-# label smoothing it reads log_softmax once more. The benchmark's GB/s uses these counts:
-# fwd N*C*s (+ N*C*s probs) + 8N (int64 targets) + 8N; bwd 2*N*C*s (+ 2*N*C*s probs) + 8N + 8N.
+# label smoothing it reads log_softmax once more. In full (the benchmark's GB/s counts only the N*C
+# terms): fwd N*C*s (+ N*C*s probs) + 8N (int64 targets) + 12N; bwd 2*N*C*s (+ 2*N*C*s probs) + 8N + 12N.
 #
 # Numerics. Loads are converted to the accumulation type: float32 for fp16/bf16/fp32, float64 for
 # fp64 (taken from the loss/stats pointer's element type). Max subtraction: every exp argument is <= 0,
