@@ -23,13 +23,14 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def stats_shape(logits: torch.Tensor) -> list[int]:
-    """The forward's saved row statistics: (2, *row_shape); [0] = row max m, [1] = log sum exp(x - m).
+def stats_shape(rows: list[int]) -> list[int]:
+    """Shape of the forward's saved row statistics for logits of row shape ``rows``: (2, *rows);
+    [0] = row max m, [1] = log sum exp(x - m).
 
     Two numbers rather than lse = m + log sum: x - lse loses ulp(m) / 2 when lse is rounded to the
     accumulation dtype, while x - m is exact for every x near the max (csrc/fastops.h).
     """
-    return [2, *row_shape(logits)]
+    return [2, *rows]
 
 
 def fwd_fake(
@@ -41,7 +42,7 @@ def fwd_fake(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, stats): loss of logits' row shape, stats (2, *row_shape), both in the accumulation dtype."""
     dt = acc_dtype(logits.dtype)
-    return logits.new_empty(row_shape(logits), dtype=dt), logits.new_empty(stats_shape(logits), dtype=dt)
+    return logits.new_empty(row_shape(logits), dtype=dt), logits.new_empty(stats_shape(row_shape(logits)), dtype=dt)
 
 
 def bwd_fake(
@@ -146,7 +147,7 @@ def check_args(
 def check_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.Tensor, stats: torch.Tensor) -> None:
     """csrc/fastops.h check_cross_entropy_bwd_args: grad_loss (row shape), stats (2, *row shape), acc dtype."""
     acc = acc_dtype(logits.dtype)
-    for name, t, shape in (("grad_loss", grad_loss, g.row_shape), ("stats", stats, [2, *g.row_shape])):
+    for name, t, shape in (("grad_loss", grad_loss, g.row_shape), ("stats", stats, stats_shape(g.row_shape))):
         if list(t.shape) != shape:
             raise ValueError(f"{op}: {name} must have shape {_shape(shape)}, got {_shape(t.shape)}")
         if t.dtype != acc:

@@ -88,6 +88,7 @@ from fastops.ops._cross_entropy_shapes import (
     check_bwd_args,
     check_class_indices,
     fwd_fake,
+    stats_shape,
 )
 from fastops.triton import interpreting
 from fastops.triton._register import new_output, triton_library_op
@@ -320,7 +321,7 @@ def _launch_fwd(
     _check_triton_input(op, logits)
     acc = acc_dtype(logits.dtype)
     loss = new_output(g.row_shape, acc, logits.device)
-    stats = new_output([2, *g.row_shape], acc, logits.device)
+    stats = new_output(stats_shape(g.row_shape), acc, logits.device)
     if g.rows == 0:
         return loss, stats
     if not g.probs:
