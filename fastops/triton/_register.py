@@ -33,10 +33,25 @@ So the kind follows where the kernels run (``kind=None``: ``custom_op`` when int
 to ``custom_op`` on a GPU is correct but slow: each launch then goes through the traceable wrapper).
 Launchers must therefore be traceable on a GPU: torch ops and ``wrap_triton`` launches only, no
 data-dependent Python on fake tensors (checks that need data are skipped when ``is_fake``).
+
+Two things every op gets here, so that no launcher can forget them:
+
+- A device guard. A Triton launch goes to the *current* CUDA device, not to the device of its
+  pointer arguments: an op called with tensors on ``cuda:1`` while ``cuda:0`` is current would
+  launch on ``cuda:0`` with pointers into another GPU's memory. ``triton_library_op`` runs every
+  launcher inside :func:`device_guard` of its first tensor argument (the first element of a
+  tensor-list argument, for ``adam_step_``): ``torch.cuda.device(t.device)`` on CUDA, nothing on CPU.
+- :func:`check_kernel_input`: the devices and dtypes the kernels take, read from the op's row of the
+  support table in ``fastops._backend`` (``register_op``), so the raw ops refuse exactly what
+  ``backend="triton"`` refuses (e.g. fp16/bf16 CPU tensors for conv2d and linear_relu, which the
+  interpreter would turn into garbage) instead of returning nonsense.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
 from collections.abc import Callable, Iterable
 from typing import Literal
@@ -74,11 +89,71 @@ def triton_library_op(
     make = torch.library.triton_op if kind == "triton_op" else torch.library.custom_op
 
     def register(fn: Callable[..., object]) -> CustomOpDef:
-        op = make(name, fn, mutates_args=tuple(mutates_args), schema=schema)
+        @functools.wraps(fn)
+        def guarded(*args: object, **kwargs: object) -> object:
+            # device_guard is looked up here, at call time, so a test can replace it with a spy.
+            with device_guard(first_tensor(*args, *kwargs.values())):
+                return fn(*args, **kwargs)
+
+        op = make(name, guarded, mutates_args=tuple(mutates_args), schema=schema)
         op.register_fake(fake)
         return op
 
     return register
+
+
+def first_tensor(*args: object) -> torch.Tensor | None:
+    """The first tensor among ``args``, looking one level into lists and tuples; None when there is none."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+        if isinstance(a, (list, tuple)):
+            for t in a:
+                if isinstance(t, torch.Tensor):
+                    return t
+    return None
+
+
+def device_guard(t: torch.Tensor | None) -> contextlib.AbstractContextManager[object]:
+    """``torch.cuda.device(t.device)`` when ``t`` is a CUDA tensor (Triton launches on the current
+    device), else a no-op context (CPU tensors under the interpreter, or no tensor at all)."""
+    if t is not None and t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+_DTYPE_ORDER = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    """The dtypes' names, narrow to wide, for a message: e.g. 'float32 or float64'."""
+    chosen = set(dtypes)
+    names = [str(d).replace("torch.", "") for d in _DTYPE_ORDER if d in chosen]
+    names += sorted(str(d).replace("torch.", "") for d in chosen if d not in _DTYPE_ORDER)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def check_kernel_input(op: str, stem: str, t: torch.Tensor, arg: str) -> None:
+    """Raise unless the Triton ``stem`` kernels run on ``t``'s device in ``t``'s dtype.
+
+    The table is ``fastops._backend``'s (``register_op(stem, triton={device: dtypes})``): CUDA
+    tensors, and CPU tensors only under TRITON_INTERPRET=1 and in the dtypes listed for "cpu".
+    ValueError for the device, TypeError for the dtype, naming ``op`` and the argument ``arg``.
+    """
+    from fastops import _backend  # fastops is imported before any fastops.triton.<stem> module
+
+    if stem not in _backend._SUPPORT:
+        importlib.import_module(f"fastops.ops.{stem}")  # its import fills the table row
+    table = _backend._SUPPORT[stem]["triton"]
+    dev = t.device.type
+    if dev not in table or (dev == "cpu" and not interpreting()):
+        raise ValueError(
+            f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
+            f"got {arg} on {t.device}"
+        )
+    if t.dtype not in table[dev]:
+        where = "on CPU (the interpreter)" if dev == "cpu" else f"on {dev}"
+        raise TypeError(f"{op}: the Triton kernels {where} take {_dtype_names(table[dev])} {arg}, got {t.dtype}")
 
 
 def new_output(

@@ -25,9 +25,12 @@
 # Numerics. Math in float32 for fp16/bf16/fp32 and float64 for fp64; one rounding per stored value.
 # NaN/inf in grads propagate as in torch. found_inf != 0: nothing is written (steps not advanced).
 #
-# Preconditions (fastops.ops.adam.check_args): per parameter, grad/m/v/vm of p's shape, dtype and
-# device; one device and dtype per call; one-element float32 steps. Tensors that are not contiguous
-# are updated through contiguous copies that are copied back.
+# Preconditions (fastops.ops.adam.check_args, _check_scalars): per parameter, grad/m/v/vm of p's
+# shape, dtype and device; one device and dtype per call, a CUDA device (CPU under TRITON_INTERPRET=1);
+# one-element float32 steps; lr_tensor, grad_scale, found_inf one-element floating tensors on the
+# params' device. lr >= 0: a negative (or NaN) lr_tensor raises on CPU, as the native CPU op; on CUDA,
+# as the native CUDA op, it is not read back (that would be a host sync per step). Tensors that are
+# not contiguous are updated through contiguous copies that are copied back.
 #
 # References. Kingma & Ba, "Adam" (arXiv:1412.6980); Loshchilov & Hutter, AdamW (arXiv:1711.05101);
 # torch/optim/adam.py; llm.c dev/cuda/adamw.cu (read, not copied).
@@ -38,11 +41,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
 from fastops.ops.adam import SCHEMA, adam_step_fake, check_args, check_hyperparameters
 from fastops.triton import interpreting
-from fastops.triton._register import triton_library_op
+from fastops.triton._register import check_kernel_input, triton_library_op
 
 # ruff: noqa: ANN001
 # 1024 elements per program on a GPU (4 warps x 8 elements per thread: 16-byte accesses). The CPU
@@ -128,6 +132,34 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     _store(v_ptr + offs, v, mask, BF16)
 
 
+def _check_scalars(
+    params: list[torch.Tensor],
+    lr_tensor: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+) -> None:
+    """csrc/fastops.h check_adam_args' scalar-tensor checks, and csrc/cpu/adam.cpp's lr >= 0 on CPU."""
+    op = "adam_step_"
+    dev = params[0].device
+    for name, t in (("lr_tensor", lr_tensor), ("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is None:
+            continue
+        if t.numel() != 1:
+            shape = "(" + ", ".join(str(v) for v in t.shape) + (",)" if t.dim() == 1 else ")")
+            raise ValueError(f"{op}: {name} must have one element, got shape {shape}")
+        if t.device != dev:
+            raise ValueError(f"{op}: {name} is on {t.device} but params are on {dev}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must be floating, got {t.dtype}")
+    # Reading the value is free on CPU; on CUDA it would sync every step (the native CUDA op does not
+    # read it either), and under tracing there is no value to read.
+    if lr_tensor is not None and lr_tensor.device.type == "cpu" and not is_fake(lr_tensor):
+        if not torch.compiler.is_compiling():
+            lr = float(lr_tensor.reshape(()))
+            if not lr >= 0.0:
+                raise ValueError(f"{op}: Invalid learning rate: {lr:g}")  # C++ ostream formatting
+
+
 @triton_library_op(
     "fastops_triton::adam_step_",
     mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"),
@@ -160,6 +192,8 @@ def adam_step_(
     n = len(params)
     if n == 0:
         return
+    check_kernel_input("adam_step_", "adam", params[0], "params")
+    _check_scalars(params, lr_tensor, grad_scale, found_inf)
     device, dtype = params[0].device, params[0].dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     f64 = dict(dtype=torch.float64, device=device)

@@ -18,18 +18,31 @@
 # of one group and loops over the whole K dimension in BLOCK_K steps, so every output element is
 # written by exactly one program (no atomics, deterministic). wgrad's first column of programs
 # also sums dy for db. Tiles live in registers; tl.dot feeds the tensor cores for fp16/bf16.
+# Index math is int64 from the program ids on (N C H W and N K P Q may exceed 2^31: pid_m * BLOCK_M
+# in int32 would wrap), and products of two int32 arguments (P Q, H W, R S) are never formed before
+# an int64 operand meets them (m // Q // P, not m // (P Q)).
 #
 # Traffic: forward reads x R S times through L2 in the worst case (every (r, s) re-gathers it;
 # L1/L2 catch most of it), w once per M-tile, writes y once; the unfused torch baseline (cuDNN)
-# is the same op, so the benchmark's TFLOP/s uses the FLOP count above.
+# is the same op, so the benchmark's TFLOP/s uses the FLOP count above. dgrad first reads w once
+# more (torch.isfinite(w).all(), on the device) to choose its path (Numerics).
 #
 # Numerics: accumulation in float32 (float64 for float64 input); fp32 tl.dot uses IEEE precision
 # (no TF32), so fp32 results match the float64 reference to ~1e-6 relative. bias and ReLU are
-# applied to the fp32 accumulator before the single rounding to the output dtype.
+# applied to the fp32 accumulator before the single rounding to the output dtype. ReLU is
+# where(acc <= 0, 0, acc), not tl.maximum (which maps NaN to 0 on a GPU): NaN stays NaN, as torch.relu.
+# inf/NaN, as torch: the forward and wgrad multiply the gather's zero padding like torch's im2col
+# does (an inf weight at a padded tap gives NaN in y, an inf dy meeting padding NaN in dw: torch
+# gives the same). dgrad's masked taps are not padding but taps that meet no output pixel; torch
+# (col2im) adds nothing for them, while in a dot their zero A element times an inf/NaN weight is
+# NaN. So a weight with any inf/NaN (a device-side flag, no host sync) takes an exact path: one
+# reduction index at a time, an outer product whose masked (pixel, tap) pairs add exact zeros
+# (slow, but only a diverged model has such weights).
 #
-# Preconditions (checked on the host by check_args): contiguous NCHW operands (made so here; the
-# outputs go back in the ops' memory_format(x, weight), channels_last when either operand is),
-# the native ops' argument rules. Offsets are int64: N C H W may exceed 2^31.
+# Preconditions (checked on the host by check_args, with csrc/fastops.h's messages): contiguous NCHW
+# operands (made so here; the outputs go back in the ops' memory_format(x, weight), channels_last
+# when either operand is), the native ops' argument rules (a non-empty weight among them), and
+# the support table's dtypes: fp16/bf16/fp32/fp64 on CUDA, fp32/fp64 on CPU under TRITON_INTERPRET=1.
 #
 # References: NVIDIA CUTLASS "Implicit GEMM Convolution" (docs/implicit_gemm_convolution.md);
 # Triton tutorial 03-matrix-multiplication (tiling, activation on the fp32 accumulator).
@@ -45,7 +58,7 @@ from torch.library import wrap_triton
 
 from fastops.ops._conv2d_shapes import bwd_fake, fwd_fake, memory_format, out_size
 from fastops.triton import interpreting
-from fastops.triton._register import new_output, triton_library_op
+from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
 # ruff: noqa: ANN001  (kernel arguments are pointers and ints whose types Triton infers at launch)
 
@@ -73,23 +86,24 @@ def conv2d_fwd_implicit_gemm_kernel(
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC_F64: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ) -> None:  # fmt: skip
-    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # Program ids are int64 before any arithmetic: pid_m * BLOCK_M wraps in int32 past 2^31 pixels.
+    pid_m, pid_n, g = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     acc_t = tl.float64 if ACC_F64 else tl.float32
-    m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows: (n, p, q)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # rows: (n, p, q)
     kn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: output channel within the group
     m_ok, k_ok = m < GEMM_M, kn < GEMM_N
     q = m % Q
     p = (m // Q) % P
-    n = m // (P * Q)
+    n = m // Q // P  # = m // (P Q) without forming P Q in int32
     x_base = (n * C + g * Cg) * H * W  # (BLOCK_M,) int64
-    w_rows = (g * Kg + kn).to(tl.int64) * GEMM_K  # (BLOCK_N,)
+    w_rows = (g * Kg + kn) * GEMM_K  # (BLOCK_N,) int64
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
     for k0 in range(0, GEMM_K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (c, r, s)
         kk_ok = kk < GEMM_K
         s = kk % S
         r = (kk // S) % R
-        c = kk // (R * S)
+        c = kk // S // R
         hi = p[:, None] * sh - ph + r[None, :] * dh
         wi = q[:, None] * sw - pw + s[None, :] * dw
         a_ok = m_ok[:, None] & kk_ok[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
@@ -103,55 +117,81 @@ def conv2d_fwd_implicit_gemm_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + g * Kg + kn, mask=k_ok, other=0.0).to(acc_t)[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
-    y_off = ((n * K)[:, None] + (g * Kg + kn)[None, :].to(tl.int64)) * (P * Q) + (p * Q + q)[:, None]
+        # Not tl.maximum(acc, 0): on a GPU that maps NaN to 0, torch.relu keeps it.
+        acc = tl.where(acc <= 0, 0.0, acc)
+    y_off = ((n * K)[:, None] + (g * Kg + kn)[None, :]) * P * Q + (p * Q + q)[:, None]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def _dgrad_operands(
+    dy_ptr, w_ptr, kk, m_ok, h, wq, dy_base, k_group, cn, c_ok,
+    P, Q, R, S, sh, sw, ph, pw, dh, dw, Cg, GEMM_K,
+):  # fmt: skip
+    """The dgrad A tile gather(dy) (rows m, reduction indices kk = (k, r, s)), its mask (row m and
+    tap (r, s) meet an output pixel), and the B tile w[k_group + k, cn, r, s] (k_group = g Kg, int64)."""
+    kk_ok = kk < GEMM_K
+    s = kk % S
+    r = (kk // S) % R
+    k = kk // S // R
+    ph_num = h[:, None] + ph - r[None, :] * dh  # = p sh when this (r, h) pair contributes
+    pw_num = wq[:, None] + pw - s[None, :] * dw
+    # Floor-mod is safe on negatives here only after the >= 0 test, so test that first.
+    a_ok = m_ok[:, None] & kk_ok[None, :] & (ph_num >= 0) & (pw_num >= 0)
+    a_ok = a_ok & (ph_num % sh == 0) & (pw_num % sw == 0)
+    pp = ph_num // sh
+    qq = pw_num // sw
+    a_ok = a_ok & (pp < P) & (qq < Q)
+    a_off = dy_base[:, None] + (k[None, :].to(tl.int64) * P + pp) * Q + qq
+    a = tl.load(dy_ptr + a_off, mask=a_ok, other=0.0)
+    b_off = ((k_group + k[:, None]) * Cg + cn[None, :]) * R * S + r[:, None] * S + s[:, None]
+    b = tl.load(w_ptr + b_off, mask=kk_ok[:, None] & c_ok[None, :], other=0.0)
+    return a, a_ok, b
 
 
 @triton.autotune(configs=_configs(), key=["GEMM_M", "GEMM_N", "GEMM_K"])
 @triton.jit
 def conv2d_dgrad_implicit_gemm_kernel(
-    dy_ptr, w_ptr, dx_ptr,
+    dy_ptr, w_ptr, w_finite_ptr, dx_ptr,
     N, C, H, W, K, P, Q, R, S,
     sh, sw, ph, pw, dh, dw, Cg, Kg,
     GEMM_M, GEMM_N, GEMM_K,
     ACC_F64: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ) -> None:  # fmt: skip
-    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_n, g = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     acc_t = tl.float64 if ACC_F64 else tl.float32
-    m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # rows: input pixel (n, h, w)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # rows: input pixel (n, h, w)
     cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: input channel within the group
     m_ok, c_ok = m < GEMM_M, cn < GEMM_N
     wq = m % W
     h = (m // W) % H
-    n = m // (H * W)
+    n = m // W // H
     dy_base = (n * K + g * Kg) * P * Q
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
-    for k0 in range(0, GEMM_K, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (k, r, s)
-        kk_ok = kk < GEMM_K
-        s = kk % S
-        r = (kk // S) % R
-        k = kk // (R * S)
-        ph_num = h[:, None] + ph - r[None, :] * dh  # = p sh when this (r, h) pair contributes
-        pw_num = wq[:, None] + pw - s[None, :] * dw
-        # Floor-mod is safe on negatives here only after the >= 0 test, so test that first.
-        a_ok = m_ok[:, None] & kk_ok[None, :] & (ph_num >= 0) & (pw_num >= 0)
-        a_ok = a_ok & (ph_num % sh == 0) & (pw_num % sw == 0)
-        pp = ph_num // sh
-        qq = pw_num // sw
-        a_ok = a_ok & (pp < P) & (qq < Q)
-        a_off = dy_base[:, None] + (k[None, :].to(tl.int64) * P + pp) * Q + qq
-        a = tl.load(dy_ptr + a_off, mask=a_ok, other=0.0)
-        # w[g Kg + k, c, r, s]
-        b_off = ((g * Kg + k[:, None]).to(tl.int64) * Cg + cn[None, :]) * (R * S) + r[:, None] * S + s[:, None]
-        b = tl.load(w_ptr + b_off, mask=kk_ok[:, None] & c_ok[None, :], other=0.0)
-        if IEEE:
-            acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
-        else:
-            acc += tl.dot(a, b, out_dtype=acc_t)
-    dx_off = ((n * C)[:, None] + (g * Cg + cn)[None, :].to(tl.int64)) * (H * W) + (h * W + wq)[:, None]
+    if tl.load(w_finite_ptr) != 0:
+        for k0 in range(0, GEMM_K, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (k, r, s)
+            a, a_ok, b = _dgrad_operands(
+                dy_ptr, w_ptr, kk, m_ok, h, wq, dy_base, g * Kg, cn, c_ok,
+                P, Q, R, S, sh, sw, ph, pw, dh, dw, Cg, GEMM_K,
+            )  # fmt: skip
+            if IEEE:
+                acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+            else:
+                acc += tl.dot(a, b, out_dtype=acc_t)
+    else:
+        # The weight holds inf or NaN. In the dot, a tap that misses every output pixel (padding,
+        # stride) is a zero A element times that weight: 0 * inf = NaN in a dx torch leaves finite.
+        # So, one reduction index at a time, an outer product whose masked pairs add exact zeros.
+        for k0 in range(0, GEMM_K):
+            kk = k0 + tl.arange(0, 1)
+            a, a_ok, b = _dgrad_operands(
+                dy_ptr, w_ptr, kk, m_ok, h, wq, dy_base, g * Kg, cn, c_ok,
+                P, Q, R, S, sh, sw, ph, pw, dh, dw, Cg, GEMM_K,
+            )  # fmt: skip
+            acc += tl.where(a_ok, a.to(acc_t) * b.to(acc_t), 0.0)  # (BLOCK_M, 1) x (1, BLOCK_N)
+    dx_off = ((n * C)[:, None] + (g * Cg + cn)[None, :]) * H * W + (h * W + wq)[:, None]
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
@@ -165,14 +205,14 @@ def conv2d_wgrad_implicit_gemm_kernel(
     BIAS_GRAD: tl.constexpr, ACC_F64: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ) -> None:  # fmt: skip
-    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_n, g = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     acc_t = tl.float64 if ACC_F64 else tl.float32
     km = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # rows: output channel within the group
     j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # columns: (c, r, s)
     k_ok, j_ok = km < GEMM_M, j < GEMM_N
     s = j % S
     r = (j // S) % R
-    c = j // (R * S)
+    c = j // S // R
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
     dbias = tl.zeros((BLOCK_M,), dtype=acc_t)
     for t0 in range(0, GEMM_K, BLOCK_K):
@@ -180,13 +220,13 @@ def conv2d_wgrad_implicit_gemm_kernel(
         t_ok = t < GEMM_K
         q = t % Q
         p = (t // Q) % P
-        n = t // (P * Q)
-        a_off = ((n * K)[None, :] + (g * Kg + km)[:, None].to(tl.int64)) * (P * Q) + (p * Q + q)[None, :]
+        n = t // Q // P
+        a_off = ((n * K)[None, :] + (g * Kg + km)[:, None]) * P * Q + (p * Q + q)[None, :]
         a = tl.load(dy_ptr + a_off, mask=k_ok[:, None] & t_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
         hi = p[:, None] * sh - ph + r[None, :] * dh
         wi = q[:, None] * sw - pw + s[None, :] * dw
         b_ok = t_ok[:, None] & j_ok[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        b_off = ((n * C)[:, None] + (g * Cg + c)[None, :].to(tl.int64)) * (H * W) + hi * W + wi
+        b_off = ((n * C)[:, None] + (g * Cg + c)[None, :]) * H * W + hi * W + wi
         b = tl.load(x_ptr + b_off, mask=b_ok, other=0.0)  # (BLOCK_K, BLOCK_N)
         if IEEE:
             acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
@@ -194,7 +234,7 @@ def conv2d_wgrad_implicit_gemm_kernel(
             acc += tl.dot(a, b, out_dtype=acc_t)
         if BIAS_GRAD:
             dbias += tl.sum(a.to(acc_t), axis=1)
-    dw_off = (g * Kg + km)[:, None].to(tl.int64) * GEMM_N + j[None, :]
+    dw_off = (g * Kg + km)[:, None] * GEMM_N + j[None, :]
     tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=k_ok[:, None] & j_ok[None, :])
     if BIAS_GRAD:
         if pid_n == 0:
@@ -217,7 +257,7 @@ def check_args(
     dilation: list[int],
     groups: int,
 ) -> tuple[int, int]:
-    """The native ops' argument rules (csrc/fastops.h check_conv2d_args); returns (P, Q)."""
+    """The native ops' argument rules and messages (csrc/fastops.h check_conv2d_args); returns (P, Q)."""
     if x.dim() != 4:
         raise ValueError(f"{op}: input must have shape (N, C, H, W), got {_shape(x.shape)}")
     if weight.dim() != 4:
@@ -230,8 +270,14 @@ def check_args(
         raise ValueError(f"{op}: weight is on {weight.device} but input is on {x.device}")
     if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
         raise ValueError(f"{op}: stride, padding and dilation must have 2 elements each")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0 or groups < 1:
-        raise ValueError(f"{op}: stride and dilation must be positive, padding non-negative, groups positive")
+    if min(stride) < 1:
+        raise ValueError(f"{op}: stride must be positive, got {list(stride)}")
+    if min(dilation) < 1:
+        raise ValueError(f"{op}: dilation must be positive, got {list(dilation)}")
+    if min(padding) < 0:
+        raise ValueError(f"{op}: padding must be non-negative, got {list(padding)}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be positive, got {groups}")
     c, k = x.shape[1], weight.shape[0]
     if c % groups:
         raise ValueError(f"{op}: groups={groups} must divide the input channels C={c}")
@@ -242,14 +288,39 @@ def check_args(
             f"{op}: weight must have shape ({k}, {c // groups}, R, S) for {c} input channels and "
             f"groups={groups}, got {_shape(weight.shape)}"
         )
-    dims = []
-    for i in range(2):
-        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
-        padded = x.shape[2 + i] + 2 * padding[i]
-        if padded < span:
-            raise ValueError(f"{op}: output size would be <= 0: padded input {padded} < dilated kernel {span}")
-        dims.append(out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]))
-    return dims[0], dims[1]
+    if min(k, weight.shape[2], weight.shape[3]) <= 0:
+        raise ValueError(f"{op}: weight must be non-empty, got {_shape(weight.shape)}")
+    span = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(2)]
+    padded = [x.shape[2 + i] + 2 * padding[i] for i in range(2)]
+    if padded[0] < span[0] or padded[1] < span[1]:
+        raise ValueError(
+            f"{op}: output size would be <= 0: padded input {padded[0]}x{padded[1]} is smaller than the "
+            f"dilated kernel {span[0]}x{span[1]}"
+        )
+    p, q = (out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
+    return p, q
+
+
+def _check_bias(op: str, x: torch.Tensor, k: int, bias: torch.Tensor | None) -> None:
+    """csrc/fastops.h check_conv2d_bias."""
+    if bias is None:
+        return
+    if bias.dim() != 1 or bias.shape[0] != k:
+        raise ValueError(f"{op}: bias must have shape ({k},) (one per output channel), got {_shape(bias.shape)}")
+    if bias.dtype != x.dtype:
+        raise TypeError(f"{op}: bias must have input's dtype {x.dtype}, got {bias.dtype}")
+    if bias.device != x.device:
+        raise ValueError(f"{op}: bias is on {bias.device} but input is on {x.device}")
+
+
+def _check_grad_out(op: str, x: torch.Tensor, expected: list[int], grad_out: torch.Tensor) -> None:
+    """csrc/fastops.h check_conv2d_grad_out."""
+    if list(grad_out.shape) != expected:
+        raise ValueError(f"{op}: grad_out must have shape {_shape(expected)}, got {_shape(grad_out.shape)}")
+    if grad_out.dtype != x.dtype:
+        raise TypeError(f"{op}: grad_out must have input's dtype {x.dtype}, got {grad_out.dtype}")
+    if grad_out.device != x.device:
+        raise ValueError(f"{op}: grad_out is on {grad_out.device} but input is on {x.device}")
 
 
 def _geometry_args(x: torch.Tensor, weight: torch.Tensor, pq: tuple[int, int], st, pad, dil, groups) -> list:  # noqa: ANN001
@@ -282,10 +353,10 @@ def conv2d_fwd(
     """y (N, K, P, Q) = act(conv2d(x, weight) + bias), x's dtype, in memory_format(x, weight)."""
     op = "conv2d_fwd"
     p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
-    out_format = memory_format(x, weight)
     k = weight.shape[0]
-    if bias is not None and (bias.shape != (k,) or bias.dtype != x.dtype or bias.device != x.device):
-        raise ValueError(f"{op}: bias must have shape ({k},) and input's dtype and device, got {_shape(bias.shape)}")
+    _check_bias(op, x, k, bias)
+    check_kernel_input(op, "conv2d", x, "input")
+    out_format = memory_format(x, weight)
     x, weight = x.contiguous(), weight.contiguous()
     y = new_output((x.shape[0], k, p_out, q_out), x.dtype, x.device)
     cg, r, s = weight.shape[1:]
@@ -329,13 +400,11 @@ def conv2d_bwd(
     tensor."""
     op = "conv2d_bwd"
     p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
-    out_format = memory_format(x, weight)
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
-    if tuple(grad_out.shape) != (n, k, p_out, q_out):
-        raise ValueError(f"{op}: grad_out must have shape {_shape([n, k, p_out, q_out])}, got {_shape(grad_out.shape)}")
-    if grad_out.dtype != x.dtype or grad_out.device != x.device:
-        raise TypeError(f"{op}: grad_out must have input's dtype {x.dtype} and device {x.device}")
+    _check_grad_out(op, x, [n, k, p_out, q_out], grad_out)
+    check_kernel_input(op, "conv2d", x, "input")
+    out_format = memory_format(x, weight)
     x, weight, dy = x.contiguous(), weight.contiguous(), grad_out.contiguous()
     geo = _geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups)
     flags = dict(ACC_F64=x.dtype == torch.float64, IEEE=x.dtype == torch.float32)
@@ -349,8 +418,10 @@ def conv2d_bwd(
             dx.zero_()
         else:
             gm, gn, gk = n * h * w, cg, kg * r * s
+            # Read on the device (no sync): an inf/NaN weight takes the kernel's exact path.
+            w_finite = torch.isfinite(weight).all().to(torch.int32)
             wrap_triton(conv2d_dgrad_implicit_gemm_kernel)[_grid(gm, gn, groups)](
-                dy, weight, dx, *geo, gm, gn, gk, **flags
+                dy, weight, w_finite, dx, *geo, gm, gn, gk, **flags
             )
     if output_mask[1] or output_mask[2]:
         if empty_sum:

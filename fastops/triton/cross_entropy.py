@@ -90,13 +90,11 @@ from fastops.ops._cross_entropy_shapes import (
     fwd_fake,
     stats_shape,
 )
-from fastops.triton import interpreting
-from fastops.triton._register import new_output, triton_library_op
+from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
 __all__ = ["check_args", "check_bwd_args", "cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_"]
 
 MAX_BLOCK_C = 4096
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---- kernels ----------------------------------------------------------------------------------
@@ -280,16 +278,9 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
 
 
 def _check_triton_input(op: str, logits: torch.Tensor) -> None:
-    """What only the Triton kernels need: a dtype they load, a device they run on."""
-    if logits.dtype not in _FLOATS:
-        raise TypeError(
-            f"{op}: the Triton kernels take float16, bfloat16, float32 or float64 logits, got {logits.dtype}"
-        )
-    if logits.device.type != "cuda" and not (logits.device.type == "cpu" and interpreting()):
-        raise ValueError(
-            f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
-            f"got logits on {logits.device}"
-        )
+    """What only the Triton kernels need: a device they run on and a dtype they take there (the
+    support table's row in fastops.ops.cross_entropy)."""
+    check_kernel_input(op, "cross_entropy", logits, "logits")
 
 
 # ---- launchers --------------------------------------------------------------------------------

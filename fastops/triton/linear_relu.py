@@ -2,14 +2,14 @@
 #
 # Math (as csrc/cpu/linear_relu.cpp). x seen as A (M, K), weight B (N, K), bias b (N,):
 #   forward:  C = relu(A B^T + b)                                     2*M*N*K FLOPs
-#   backward: D = G (.) [C > 0];  dA = D B,  dB = D^T A,  db = sum_m D   4*M*N*K FLOPs
+#   backward: D = G (.) not[C <= 0];  dA = D B,  dB = D^T A,  db = sum_m D   4*M*N*K FLOPs
 # The forward saves A, B and C only; C's sign is the mask.
 #
 # One kernel, three uses. linear_relu_gemm_kernel computes P = Y Z for Y (I, R) and Z (R, J),
 # both addressed through strides (no transposed copies):
 #   forward  I=M, J=N, R=K:  Y = A, Z[k, n] = B[n, k]; epilogue + b[n], ReLU, before the store.
-#   grad_x   I=M, J=K, R=N:  Y = G masked on load by C > 0, Z = B.
-#   grad_w   I=N, J=K, R=M:  Y[n, m] = G[m, n] masked by C[m, n] > 0, Z = A; the programs of the
+#   grad_x   I=M, J=K, R=N:  Y = G masked on load by not(C <= 0), Z = B.
+#   grad_w   I=N, J=K, R=M:  Y[n, m] = G[m, n] masked by not(C[m, n] <= 0), Z = A; the programs of the
 #                            first J tile also sum their masked Y tiles over R into db (each n row
 #                            of db belongs to exactly one program: no atomics).
 # The mask is applied to the G tile in registers as it is loaded, so no masked copy of G is ever
@@ -18,7 +18,8 @@
 # Grid. One program per (BLOCK_I x BLOCK_J) tile of P, launched 1-D and mapped to tiles in groups of
 # GROUP_I tile rows (the tutorial's grouped ordering): consecutive programs share Y tiles and a
 # group's Z tiles, so L2 serves most re-reads. The J tile count is at least 1 so db is written when
-# J = K = 0. Offsets along I and J and the reduction index are int64.
+# J = K = 0. The program id is cast to int64 before any arithmetic, so the offsets along I and J
+# and the reduction index are int64 (I * stride may exceed 2^31).
 #
 # Tiling. Per iteration a program loads a BLOCK_I x BLOCK_R tile of Y (and of C for the mask) and a
 # BLOCK_R x BLOCK_J tile of Z into registers / shared memory (Triton's pipelining, num_stages),
@@ -39,12 +40,14 @@
 # Numerics. Accumulation in float32 for fp16/bf16/fp32 inputs and float64 for fp64; fp32 dots use
 # input_precision="ieee" (no TF32: results match float32 BLAS, not 10-bit mantissas). Bias and ReLU
 # are applied to the accumulator, then one rounding to the output dtype. ReLU is
-# where(acc <= 0, 0, acc): NaN stays NaN (as torch.relu); the mask C > 0 is false for NaN and
-# for exact zeros (as threshold_backward), and masked G elements become exact zeros even when G
-# holds NaN or inf there.
+# where(acc <= 0, 0, acc), not maximum (which maps NaN to 0 on a GPU): NaN stays NaN, as torch.relu.
+# The backward keeps G where not(C <= 0), threshold_backward's rule: exact zeros are masked, NaN
+# outputs pass their gradient on (torch's dx for x = [[nan, 1]], w = [[1, 1]] is [[1, 1]]); masked G
+# elements become exact zeros even when G holds NaN or inf there.
 #
 # Preconditions (shapes.check_args + _check_triton_input): x (*, K), weight (N, K), bias (N,), one
-# dtype (fp16/bf16/fp32/fp64), on a CUDA device (CPU under TRITON_INTERPRET=1). Any strides: x is
+# dtype, fp16/bf16/fp32/fp64 on a CUDA device, fp32/fp64 on CPU under TRITON_INTERPRET=1 (the
+# support table in fastops.ops.linear_relu; the raw ops refuse the rest). Any strides: x is
 # flattened with reshape (a copy only when its layout needs one), the others are read by stride.
 #
 # References. The Triton tutorial 03-matrix-multiplication (grouped ordering, activation on the
@@ -65,10 +68,7 @@ from torch.library import wrap_triton
 
 from fastops.ops._linear_relu_shapes import bwd_fake, check_args, check_bwd_args, fwd_fake
 from fastops.triton import interpreting
-from fastops.triton._register import new_output, triton_library_op
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
+from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
 # ---- kernel -----------------------------------------------------------------------------------
 # Kernel parameters stay unannotated: Triton types them at launch (pointer, i32/i64, fp32) and reads
@@ -98,7 +98,7 @@ def linear_relu_gemm_kernel(
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_I: tl.constexpr,
 ) -> None:  # fmt: skip
     acc_t = tl.float64 if ACC_FP64 else tl.float32
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     tiles_i = tl.cdiv(I, BLOCK_I)
     tiles_j = tl.maximum(tl.cdiv(J, BLOCK_J), 1)
     per_group = GROUP_I * tiles_j
@@ -107,8 +107,8 @@ def linear_relu_gemm_kernel(
     pid_i = first_i + (pid % per_group) % rows
     pid_j = (pid % per_group) // rows
 
-    offs_i = pid_i.to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
-    offs_j = pid_j.to(tl.int64) * BLOCK_J + tl.arange(0, BLOCK_J)
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     in_i = offs_i < I
     in_j = offs_j < J
     acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=acc_t)
@@ -120,7 +120,7 @@ def linear_relu_gemm_kernel(
         y = tl.load(y_ptr + offs_i[:, None] * s_yi + offs_r[None, :] * s_yr, mask=ymask, other=0.0)
         if HAS_MASK:
             c = tl.load(c_ptr + offs_i[:, None] * s_ci + offs_r[None, :] * s_cr, mask=ymask, other=0.0)
-            y = tl.where(c > 0, y, tl.zeros_like(y))
+            y = tl.where(c <= 0, tl.zeros_like(y), y)  # threshold_backward: NaN outputs pass G
             if WRITE_DB:
                 db += tl.sum(y.to(acc_t), axis=1)
         z = tl.load(
@@ -141,14 +141,9 @@ def linear_relu_gemm_kernel(
 
 
 def _check_triton_input(op: str, x: torch.Tensor) -> None:
-    """What only the Triton kernels need: a dtype they load, a device they run on."""
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"{op}: the Triton kernels take float16, bfloat16, float32 or float64 x, got {x.dtype}")
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
-        raise ValueError(
-            f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
-            f"got x on {x.device}"
-        )
+    """What only the Triton kernels need: a device they run on and a dtype they take there (the
+    support table's row: fp16/bf16 on CUDA only)."""
+    check_kernel_input(op, "linear_relu", x, "x")
 
 
 def _gemm(
@@ -167,7 +162,7 @@ def _gemm(
     relu: bool = False,
     db: torch.Tensor | None = None,
 ) -> None:
-    """p (I, J) contiguous = [mask(C > 0) on] y (I, R) @ z (R, J) [+ bias, relu]; db = row sums of masked y."""
+    """p (I, J) contiguous = [mask not(C <= 0) on] y (I, R) @ z (R, J) [+ bias, relu]; db = row sums of masked y."""
     if I == 0 or (J == 0 and db is None):
         return
     fp64 = p.dtype == torch.float64
