@@ -7,7 +7,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +47,13 @@ inline void advise_huge_pages(const at::Tensor& t) {
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
 #endif
 }
+
+// Entered first by every kernel entry point: the ATen calls a kernel makes (mm_out, sum, empty) run
+// below autograd, as inside ATen's own kernels. Without it a raw op called on an input that requires
+// grad fails deep inside ("mm(): functions with out=... arguments don't support automatic
+// differentiation") or records a graph nobody asked for; the registered autograd formula is the
+// op's only derivative.
+using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
 inline at::Tensor new_output(at::IntArrayRef shape, const at::TensorOptions& opts) {
   at::Tensor t = at::empty(shape, opts);
@@ -198,8 +207,15 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
                     g.C, " input channels and groups=", groups, ", got ", shape_str(weight.sizes()));
   TORCH_CHECK_VALUE(g.R > 0 && g.S > 0 && g.K > 0, op, ": weight must be non-empty, got ",
                     shape_str(weight.sizes()));
-  const int64_t eff_h = g.dh * (g.R - 1) + 1, eff_w = g.dw * (g.S - 1) + 1;
-  const int64_t hp = g.H + 2 * g.ph, wp = g.W + 2 * g.pw;
+  // Overflow-checked: padding or dilation near 2^62 must be an error naming them, not signed
+  // overflow (undefined behaviour) and a message with wrapped numbers.
+  int64_t eff_h = 0, eff_w = 0, hp = 0, wp = 0;
+  const bool overflow = c10::mul_overflows(g.dh, g.R - 1, &eff_h) || c10::add_overflows(eff_h, int64_t(1), &eff_h) ||
+                        c10::mul_overflows(g.dw, g.S - 1, &eff_w) || c10::add_overflows(eff_w, int64_t(1), &eff_w) ||
+                        c10::mul_overflows(g.ph, int64_t(2), &hp) || c10::add_overflows(hp, g.H, &hp) ||
+                        c10::mul_overflows(g.pw, int64_t(2), &wp) || c10::add_overflows(wp, g.W, &wp);
+  TORCH_CHECK_VALUE(!overflow, op, ": padding ", padding, " or dilation ", dilation,
+                    " is too large: the padded input or the dilated kernel exceeds 2^63 - 1 elements per side");
   TORCH_CHECK_VALUE(hp >= eff_h && wp >= eff_w, op, ": output size would be <= 0: padded input ", hp, "x", wp,
                     " is smaller than the dilated kernel ", eff_h, "x", eff_w);
   g.P = (hp - eff_h) / g.sh + 1;

@@ -4,7 +4,11 @@
 // that writes into an argument ends in `_` and declares it with Tensor(a!). Each
 // csrc/cpu/<stem>.cpp and csrc/cuda/<stem>.cu registers only its own CPU / CUDA kernels; the fake
 // (meta) kernels live in fastops/ops/<stem>.py.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DispatchKeySet.h>
 #include <torch/library.h>
+
+#include <vector>
 
 TORCH_LIBRARY(fastops, m) {
   // ---- softmax cross-entropy ------------------------------------------------------------------
@@ -62,4 +66,53 @@ TORCH_LIBRARY(fastops, m) {
       "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, Tensor? lr_tensor, float beta1, "
       "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
       "Tensor? grad_scale, Tensor? found_inf) -> ()");
+}
+
+namespace {
+
+// ADInplaceOrView kernel of every op that writes into an argument: run the op, then bump the
+// version counter of each tensor the schema marks Tensor(a!) / Tensor(a!)[]. This is what ATen's
+// generated ADInplaceOrView kernels do for aten's in-place ops, and what lets autograd notice that a
+// tensor it saved for backward was overwritten ("one of the variables needed for gradient
+// computation has been modified by an inplace operation"); the dispatcher's default for a custom op
+// at this key is a fallthrough, which would let a backward silently read the new values. One boxed
+// kernel reads the mutations from the schema, so the schema above stays the only place they are
+// declared. Tensors made under inference_mode have no counter and never reach this key.
+void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  std::vector<at::Tensor> written;
+  bool any_tensor = false;
+  const char* first_list = nullptr;  // named in the error when every list is empty
+  for (size_t i = 0; i < args.size(); ++i) {
+    const c10::IValue& v = (*stack)[first + i];
+    const c10::AliasInfo* alias = args[i].alias_info();
+    const bool write = alias != nullptr && alias->isWrite();
+    if (v.isTensor()) {
+      any_tensor = true;
+      if (write) written.push_back(v.toTensor());
+    } else if (v.isTensorList()) {
+      if (first_list == nullptr) first_list = args[i].name().c_str();
+      for (const at::Tensor& t : v.toTensorVector()) {
+        any_tensor = true;
+        if (write) written.push_back(t);
+      }
+    }
+  }
+  // A call whose only tensor arguments are empty lists carries no backend key: say so by name
+  // instead of the dispatcher's "There were no tensor arguments to this function".
+  TORCH_CHECK_VALUE(any_tensor, op.schema().name(), ": ", first_list ? first_list : "every tensor argument",
+                    " is empty and no other tensor is given: nothing to run on (pass at least one tensor)");
+  const c10::DispatchKeySet below = ks & c10::after_ADInplaceOrView_keyset;
+  op.redispatchBoxed(below, stack);
+  for (const at::Tensor& t : written) {
+    if (t.defined() && !t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, ADInplaceOrView, m) {
+  m.impl("cross_entropy_bwd_", torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
+  m.impl("adam_step_", torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
 }

@@ -65,7 +65,11 @@ def cross_entropy(
         # mean's denominator is 0 (torch's behaviour), instead of 0 * inf = NaN.
         loss = torch.where(valid, (1 - eps) * nll * w_y + eps / n_classes * smooth, 0.0)
         if reduction == "mean":
-            return (loss.sum() / torch.where(valid, w_y, 0.0).sum()).to(input.dtype)
+            # torch's mean is the weighted NLL sum over the summed target weight plus the smoothing
+            # sum over the same: NaN (0 / 0) when that weight is 0, even where the smoothing sum alone
+            # would give inf.
+            denom = torch.where(valid, w_y, 0.0).sum()
+            return torch.where(denom == 0, float("nan"), loss.sum() / denom).to(input.dtype)
     if reduction == "sum":
         return loss.sum().to(input.dtype)
     return loss.to(input.dtype)

@@ -407,6 +407,7 @@ void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::
 at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& bias_,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           bool relu) {
+  const BelowAutograd below_autograd;
   const auto g = check_conv2d_args("conv2d_fwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_bias("conv2d_fwd", g, x_, bias_);
   TORCH_CHECK_TYPE(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
@@ -431,6 +432,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
                                                               const at::Tensor& w_, at::IntArrayRef stride,
                                                               at::IntArrayRef padding, at::IntArrayRef dilation,
                                                               int64_t groups, std::array<bool, 3> mask) {
+  const BelowAutograd below_autograd;
   const auto g = check_conv2d_args("conv2d_bwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
   TORCH_CHECK_TYPE(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,

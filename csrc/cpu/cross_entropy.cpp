@@ -26,9 +26,14 @@
 // (+4*N*C with probability targets, read once per pass). Unfused PyTorch (log_softmax, nll_loss,
 // their backwards) moves about 6 N x C tensors: ~24*N*C bytes, and keeps an N x C log_softmax.
 //
-// Numerics. Accumulation in the input dtype (these kernels take only float32/float64); sums are
-// two-level (SIMD lanes within an L1 block, then across blocks), which bounds the error growth on
-// 128k-class rows. Max subtraction makes exp never overflow. float32 uses ATen's exp_u20 (<= 20
+// Numerics. The sum of exp is compensated: within an L1 block each SIMD lane adds with Kahan
+// compensation, and across blocks (row path) the sums run in float64 for float32 input; the lane
+// path adds each class with Kahan compensation. The other row sums (smoothing, probabilities) are
+// two-level, input-dtype lanes within a block and the wide type across blocks. A plain float32 running sum loses every later term once it holds ~1 (a dominant
+// logit first): with x = 2 randn(262144), x_0 = 30 the tail sum 1.8e-7 is below ulp(1) / 2 term by
+// term and block by block, so the loss came out exactly 0 (float64: 1.83e-7, torch float32:
+// 1.19e-7) and the target's gradient 0. ls = log(s) is taken in the wide type too: log of a float32
+// s = 1 + 1.8e-7 would keep one significant bit of it. Max subtraction makes exp never overflow. float32 uses ATen's exp_u20 (<= 20
 // ulp). A row whose max is not finite gets a NaN loss and gradient, as torch's log_softmax path:
 // NaN in the row, all -inf (m = -inf), or a +inf logit (m = +inf).
 //
@@ -44,6 +49,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fastops.h"
@@ -96,14 +102,51 @@ constexpr int64_t kBlock = 8192 / sizeof(T);
 
 // ---- D == 1: contiguous rows ------------------------------------------------------------------
 
+// The type the row sums are carried in across blocks: float64 for float32 rows (see Numerics).
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, float>, double, T>;
+
 template <typename T>
 struct RowSums {
+  using A = acc_t<T>;
   T m;     // row max
-  T ls;    // log sum_c exp(x_c - m)
-  T sxr;   // sum_c w_c (x_c - m)         (smoothing)
-  T swt;   // sum_c w_c t_c               (probabilities)
-  T swtxr; // sum_c w_c t_c (x_c - m)     (probabilities)
+  A ls;    // log sum_c exp(x_c - m)
+  A sxr;   // sum_c w_c (x_c - m)         (smoothing)
+  A swt;   // sum_c w_c t_c               (probabilities)
+  A swtxr; // sum_c w_c t_c (x_c - m)     (probabilities)
 };
+
+// sum_i exp(x_i - m) over n contiguous elements, in the wide type: each SIMD lane adds with Kahan
+// compensation (a lane that holds exp(0) = 1 would otherwise drop every term below ulp(1) / 2), four
+// independent lane sets so the compensation's four dependent adds do not serialise the loop, and
+// the lanes' (sum - compensation) are added in acc_t.
+template <typename T>
+acc_t<T> sum_exp_compensated(const T* x, int64_t n, T m) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size(), U = 4;
+  const V vm(m), zero(0);
+  V s[U] = {zero, zero, zero, zero}, c[U] = {zero, zero, zero, zero};
+  const auto add = [&](int64_t u, const V& e) {
+    const V y = e - c[u];
+    const V t = s[u] + y;
+    c[u] = (t - s[u]) - y;
+    s[u] = t;
+  };
+  int64_t i = 0;
+  for (; i + U * L <= n; i += U * L) {
+    for (int64_t u = 0; u < U; ++u) add(u, vexp(V::loadu(x + i + u * L) - vm));
+  }
+  for (; i + L <= n; i += L) add(0, vexp(V::loadu(x + i) - vm));
+  if (i < n) add(1, V::set(zero, vexp(V::loadu(x + i, n - i) - vm), n - i));
+  acc_t<T> total = 0;
+  T sv[L], cv[L];
+  for (int64_t u = 0; u < U; ++u) {
+    s[u].store(sv);
+    c[u].store(cv);
+    for (int64_t j = 0; j < L; ++j) total += acc_t<T>(sv[j]) - acc_t<T>(cv[j]);
+  }
+  return total;
+}
 
 // The shift the relative sums are taken against: the running max, or 0 while it is -inf (every
 // element so far is -inf, and x - (-inf) would be NaN for them).
@@ -118,8 +161,10 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
   const auto vmax = [](const V& a, const V& b) { return at::vec::maximum(a, b); };
   const auto vadd = [](const V& a, const V& b) { return a + b; };
   const auto vmul = [](const V& a, const V& b) { return a * b; };
-  T m = -std::numeric_limits<T>::infinity(), s = 0;
-  T ws = 0;  // sum of w_c over the blocks seen (what sxr's terms are shifted by when m moves)
+  using A = acc_t<T>;
+  T m = -std::numeric_limits<T>::infinity();
+  A s = 0;
+  A ws = 0;  // sum of w_c over the blocks seen (what sxr's terms are shifted by when m moves)
   RowSums<T> out{0, 0, 0, 0, 0};
   for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
     const int64_t n = std::min(kBlock<T>, C - c0);
@@ -130,18 +175,17 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
       m = bm;
       s = 1;
     } else if (bm > m) {
-      s *= std::exp(m - bm);
+      s *= std::exp(A(m) - A(bm));
       m = bm;
     }
     const T shift = sum_shift(m);
     if (shift != shift_old) {  // re-base the relative sums on the new max (terms stay <= 0)
-      out.sxr += (shift_old - shift) * ws;
-      out.swtxr += (shift_old - shift) * out.swt;
+      out.sxr += (A(shift_old) - A(shift)) * ws;
+      out.swtxr += (A(shift_old) - A(shift)) * out.swt;
     }
     if (std::isfinite(m)) {  // -inf so far: nothing to add; +inf / NaN: the row is NaN anyway (and
                              // exp_u20 must not see the NaN of inf - inf)
-      const V vm(m);
-      s += at::vec::map_reduce_all<T>([&](V v) { return vexp(v - vm); }, vadd, xb, n);
+      s += sum_exp_compensated<T>(xb, n, m);
     }
     const V vs(shift);
     if (need_sx) {
@@ -176,13 +220,14 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
 // torch's log_softmax path.
 template <typename T>
 T row_loss(const Args<T>& a, int64_t r, const RowSums<T>& rs, T x_y) {
-  const T e = a.eps, C = static_cast<T>(a.C);
+  using A = acc_t<T>;
+  const A e = a.eps, C = static_cast<A>(a.C);
   if (!a.t && a.y[r] == a.ignore_index) return 0;
   if (!std::isfinite(rs.m)) return std::numeric_limits<T>::quiet_NaN();
-  const T smooth = e > 0 ? e / C * (a.wsum * rs.ls - rs.sxr) : T(0);
-  if (a.t) return (1 - e) * (rs.swt * rs.ls - rs.swtxr) + smooth;
-  const T wy = a.w ? a.w[a.y[r]] : T(1);
-  return (1 - e) * wy * ((rs.m - x_y) + rs.ls) + smooth;
+  const A smooth = e > 0 ? e / C * (A(a.wsum) * rs.ls - rs.sxr) : A(0);
+  if (a.t) return static_cast<T>((1 - e) * (rs.swt * rs.ls - rs.swtxr) + smooth);
+  const A wy = a.w ? a.w[a.y[r]] : T(1);
+  return static_cast<T>((1 - e) * wy * ((A(rs.m) - A(x_y)) + rs.ls) + smooth);
 }
 
 template <typename T>
@@ -201,7 +246,7 @@ void fwd_rows(const Args<T>& a, T* loss, T* stats) {
       }
       const RowSums<T> rs = row_sums<T>(x, a.t ? a.t + r * a.C : nullptr, a.w, a.C, a.eps > 0);
       stats[r] = rs.m;
-      stats[rows + r] = rs.ls;
+      stats[rows + r] = static_cast<T>(rs.ls);
       loss[r] = row_loss(a, r, rs, x_y);
     }
   });
@@ -279,18 +324,25 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
   const bool need_sx = a.eps > 0;
   at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.C * L)), [&](int64_t i0,
                                                                                                       int64_t i1) {
-    T m_[L], s_[L], sxr_[L], swt_[L], swtxr_[L];
+    T m_[L], s_[L], sc_[L], sxr_[L], swt_[L], swtxr_[L];
     const V ninf(-std::numeric_limits<T>::infinity()), zero(0);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
       const T* xb = a.x + b * a.C * a.D + d0;
       const T* tb = a.t ? a.t + b * a.C * a.D + d0 : nullptr;
       // Per lane as row_sums: relative sums against shift = m (0 while m is -inf), re-based when m moves.
-      V m(ninf), s(0), sxr(0), ws(0), swt(0), swtxr(0), shift(0);
+      // s carries a Kahan compensation sc (the low part lost by the last additions), rescaled with s.
+      V m(ninf), s(0), sc(0), sxr(0), ws(0), swt(0), swtxr(0), shift(0);
       for (int64_t c = 0; c < a.C; ++c) {
         const V xv = V::loadu(xb + c * a.D, n);
         const V mn = at::vec::maximum(m, xv);
-        s = s * vexp_keep_nan(sub_max(m, mn)) + vexp_keep_nan(sub_max(xv, mn));
+        const V scale = vexp_keep_nan(sub_max(m, mn));
+        s = s * scale;
+        sc = sc * scale;
+        const V term = vexp_keep_nan(sub_max(xv, mn)) - sc;
+        const V sum = s + term;
+        sc = (sum - s) - term;
+        s = sum;
         m = mn;
         const V shift_new = V::blendv(mn, zero, mn == ninf), delta = shift - shift_new;
         shift = shift_new;
@@ -307,19 +359,21 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
       }
       m.store(m_, n);
       s.store(s_, n);
+      sc.store(sc_, n);
       sxr.store(sxr_, n);
       swt.store(swt_, n);
       swtxr.store(swtxr_, n);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t r = b * a.D + d0 + j;
-        const RowSums<T> rs{m_[j], std::log(s_[j]), sxr_[j], swt_[j], swtxr_[j]};
+        using A = acc_t<T>;
+        const RowSums<T> rs{m_[j], std::log(A(s_[j]) - A(sc_[j])), sxr_[j], swt_[j], swtxr_[j]};
         T x_y = 0;
         if (!a.t && a.y[r] != a.ignore_index) {
           check_index(a.y[r], r, a);
           x_y = xb[a.y[r] * a.D + j];
         }
         stats[r] = rs.m;
-        stats[rows + r] = rs.ls;
+        stats[rows + r] = static_cast<T>(rs.ls);
         loss[r] = row_loss(a, r, rs, x_y);
       }
     }
@@ -406,6 +460,7 @@ void check_cpu_dtype(const char* op, const at::Tensor& logits) {
 std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& logits_, const at::Tensor& target_,
                                                          const std::optional<at::Tensor>& weight_,
                                                          int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
   const char* op = "cross_entropy_fwd";
   const auto g = check_cross_entropy_args(op, logits_, target_, weight_, label_smoothing);
   check_cpu_dtype(op, logits_);
@@ -449,6 +504,7 @@ void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const 
 at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
                                  const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                  int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
   const at::Tensor logits = logits_.contiguous();
   at::Tensor out = new_output(logits.sizes(), logits.options());
   cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing,
@@ -459,6 +515,7 @@ at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& 
 void cross_entropy_bwd_inplace_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                                    const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                    int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
   TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
   at::Tensor out = logits;
   cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index,

@@ -2,7 +2,8 @@
 //
 // Math. x seen as A (M, K) (M = product of x's leading dims), weight B (N, K), bias b (N,).
 //   forward:  C = relu(A B^T + b),  C (M, N)
-//   backward: with G = dL/dC and the mask D = G (.) [C > 0]   (C > 0 <=> pre-activation > 0)
+//   backward: with G = dL/dC and the mask D = G (.) [not C <= 0]   (C > 0 <=> pre-activation > 0;
+//             a NaN output passes its gradient, as torch's threshold_backward)
 //             dA = D B  (M, K),   dB = D^T A  (N, K),   db = sum_m D[m, :]  (N,)
 // Only A, B and C are saved for backward: the sign of the activated output is the mask, so the
 // pre-activation is never kept.
@@ -29,8 +30,9 @@
 //
 // Numerics. Products accumulate as the BLAS does in the input dtype. db is summed in three levels
 // (blocks of kRowBlock rows, then across blocks within a thread's band, then across bands) so its
-// error grows with about kRowBlock + M / kRowBlock instead of M. ReLU keeps NaN (max(NaN, 0) is NaN, as torch.relu); the
-// mask [C > 0] is false for NaN and for exact zeros, as torch's threshold_backward.
+// error grows with about kRowBlock + M / kRowBlock instead of M. ReLU keeps NaN (max(NaN, 0) is NaN, as
+// torch.relu). The mask is torch's threshold_backward, G where not (C <= 0): 0 at exact zeros and
+// below, G where C is NaN (a NaN output passes its gradient on, it is not a clipped unit).
 //
 // Preconditions (check_linear_relu_args): x (*, K), weight (N, K), bias (N,), one floating dtype,
 // all on the CPU; grad_out and out of shape (*, N). Any strides: x is flattened with reshape (a
@@ -82,7 +84,7 @@ void bias_relu_rows(T* c, const T* b, int64_t M, int64_t N) {
   });
 }
 
-// D = G (.) [C > 0] and db = column sums of D, in one sweep over G and C.
+// D = G (.) [not C <= 0] and db = column sums of D, in one sweep over G and C.
 template <typename T>
 void mask_grad_and_bias_grad(const T* g, const T* c, T* d, T* db, int64_t M, int64_t N) {
   using V = Vectorized<T>;
@@ -105,15 +107,15 @@ void mask_grad_and_bias_grad(const T* g, const T* c, T* d, T* db, int64_t M, int
           T* dr = d + m * N;
           int64_t n = 0;
           for (; n + V::size() <= N; n += V::size()) {
-            // Comparison lanes are all-ones or all-zeros: the AND keeps G where C > 0 and gives +0
-            // elsewhere (also where G is NaN or inf, as threshold_backward).
-            const V v = V::loadu(gr + n) & (V::loadu(cr + n) > zero);
+            // +0 where C <= 0 (also where G is NaN or inf there), G elsewhere, NaN C included: the
+            // blend selects on the comparison's all-ones lanes, as threshold_backward's select.
+            const V v = V::blendv(V::loadu(gr + n), zero, V::loadu(cr + n) <= zero);
             v.store(dr + n);
             (V::loadu(inner.data() + n) + v).store(inner.data() + n);
           }
           if (n < N) {
             const int64_t r = N - n;
-            const V v = V::loadu(gr + n, r) & (V::loadu(cr + n, r) > zero);
+            const V v = V::blendv(V::loadu(gr + n, r), zero, V::loadu(cr + n, r) <= zero);
             v.store(dr + n, r);
             (V::loadu(inner.data() + n, r) + v).store(inner.data() + n, r);
           }
@@ -129,6 +131,7 @@ void mask_grad_and_bias_grad(const T* g, const T* c, T* d, T* db, int64_t M, int
 }
 
 at::Tensor linear_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const BelowAutograd below_autograd;
   const auto g = check_linear_relu_args("linear_relu_fwd", x, weight, bias);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
                    "linear_relu_fwd: the CPU kernels take float32 or float64 x, got ", x.scalar_type());
@@ -145,6 +148,7 @@ at::Tensor linear_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                                    const at::Tensor& weight, const at::Tensor& out) {
+  const BelowAutograd below_autograd;
   const auto g = check_linear_relu_args("linear_relu_bwd", x, weight, std::nullopt);
   check_linear_relu_bwd_args("linear_relu_bwd", g, x, grad_out, out);
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,

@@ -194,6 +194,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     double lr, const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2,
                     double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled_weight_decay,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const BelowAutograd below_autograd;
   check_adam_args("adam_step_", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, lr_tensor,
                   beta1, beta2, weight_decay, eps, amsgrad, grad_scale, found_inf);
   const int64_t n = static_cast<int64_t>(params.size());

@@ -471,6 +471,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 at::Tensor conv2d_fwd_cuda(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& bias_,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            bool relu) {
+  const BelowAutograd below_autograd;
   const auto g = check_conv2d_args("conv2d_fwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_bias("conv2d_fwd", g, x_, bias_);
   const c10::cuda::CUDAGuard guard(x_.device());
@@ -513,6 +514,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cuda(const at::Tensor&
                                                                const at::Tensor& w_, at::IntArrayRef stride,
                                                                at::IntArrayRef padding, at::IntArrayRef dilation,
                                                                int64_t groups, std::array<bool, 3> mask) {
+  const BelowAutograd below_autograd;
   const auto g = check_conv2d_args("conv2d_bwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
   const c10::cuda::CUDAGuard guard(x_.device());

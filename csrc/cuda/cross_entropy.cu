@@ -676,6 +676,7 @@ void raise_if_bad_target(const cuda::DeviceBadIndex& bad, const at::Tensor& targ
 std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cuda(const at::Tensor& logits_, const at::Tensor& target_,
                                                           const std::optional<at::Tensor>& weight_,
                                                           int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
   const char* op = "cross_entropy_fwd";
   const auto g = check_cross_entropy_args(op, logits_, target_, weight_, label_smoothing);
   check_cuda_logits(op, logits_);
@@ -725,6 +726,7 @@ void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const 
 at::Tensor cross_entropy_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
                                   const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                   int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
   // No guard here: logits may not even be a CUDA tensor yet (cross_entropy_bwd_into checks that
   // before its guard); contiguous() and the allocation follow logits' own device.
   const at::Tensor logits = logits_.contiguous();
@@ -737,6 +739,7 @@ at::Tensor cross_entropy_bwd_cuda(const at::Tensor& grad_loss, const at::Tensor&
 void cross_entropy_bwd_inplace_cuda(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                                     const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                     int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
   TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
   at::Tensor out = logits;
   cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index,

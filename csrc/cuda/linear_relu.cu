@@ -2,15 +2,15 @@
 //
 // Math (as csrc/cpu/linear_relu.cpp). x seen as A (M, K), weight B (N, K), bias b (N,):
 //   forward:  C = relu(A B^T + b)                                       2*M*N*K FLOPs
-//   backward: D = G (.) [C > 0];  dA = D B,  dB = D^T A,  db = sum_m D     4*M*N*K FLOPs
+//   backward: D = G (.) [not C <= 0];  dA = D B,  dB = D^T A,  db = sum_m D     4*M*N*K FLOPs
 // Backward needs A, B and C only (C's sign is the mask; the pre-activation is never stored).
 //
 // One kernel, three uses (the Triton backend's split): P (I, J) = Y (I, R) Z (R, J) with every
 // operand addressed by its two strides, so transposes are stride swaps, never copies:
 //   forward  I=M, J=N, R=K:  Y = A, Z[k][n] = B[n][k]; epilogue + b[n] and ReLU on the accumulator
 //                            before the single store.
-//   grad_x   I=M, J=K, R=N:  Y = G, masked by C > 0 as it is staged into shared memory; Z = B.
-//   grad_w   I=N, J=K, R=M:  Y[n][m] = G[m][n] masked by C[m][n] > 0; Z = A. The blocks of the first
+//   grad_x   I=M, J=K, R=N:  Y = G, masked by [not C <= 0] as it is staged into shared memory; Z = B.
+//   grad_w   I=N, J=K, R=M:  Y[n][m] = G[m][n] masked by [not C[m][n] <= 0]; Z = A. The blocks of the first
 //                            J tile also sum their staged (masked) Y tiles over R into db: each db
 //                            element has exactly one writer, no atomics, no extra pass over G.
 //
@@ -36,8 +36,9 @@
 //
 // Numerics. Accumulation in float for fp16/bf16/fp32 and double for fp64, in FMA order along R.
 // Bias and ReLU act on the accumulator, then one rounding to the output dtype. ReLU is
-// (v <= 0 ? 0 : v): NaN stays NaN (torch.relu). The mask C > 0 is false for NaN and exact zeros
-// (threshold_backward), and masked-off G elements become exact zeros even when G is NaN or inf.
+// (v <= 0 ? 0 : v): NaN stays NaN (torch.relu). The mask is threshold_backward's: G is zeroed where
+// C <= 0 (exact zeros included, and those G become exact zeros even when NaN or inf) and passed where
+// C is NaN.
 //
 // Preconditions (check_linear_relu_args): x (*, K), weight (N, K), bias (N,), one floating dtype, one
 // CUDA device; grad_out and out of shape (*, N). Element offsets are int64 throughout (tensors may
@@ -89,7 +90,7 @@ __device__ __forceinline__ A load_y(const GemmArgs<T>& g, int64_t i, int64_t r) 
   if (i >= g.I || r >= g.R) return A(0);
   const A v = static_cast<A>(g.y[i * g.s_yi + r * g.s_yr]);
   if (g.c == nullptr) return v;
-  return static_cast<A>(g.c[i * g.s_ci + r * g.s_cr]) > A(0) ? v : A(0);
+  return static_cast<A>(g.c[i * g.s_ci + r * g.s_cr]) <= A(0) ? A(0) : v;
 }
 
 template <typename T, typename A>
@@ -244,6 +245,8 @@ __global__ void __launch_bounds__(128) linear_relu_gemm_wmma_kernel(const GemmAr
     store_epilogue<T, float>(g, i0 + i, j0 + j, cs[i][j]);
   }
   if (sums_db && tid < kTileI && i0 + tid < g.I) g.db[i0 + tid] = static_cast<T>(db_rows[tid]);
+#else
+  __trap();  // built without sm_80 code (e.g. 7.5+PTX run on sm_90): fail loudly, never leave outputs unwritten
 #endif
 }
 
@@ -270,6 +273,7 @@ void launch_gemm(const GemmArgs<T>& g) {
 }
 
 at::Tensor linear_relu_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const BelowAutograd below_autograd;
   const auto geo = check_linear_relu_args("linear_relu_fwd", x, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor a = x.reshape({geo.M, geo.K});
@@ -292,6 +296,7 @@ at::Tensor linear_relu_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                                     const at::Tensor& weight, const at::Tensor& out) {
+  const BelowAutograd below_autograd;
   const auto geo = check_linear_relu_args("linear_relu_bwd", x, weight, std::nullopt);
   check_linear_relu_bwd_args("linear_relu_bwd", geo, x, grad_out, out);
   const c10::cuda::CUDAGuard guard(x.device());

@@ -122,6 +122,7 @@ def normalize_args(
             raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
         pad = _pair(padding, "padding", 0)
+    shapes.check_geometry_range("conv2d", x.shape, weight.shape, st, pad, dil)
     for i, name in enumerate(("height", "width")):
         span = dil[i] * (kernel[i] - 1) + 1
         padded = x.shape[2 + i] + 2 * pad[i]
@@ -176,7 +177,9 @@ class Conv2dFunction(torch.autograd.Function):
         x, weight, y = ctx.saved_tensors
         stride, padding, dilation, groups, relu, backend, has_bias = ctx.config
         if relu:
-            grad = torch.where(y > 0, grad, 0)
+            # threshold_backward's mask: zero where y <= 0, grad where y is NaN (a NaN output is not
+            # a clipped unit; torch passes its gradient on).
+            grad = torch.where(y <= 0, 0, grad)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
         gx, gw, gb = _ops(backend).conv2d_bwd(grad, x, weight, stride, padding, dilation, groups, mask)
         return (

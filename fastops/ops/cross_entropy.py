@@ -84,6 +84,14 @@ def _mean_denominator(
     return (weight.to(acc)[y] * valid).sum()
 
 
+def _mean(value: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """``value / denom``, NaN when ``denom`` is 0, as torch: its "mean" is the weighted NLL sum over the
+    summed target weight, 0 / 0 = NaN when the non-ignored targets' weights sum to 0, whatever the
+    smoothing term adds (dividing the smoothed total alone would give inf). In backward it makes every
+    non-ignored row's gradient NaN, torch's result; ignored rows keep their exact zeros."""
+    return torch.where(denom == 0, float("nan"), value / denom)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """loss = cross_entropy(logits, target); grad flows to logits only.
 
@@ -112,7 +120,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         if reduction == "none":
             return loss.to(logits.dtype)
         total = loss.sum()
-        return (total / denom if reduction == "mean" else total).to(logits.dtype)
+        return (_mean(total, denom) if reduction == "mean" else total).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
@@ -120,7 +128,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         ignore_index, reduction, label_smoothing, backend, inplace_backward = ctx.config
         g = grad.to(stats.dtype)
         if reduction == "mean":
-            g = g / denom
+            g = _mean(g, denom)
         g = g.expand(stats.shape[1:])
         ops = _ops(backend)
         if inplace_backward and logits.is_contiguous():
