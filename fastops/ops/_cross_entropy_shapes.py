@@ -5,10 +5,15 @@ messages."""
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
+
+from fastops.ops._devices import check_same_device
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def row_shape(logits: torch.Tensor) -> list[int]:
@@ -41,6 +46,7 @@ def fwd_fake(
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, stats): loss of logits' row shape, stats (2, *row_shape), both in the accumulation dtype."""
+    check_same_device("cross_entropy_fwd", logits=logits, target=target, weight=weight)
     dt = acc_dtype(logits.dtype)
     return logits.new_empty(row_shape(logits), dtype=dt), logits.new_empty(stats_shape(row_shape(logits)), dtype=dt)
 
@@ -55,6 +61,9 @@ def bwd_fake(
     label_smoothing: float,
 ) -> torch.Tensor:
     """d loss / d logits: logits' shape and dtype (contiguous)."""
+    check_same_device(
+        "cross_entropy_bwd", grad_loss=grad_loss, logits=logits, target=target, weight=weight, stats=stats
+    )
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
@@ -68,6 +77,9 @@ def bwd_inplace_fake(
     label_smoothing: float,
 ) -> None:
     """The in-place backward returns nothing; logits is overwritten with the gradient."""
+    check_same_device(
+        "cross_entropy_bwd_", grad_loss=grad_loss, logits=logits, target=target, weight=weight, stats=stats
+    )
     return None
 
 
@@ -92,10 +104,35 @@ def _shape(s: torch.Size | list[int]) -> str:
     return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
 
 
+def check_ignore_index(op: str, ignore_index: int) -> None:
+    """TypeError unless ignore_index is an integer, ValueError unless it fits in int64 (the ops' ``int``).
+
+    Checked in Python because the dispatcher's own error for an out-of-range int ("Expected a value
+    of type 'int' ... but instead found type 'int'") does not say what is wrong, and the torch
+    composition would compare the targets against it silently.
+    """
+    try:
+        value = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {value}")
+
+
 def check_args(
-    op: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
+    op: str,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    ignore_index: int | None = None,
 ) -> Geometry:
-    """csrc/fastops.h check_cross_entropy_args: ValueError for shapes/values/devices, TypeError for dtypes."""
+    """csrc/fastops.h check_cross_entropy_args: ValueError for shapes/values/devices, TypeError for dtypes.
+
+    ``ignore_index``, when given, is range-checked too (:func:`check_ignore_index`).
+    """
+    if ignore_index is not None:
+        check_ignore_index(op, ignore_index)
     if logits.dim() < 1:
         raise ValueError(f"{op}: logits must have shape (C,), (N, C) or (N, C, d1, ...), got {_shape(logits.shape)}")
     if not logits.is_floating_point():
@@ -157,7 +194,11 @@ def check_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.
 
 
 def check_class_indices(op: str, target: torch.Tensor, C: int, ignore_index: int) -> None:
-    """IndexError for a class index outside [0, C) that is not ignore_index. On GPU: a reduction and a sync."""
+    """IndexError for a class index outside [0, C) that is not ignore_index. On GPU: a reduction and a sync.
+
+    ValueError first when ignore_index itself does not fit in int64 (:func:`check_ignore_index`).
+    """
+    check_ignore_index(op, ignore_index)
     if torch.compiler.is_compiling() or is_fake(target):
         # Traced (torch.compile / export): no data to look at. The kernels write NaN for such rows,
         # the torch composition's gather raises.

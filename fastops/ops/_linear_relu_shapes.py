@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import torch
 
+from fastops.ops._devices import check_same_device
+
 
 class Geometry(NamedTuple):
     """x seen as A (M, K), weight B (N, K), out C (M, N)."""
@@ -66,6 +68,7 @@ def check_bwd_args(op: str, g: Geometry, x: torch.Tensor, grad_out: torch.Tensor
 
 def fwd_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """out (*, N), contiguous, x's dtype."""
+    check_same_device("linear_relu_fwd", x=x, weight=weight, bias=bias)
     g = check_args("linear_relu_fwd", x, weight, bias)
     return x.new_empty(g.out_shape)
 
@@ -74,6 +77,7 @@ def bwd_fake(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), contiguous, x's dtype."""
+    check_same_device("linear_relu_bwd", grad_out=grad_out, x=x, weight=weight, out=out)
     g = check_args("linear_relu_bwd", x, weight, None)
     check_bwd_args("linear_relu_bwd", g, x, grad_out, out)
     return x.new_empty(x.shape), x.new_empty((g.N, g.K)), x.new_empty((g.N,))
