@@ -144,7 +144,7 @@ def test_conv2d_relu_nan_output_passes_gradient(device, backend):
 # ---- (5) float32 cross-entropy keeps the small terms of long rows ------------------------------------
 
 
-@pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))
+@pytest.mark.parametrize("device,backend", KERNELS)
 @pytest.mark.parametrize("layout", ["rows", "lanes"])
 def test_long_float32_row_with_a_dominant_first_logit(device, backend, layout):
     """x = 2 randn(262144), x_0 = 30: the loss of target 0 is log(1 + tail) ~ 1.8e-7; a float32
@@ -165,9 +165,10 @@ def test_long_float32_row_with_a_dominant_first_logit(device, backend, layout):
     # relative to the loss itself: the absolute tolerance alone would accept 0
     assert abs(loss.item() - ref.item()) <= 1e-3 * ref.item(), (loss.item(), ref.item())
     # p_y = exp(-loss) is a float32 just below 1, where float32 values are 2**-24 = 6e-8 apart: the
-    # target's gradient p_y - 1 ~ -1.8e-7 is good to that spacing (a loss of 0 gave exactly 0)
+    # target's gradient p_y - 1 ~ -1.8e-7 is good to two such steps (exp's and the store's rounding);
+    # a loss of 0 gave a gradient of exactly 0, 1.8e-7 away
     target_grad = g.double().cpu()[0, 0].flatten()
-    assert (target_grad - gref[0, 0].flatten()).abs().max() <= 2.0**-24, (target_grad, gref[0, 0])
+    assert (target_grad - gref[0, 0].flatten()).abs().max() <= 2.0**-23, (target_grad, gref[0, 0])
 
 
 # ---- (8) conv geometry that would overflow int64 is an error naming it ------------------------------
