@@ -40,20 +40,20 @@
 # terms): fwd N*C*s (+ N*C*s probs) + 8N (int64 targets) + 12N; bwd 2*N*C*s (+ 2*N*C*s probs) + 8N + 12N.
 #
 # Numerics. Loads are converted to the accumulation type: float32 for fp16/bf16/fp32, float64 for
-# fp64 (taken from the loss/stats pointer's element type). Max subtraction: every exp argument is <= 0,
-# so nothing overflows; the running sum is rescaled by exp(m_old - m_new) <= 1. Sums are a tree within
-# a tile (tl.sum) then sequential over C/BLOCK_C tiles. The sum of exp is carried in float64 (the
-# terms are exp'd in the accumulation type, then widened): a float32 sum that holds exp(0) = 1 drops
-# every later term below ulp(1) / 2, so a long row with its dominant logit first lost its whole tail
-# (x = 2 randn(262144), x_0 = 30: loss 0, float64 1.83e-7); ls = log(s) is taken in float64 too. A row whose maximum is -inf so far is shifted
-# by 0 instead of -inf (exp(-inf - -inf) would be NaN). A row whose max is not finite (all -inf, a
-# +inf or NaN logit) gets a NaN loss and gradient, as torch's log_softmax path. Shift invariance:
-# (m, ls) is saved rather than lse = m + ls because rounding lse costs ulp(m) / 2 in every exp
-# argument (3.9e-3 for float32 logits near 1e5) while x - m is exact near the max; and the loss is
-# a sum of terms >= 0, never lse - x_y or W lse - sum w x, whose rounding at ulp(m) swamps a small
-# loss. Triton passes Python floats as float32, so label smoothing travels as a float32
-# pair (hi + lo) that float64 kernels add back to ~2^-48 relative error. Ignored rows get an exact 0
-# loss and gradient.
+# fp64 (taken from the loss/stats pointer's element type). Max subtraction: every exp argument is <=
+# 0, so nothing overflows; the running sum is rescaled by exp(m_old - m_new) <= 1. Sums are a tree
+# within a tile (tl.sum) then sequential over C/BLOCK_C tiles. The sum of exp is carried in float64
+# (the terms are exp'd in the accumulation type, then widened): a float32 sum that holds exp(0) = 1
+# drops every later term below ulp(1) / 2, so a long row with its dominant logit first lost its
+# whole tail (x = 2 randn(262144), x_0 = 30: loss 0, float64 1.83e-7); ls = log(s) is taken in
+# float64 too. A row whose maximum is -inf so far is shifted by 0 instead of -inf (exp(-inf - -inf)
+# would be NaN). A row whose max is not finite (all -inf, a +inf or NaN logit) gets a NaN loss and
+# gradient, as torch's log_softmax path. Shift invariance: (m, ls) is saved rather than lse = m + ls
+# because rounding lse costs ulp(m) / 2 in every exp argument (3.9e-3 for float32 logits near 1e5)
+# while x - m is exact near the max; and the loss is a sum of terms >= 0, never lse - x_y or W lse -
+# sum w x, whose rounding at ulp(m) swamps a small loss. Triton passes Python floats as float32, so
+# label smoothing travels as a float32 pair (hi + lo) that float64 kernels add back to ~2^-48
+# relative error. Ignored rows get an exact 0 loss and gradient.
 #
 # Preconditions (check_args, the launchers): logits fp16/bf16/fp32/fp64 of shape (C,), (N, C) or
 # (N, C, d1..dk), C >= 1, on a CUDA device (CPU under TRITON_INTERPRET=1); target int64 of the row
