@@ -1,7 +1,8 @@
 # fastops: README's two commands live here.
 #   make bench   set up, build, then the benchmark suite (python -m bench) and the digits training demo
 #   make test    set up, build, lint, pytest (CPU; GPU tests run when a GPU is visible), CMake + ctest,
-#                and a --quick smoke run of the benchmark suite (its checks must pass; no timing claims)
+#                the C++ kernels' native tests under ASan + UBSan (make sanitize), and a --quick smoke
+#                run of the benchmark suite (its checks must pass; no timing claims)
 # Both do all set-up on a fresh machine: a venv in .venv with torch, then the extension.
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools whee
 export CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 
-.PHONY: setup build test pytest ctest lint format bench bench-quick clean
+.PHONY: setup build test pytest ctest sanitize lint format bench bench-quick clean
 
 setup: $(VENV)/.deps-installed
 
@@ -43,7 +44,12 @@ pytest: build
 ctest: setup
 	PYTHON=$(PY) bash scripts/cmake_test.sh
 
-test: lint pytest ctest bench-quick
+# The C++ CPU kernels built with ASan + UBSan (into build/sanitize; the editable build is untouched),
+# running the native tests, the bad-input table and the native fuzz; any sanitizer report fails it.
+sanitize: setup
+	PYTHON=$(PY) bash scripts/sanitize.sh
+
+test: lint pytest ctest sanitize bench-quick
 
 bench: build
 	$(PY) -m bench

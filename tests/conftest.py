@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -44,3 +45,42 @@ def pytest_report_header(config):
 def _seed(request):
     # Per-test seed derived from the run's seed, so tests don't depend on their order.
     torch.manual_seed(SEED ^ zlib.crc32(request.node.nodeid.encode()))
+
+
+# Property fuzz (tests/test_fuzz.py): examples per test for each backend, per hypothesis profile. The
+# default keeps CI short; `pytest --slow` runs thousands (the Triton interpreter gets far fewer, on
+# tiny shapes). The search itself is seeded from SEED, so one run is replayable.
+FUZZ_PROFILES = {
+    "fastops-ci": {"native": 60, "triton": 10},
+    "fastops-slow": {"native": 2000, "triton": 150},
+}
+FUZZ_EXAMPLES: dict[str, int] = dict(FUZZ_PROFILES["fastops-ci"])
+for _name, _budget in FUZZ_PROFILES.items():
+    settings.register_profile(
+        _name,
+        max_examples=_budget["native"],
+        deadline=None,  # 2 shared cores: timing is not a property
+        database=None,  # nothing written into the tree; a failure prints its case (print_blob too)
+        print_blob=True,
+        # Tests draw a value seed and reseed themselves per example, so the per-test _seed fixture
+        # is not shared state; large drawn cases are intended.
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def pytest_addoption(parser):
+    """``--slow``: the thousands-of-examples hypothesis profile for tests/test_fuzz.py."""
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="fastops: property fuzz with thousands of examples per op (hypothesis profile fastops-slow)",
+    )
+
+
+def pytest_configure(config):
+    """Load the fuzz profile (``--hypothesis-profile``, when given, wins) and its per-backend budgets."""
+    name = "fastops-slow" if config.getoption("--slow") else "fastops-ci"
+    FUZZ_EXAMPLES.update(FUZZ_PROFILES[name])
+    if not config.getoption("hypothesis_profile", default=None):
+        settings.load_profile(name)
