@@ -51,6 +51,8 @@ with the native ops' schemas. Importing this module registers the ops."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -67,13 +69,18 @@ def _configs() -> list[triton.Config]:
     # The interpreter runs each program in numpy: one config, large tiles, few programs.
     if interpreting():
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}, num_warps=4)]
-    return [
+    configs = [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
         triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=2),
     ]
+    # FASTOPS_TRITON_AUTOTUNE=0 (read at import; scripts/gpu_suite.sh's quick run): one config, no
+    # sweep. 64x64x32 at 4 stages keeps float64 tiles within shared memory (128 KiB).
+    if os.environ.get("FASTOPS_TRITON_AUTOTUNE", "1") == "0":
+        return [configs[2]]
+    return configs
 
 
 @triton.autotune(configs=_configs(), key=["GEMM_M", "GEMM_N", "GEMM_K"])

@@ -61,6 +61,8 @@ Importing this module registers the ops (see ``_register.py`` for which torch.li
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -81,6 +83,10 @@ def _configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_I": 16, "BLOCK_J": 16, "BLOCK_R": 16, "GROUP_I": 4}, num_warps=1)]
     shapes = [(128, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 256, 64, 3, 8)]
+    # FASTOPS_TRITON_AUTOTUNE=0 (read at import; scripts/gpu_suite.sh's quick run): one config, no
+    # sweep. 64x64x32 at 4 stages keeps float64 tiles within shared memory (128 KiB).
+    if os.environ.get("FASTOPS_TRITON_AUTOTUNE", "1") == "0":
+        shapes = [(64, 64, 32, 4, 4)]
     return [
         triton.Config({"BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_R": br, "GROUP_I": 8}, num_stages=st, num_warps=w)
         for bi, bj, br, st, w in shapes
