@@ -16,6 +16,11 @@ if not torch.cuda.is_available():
 os.environ.setdefault("FASTOPS_POISON", "1")
 
 HAS_CUDA = torch.cuda.is_available()
+if HAS_CUDA:
+    # Tests compare CUDA results with torch's own: fp32 matmul/conv must be IEEE fp32, not TF32
+    # (whose ~3e-4 relative error is above the fp32 tolerances).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def device_backend_params(cpu_backends=("native", "triton", "torch"), cuda_backends=("native", "triton", "torch")):
