@@ -7,12 +7,15 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 #include <c10/util/safe_numerics.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <utility>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -63,6 +66,27 @@ inline at::Tensor new_output(at::IntArrayRef shape, const at::TensorOptions& opt
     else t.fill_(-1);
   }
   return t;
+}
+
+// True when two elements of t may share memory: stride 0 on a dimension of size > 1 (expand), or an
+// as_strided layout whose windows interleave. ATen answers Yes / No when it can; for the rest
+// (TooHard) the sufficient condition for no overlap is checked: over the dims sorted by stride, each
+// stride exceeds the span of the smaller ones. A layout that fails it is treated as overlapping, so
+// an in-place kernel refuses it instead of returning an element-order-dependent result.
+inline bool may_overlap(const at::Tensor& t) {
+  const at::MemOverlap o = at::has_internal_overlap(t);
+  if (o != at::MemOverlap::TooHard) return o == at::MemOverlap::Yes;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims of size > 1
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(std::abs(t.stride(d)), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 0;  // max offset reachable with the smaller-stride dims
+  for (const auto& [stride, size] : dims) {
+    if (stride <= span) return true;
+    span += stride * (size - 1);
+  }
+  return false;
 }
 
 // ---- softmax cross-entropy --------------------------------------------------------------------
@@ -220,6 +244,11 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
                     " is smaller than the dilated kernel ", eff_h, "x", eff_w);
   g.P = (hp - eff_h) / g.sh + 1;
   g.Q = (wp - eff_w) / g.sw + 1;
+  int64_t numel = g.N;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(numel, g.K, &numel) && !c10::mul_overflows(numel, g.P, &numel) &&
+                        !c10::mul_overflows(numel, g.Q, &numel),
+                    op, ": padding ", padding, " or stride ", stride, " gives an output of shape (", g.N, ", ", g.K,
+                    ", ", g.P, ", ", g.Q, "), more than 2^63 - 1 elements");
   return g;
 }
 
@@ -348,6 +377,15 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
                       ": Adam does not support sparse gradients, please consider SparseAdam instead (grads[", i,
                       "])");
     TORCH_CHECK_VALUE(p.layout() == at::kStrided, op, ": params[", i, "] must be a strided (dense) tensor");
+    // Written in place: an overlapping layout would make the result depend on the element order.
+    const std::pair<const char*, const at::Tensor*> written[] = {
+        {"params", &p}, {"exp_avgs", &exp_avgs[i]}, {"exp_avg_sqs", &exp_avg_sqs[i]},
+        {"max_exp_avg_sqs", amsgrad ? &max_exp_avg_sqs[i] : nullptr}, {"state_steps", &state_steps[i]}};
+    for (const auto& [name, t] : written) {
+      TORCH_CHECK_VALUE(t == nullptr || !may_overlap(*t), op, ": ", name, "[", i,
+                        "] has elements that share memory (an expanded or overlapping as_strided view); it is "
+                        "written in place, so it must not");
+    }
     const std::pair<const char*, const at::Tensor*> same[] = {
         {"grads", &grads[i]}, {"exp_avgs", &exp_avgs[i]}, {"exp_avg_sqs", &exp_avg_sqs[i]},
         {"max_exp_avg_sqs", amsgrad ? &max_exp_avg_sqs[i] : nullptr}};

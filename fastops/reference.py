@@ -128,6 +128,9 @@ def conv2d(
     p_out = (hp - dh * (kr - 1) - 1) // sh + 1
     q_out = (wp - dw * (ks - 1) - 1) // sw + 1
     kg = k_out // groups
+    # A stride larger than the input (only possible with one output row / column) would overflow the
+    # sliced view's stride (stride * step); the step is irrelevant then.
+    sh, sw = (sh if p_out > 1 else 1), (sw if q_out > 1 else 1)
     outs = []
     for g in range(groups):
         xg = x[:, g * cg : (g + 1) * cg]

@@ -155,6 +155,16 @@ inline T sum_shift(T m) {
   return m == -std::numeric_limits<T>::infinity() ? T(0) : m;
 }
 
+// A term t_c (x_c - m) of swtxr. With label smoothing e > 0 every class carries target weight
+// (1 - e) t_c + e / C > 0, as torch computes it: a class with t_c = 0 and x_c = -inf then adds
+// nothing here and its -inf comes in through the smoothing sum (loss +inf, torch's), where the
+// product alone would be 0 * -inf = NaN. Without smoothing the NaN is torch's result too
+// (-(t * log_softmax(x)).sum()), so the product stays.
+template <typename T>
+inline Vectorized<T> zero_target_term(const Vectorized<T>& t, const Vectorized<T>& term, bool smoothing) {
+  return smoothing ? Vectorized<T>::blendv(term, Vectorized<T>(0), t == Vectorized<T>(0)) : term;
+}
+
 template <typename T>
 RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx) {
   using V = Vectorized<T>;
@@ -201,11 +211,12 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
       const T* tb = t + c0;
       if (w) {
         out.swt += at::vec::map2_reduce_all<T>(vmul, vadd, tb, w + c0, n);
-        out.swtxr += at::vec::map3_reduce_all<T>([&](V a, V b, V c) { return a * b * (c - vs); }, vadd, tb, w + c0,
-                                                 xb, n);
+        out.swtxr += at::vec::map3_reduce_all<T>([&](V a, V b, V c) { return zero_target_term(a, a * b * (c - vs), need_sx); },
+                                                 vadd, tb, w + c0, xb, n);
       } else {
         out.swt += at::vec::reduce_all<T>(vadd, tb, n);
-        out.swtxr += at::vec::map2_reduce_all<T>([&](V a, V c) { return a * (c - vs); }, vadd, tb, xb, n);
+        out.swtxr += at::vec::map2_reduce_all<T>([&](V a, V c) { return zero_target_term(a, a * (c - vs), need_sx); },
+                                                 vadd, tb, xb, n);
       }
     }
   }
@@ -252,6 +263,14 @@ void fwd_rows(const Args<T>& a, T* loss, T* stats) {
   });
 }
 
+// A term that label smoothing e adds: dropped, not multiplied by 0, when e == 0, so that a NaN or inf
+// weight of a class that is no target, or an infinite upstream gradient, does not make every
+// gradient of the row NaN through 0 * inf (torch's gradient has no smoothing terms then).
+template <typename T>
+inline T smooth_term(T v, T e) {
+  return e > 0 ? v : T(0);
+}
+
 // p_c = exp((x_c - m) - ls): x_c - m is exact for x_c within a factor 2 of m (Sterbenz), so the
 // probabilities of the classes near the max keep full relative precision at any logit offset.
 template <typename T>
@@ -276,7 +295,8 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* stats, T* out) {
         const auto vadd = [](const V& u, const V& v) { return u + v; };
         const T swt = a.w ? at::vec::map2_reduce_all<T>([](V u, V v) { return u * v; }, vadd, t, a.w, a.C)
                           : at::vec::reduce_all<T>(vadd, t, a.C);
-        const V coef(g * ((1 - e) * swt + e / C * a.wsum)), g1(g * (1 - e)), g0(g * e / C);
+        const V coef(g * (1 - e) * swt + smooth_term(g * e / C * a.wsum, e)), g1(g * (1 - e)),
+            g0(smooth_term(g * e / C, e));
         if (a.w) {
           at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; }, o, x, t, a.w, a.C);
         } else {
@@ -285,8 +305,8 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* stats, T* out) {
         continue;
       }
       const int64_t yv = a.y[r];
-      if (yv == a.ignore_index) {
-        std::fill(o, o + a.C, T(0));
+      if (yv == a.ignore_index) {  // exact zeros; NaN when the row's max is not finite, as torch's
+        std::fill(o, o + a.C, finite ? T(0) : std::numeric_limits<T>::quiet_NaN());  // log_softmax backward
         continue;
       }
       check_index(yv, r, a);
@@ -295,7 +315,7 @@ void bwd_rows(const Args<T>& a, const T* grad, const T* stats, T* out) {
         continue;
       }
       const T wy = a.w ? a.w[yv] : T(1);
-      const V coef(g * ((1 - e) * wy + e * a.wsum / C)), g0(g * e / C);
+      const V coef(g * (1 - e) * wy + smooth_term(g * e / C * a.wsum, e)), g0(smooth_term(g * e / C, e));
       if (a.w && e > 0) {
         at::vec::map2<T>([&](V xv, V wv) { return coef * p(xv) - g0 * wv; }, o, x, a.w, a.C);
       } else {
@@ -353,7 +373,7 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
         }
         if (tb) {
           const V tv = V::loadu(tb + c * a.D, n) * wc;
-          swtxr = swtxr + delta * swt + tv * (xv - shift);
+          swtxr = swtxr + delta * swt + zero_target_term(tv, tv * (xv - shift), need_sx);
           swt = swt + tv;
         }
       }
@@ -401,7 +421,8 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* stats, T* out) {
         const T* tb = a.t + base;
         V swt(0);
         for (int64_t c = 0; c < a.C; ++c) swt = swt + V::loadu(tb + c * a.D, n) * V(a.w ? a.w[c] : T(1));
-        const V coef = vg * (V(1 - e) * swt + V(e / C * a.wsum)), g1 = vg * V(1 - e), g0 = vg * V(e / C);
+        const V coef = e > 0 ? vg * (V(1 - e) * swt + V(e / C * a.wsum)) : vg * swt, g1 = vg * V(1 - e),
+                g0 = e > 0 ? vg * V(e / C) : V(0);
         for (int64_t c = 0; c < a.C; ++c) {
           const V wc(a.w ? a.w[c] : T(1));
           const V tv = V::loadu(tb + c * a.D, n);
@@ -416,9 +437,9 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* stats, T* out) {
         if (yv == a.ignore_index) continue;
         check_index(yv, r, a);
         const T wy = a.w ? a.w[yv] : T(1);
-        coef_[j] = grad[r] * ((1 - e) * wy + e * a.wsum / C);
+        coef_[j] = grad[r] * (1 - e) * wy + smooth_term(grad[r] * e / C * a.wsum, e);
         g1_[j] = grad[r] * (1 - e) * wy;
-        g0_[j] = grad[r] * e / C;
+        g0_[j] = smooth_term(grad[r] * e / C, e);
       }
       const V g0 = V::loadu(g0_, n);
       const V coef = V::loadu(coef_, n);

@@ -136,14 +136,17 @@ at::Tensor linear_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, co
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
                    "linear_relu_fwd: the CPU kernels take float32 or float64 x, got ", x.scalar_type());
   const at::Tensor a = x.reshape({g.M, g.K});
-  at::Tensor c = new_output({g.M, g.N}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  // Allocated in the output's own shape and written through a 2-D view, so the op returns a fresh
+  // tensor, not a view (FSDP2 and autograd treat a returned view as aliasing an input).
+  at::Tensor out = new_output(g.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor c = out.view({g.M, g.N});
   at::mm_out(c, a, weight.t());
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_relu_fwd_cpu", [&] {
     bias_relu_rows<scalar_t>(c.data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, g.M,
                              g.N);
   });
-  return c.view(g.out_shape);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -163,11 +166,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cpu(const at::Ten
     mask_grad_and_bias_grad<scalar_t>(go.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
                                       d.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), g.M, g.N);
   });
-  at::Tensor dx = new_output({g.M, g.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor dx = new_output(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor dw = new_output({g.N, g.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::mm_out(dx, d, weight);
+  at::Tensor dx2 = dx.view({g.M, g.K});
+  at::mm_out(dx2, d, weight);
   at::mm_out(dw, d.t(), a);
-  return {dx.view(x.sizes()), dw, db};
+  return {dx, dw, db};
 }
 
 }  // namespace

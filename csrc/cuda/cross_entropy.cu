@@ -241,7 +241,9 @@ __device__ __forceinline__ void row_acc_add(RowAcc<A>& acc, const A (&x)[N], con
     for (int k = 0; k < N; ++k) {
       const A wt = w[k] * tv[k];
       acc.swt += wt;
-      acc.swtxr += wt * (x[k] - shift);
+      // with smoothing, a class with t = 0 adds nothing here (its -inf comes in through sxr, loss +inf
+      // as torch's (1 - e) t + e / C weighting), where 0 * -inf would be NaN
+      acc.swtxr += (smooth && wt == A(0)) ? A(0) : wt * (x[k] - shift);
     }
   }
 }
@@ -398,7 +400,9 @@ __device__ __forceinline__ GradRow<A> index_grad_row(const CeArgs<T, A>& a, int6
   gr.smooth = e > 0;
   gr.coef = gr.g0 = gr.g1 = A(0);
   if (gr.y == a.ignore_index) {
-    gr.kind = GradKind::kZero;  // exact zeros, even where exp(x - m) is inf/NaN
+    // exact zeros, even where exp(x - m) is inf/NaN; a row whose max is not finite gets NaN, as
+    // torch's log_softmax backward gives it
+    gr.kind = stats_finite(m, ls) ? GradKind::kZero : GradKind::kNaN;
     return gr;
   }
   if (gr.y < 0 || gr.y >= a.C) {
@@ -411,8 +415,10 @@ __device__ __forceinline__ GradRow<A> index_grad_row(const CeArgs<T, A>& a, int6
   }
   const A W = a.wsum != nullptr ? *a.wsum : C;
   const A wy = a.w != nullptr ? static_cast<A>(a.w[gr.y]) : A(1);
-  gr.coef = g * ((1 - e) * wy + e * W / C);
-  gr.g0 = g * e / C;
+  // Smoothing terms are dropped, not multiplied by 0, when e == 0: a NaN / inf weight of a class that
+  // is no target, or an infinite g, must not make the whole row NaN through 0 * inf (torch's result).
+  gr.coef = g * (1 - e) * wy + (e > 0 ? g * e * W / C : A(0));
+  gr.g0 = e > 0 ? g * e / C : A(0);
   gr.g1 = g * (1 - e) * wy;
   gr.kind = GradKind::kFormula;
   return gr;
@@ -428,9 +434,9 @@ __device__ __forceinline__ GradRow<A> prob_grad_row(const CeArgs<T, A>& a, A g, 
   gr.y = -1;
   gr.probs = true;
   gr.smooth = e > 0;
-  gr.coef = g * ((1 - e) * swt + e / C * W);
+  gr.coef = g * (1 - e) * swt + (e > 0 ? g * e / C * W : A(0));
   gr.g1 = g * (1 - e);
-  gr.g0 = g * e / C;
+  gr.g0 = e > 0 ? g * e / C : A(0);
   gr.kind = stats_finite(m, ls) ? GradKind::kFormula : GradKind::kNaN;
   return gr;
 }

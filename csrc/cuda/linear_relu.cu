@@ -277,7 +277,9 @@ at::Tensor linear_relu_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, c
   const auto geo = check_linear_relu_args("linear_relu_fwd", x, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor a = x.reshape({geo.M, geo.K});
-  at::Tensor out = new_output({geo.M, geo.N}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  // The output's own shape (contiguous, so the kernel's row-major M x N view of it is exact): the op
+  // returns a fresh tensor, not a view (FSDP2 and autograd treat a returned view as an alias).
+  at::Tensor out = new_output(geo.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_fwd_cuda", [&] {
     GemmArgs<scalar_t> g{};
     g.y = a.const_data_ptr<scalar_t>();
@@ -291,7 +293,7 @@ at::Tensor linear_relu_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, c
     g.relu = true;
     launch_gemm(g);
   });
-  return out.view(geo.out_shape);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
@@ -303,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cuda(const at::Te
   const at::Tensor a = x.reshape({geo.M, geo.K});
   const at::Tensor go = grad_out.reshape({geo.M, geo.N}), c = out.reshape({geo.M, geo.N});
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor dx = new_output({geo.M, geo.K}, opts), dw = new_output({geo.N, geo.K}, opts);
+  at::Tensor dx = new_output(x.sizes(), opts), dw = new_output({geo.N, geo.K}, opts);
   at::Tensor db = new_output({geo.N}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_bwd_cuda", [&] {
     // grad_x (M, K) = (G . mask) (M, N) @ weight (N, K)
@@ -323,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cuda(const at::Te
     gw.s_zr = a.stride(0), gw.s_zj = a.stride(1);
     launch_gemm(gw);
   });
-  return {dx.view(x.sizes()), dw, db};
+  return {dx, dw, db};
 }
 
 }  // namespace
