@@ -19,7 +19,7 @@ DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools whee
 export CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 
-.PHONY: setup build test pytest ctest sanitize lint format bench bench-quick clean
+.PHONY: setup build test pytest ctest sanitize lint format bench bench-quick gpu-dry-run clean
 
 setup: $(VENV)/.deps-installed
 
@@ -49,7 +49,13 @@ ctest: setup
 sanitize: setup
 	PYTHON=$(PY) bash scripts/sanitize.sh
 
-test: lint pytest ctest sanitize bench-quick
+test: lint pytest ctest sanitize bench-quick gpu-dry-run
+
+# scripts/gpu_suite.sh --dry-run: the GPU first-light script walked on this machine (every stage's
+# command printed, setup.py's extension, GPU test collection, a CPU smoke of scripts/gpu_sanitize.py,
+# the bench module list), so it cannot break unseen between GPU leases. Under 2 minutes.
+gpu-dry-run: build
+	OUT=build/gpu-dry-run PYTHON=$(PY) bash scripts/gpu_suite.sh --dry-run
 
 bench: build
 	$(PY) -m bench
