@@ -218,7 +218,8 @@ EOF
     "$PYTHON" -c "import fastops, pprint; pprint.pprint(fastops.backends())" >>"$LOG" 2>&1 || rc=1
     return "$rc"
   fi
-  rm -f fastops/_C*.so # never test a stale library; build/temp* stays for ninja on a second call
+  # No clean first: build_ext replaces fastops/_C*.so, build/temp* lets ninja skip unchanged sources
+  # on a second call, and a failed build stops the run below, so a stale library is never tested.
   run_cmd build "$(stage_limit build)" env FASTOPS_BUILD_CUDA=1 "$PYTHON" setup.py -q build_ext --inplace || return $?
   # The native CUDA backend must be there, or stages 2 and 4 test nothing.
   run_cmd backends 30 "$PYTHON" -c "
