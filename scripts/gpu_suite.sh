@@ -7,8 +7,10 @@
 #
 #   device tool, first call (stages 1-4 within 6 min, the benchmark in what is left of 7.5 min):
 #     run(command="bash scripts/gpu_suite.sh", timeout_s=480)
-#   a second call, if the lease has time: the full autotune sweep, every sanitizer tool, full bench
+#   the full autotune sweep, every sanitizer tool and the full bench (~10 min: a CUDA box, or a
+#   second lease; a fresh machine rebuilds), or a subset of it in a shorter second call:
 #     run(command="bash scripts/gpu_suite.sh --full", timeout_s=600)
+#     run(command="STAGES='build triton' GPU_SUITE_BUDGET=280 bash scripts/gpu_suite.sh --full", timeout_s=300)
 #   a CPU machine / CI (make gpu-dry-run): every stage's command printed, the build check, test
 #   collection and a CPU smoke of gpu_sanitize.py; nothing that needs a GPU runs
 #     bash scripts/gpu_suite.sh --dry-run
@@ -20,7 +22,7 @@
 # 580 s full), at least 30 s. Sanitize: memcheck 3/5 of the stage, racecheck the rest.
 #   1 build     150 / 150  python setup.py build_ext --inplace, TORCH_CUDA_ARCH_LIST = the visible
 #                          GPU's compute capability (nvidia-smi), MAX_JOBS = nproc, FASTOPS_BUILD_CUDA=1;
-#                          then fastops.backends() must report native CUDA
+#                          then fastops.backends() is logged and a native CUDA linear_relu must run
 #   2 native     60 / 100  pytest -m "gpu and not triton": the native CUDA kernels (and the torch
 #                          backend on cuda), TF32 off (tests/conftest.py)
 #   3 triton     80 / 150  pytest -m "gpu and triton" with FASTOPS_TRITON_AUTOTUNE=0 (one config per
@@ -190,6 +192,7 @@ fi
 } >>"$LOG" 2>&1
 if [[ $DRY -eq 0 ]] && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   log "no CUDA device visible: use --dry-run on a CPU machine"
+  record cuda-check 1 0
   exit 1
 fi
 
