@@ -10,6 +10,7 @@ import torch
 from torch.nn import _reduction
 
 from fastops import _backend, reference
+from fastops.ops import _autograd
 from fastops.ops import conv2d as _conv
 from fastops.ops import cross_entropy as _ce
 from fastops.ops import linear_relu as _lr
@@ -54,7 +55,9 @@ def cross_entropy(
     """
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
-    input, target, weight = _ce.check_args(input, target, weight, reduction, label_smoothing)
+    if isinstance(input, torch.Tensor):  # torch's policy: cross-entropy runs in float32 under autocast
+        input, target, weight = _autocast(input.device.type, True, input, target, weight)
+    input, target, weight = _ce.check_args(input, target, weight, reduction, label_smoothing, ignore_index)
     name = _backend.resolve(_ce.OP, backend, input.device.type, input.dtype)
     needs_extra_grads = torch.is_grad_enabled() and (
         target.requires_grad or (weight is not None and weight.requires_grad)
@@ -62,9 +65,17 @@ def cross_entropy(
     if name == "torch" or needs_extra_grads:
         _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
         return reference.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
-    return _ce.CrossEntropyFunction.apply(
-        input, target, weight, ignore_index, reduction, label_smoothing, name, inplace_backward
-    )
+    if inplace_backward:
+        return _ce.CrossEntropyFunction.apply(
+            input, target, weight, ignore_index, reduction, label_smoothing, name, inplace_backward
+        )
+    loss, _ = _ce.ops(name).cross_entropy_fwd(input, target, weight, ignore_index, label_smoothing)
+    if reduction == "none":
+        return loss.to(input.dtype)
+    total = loss.sum()
+    if reduction == "mean":
+        total = _ce.mean(total, _ce.mean_denominator(target, weight, ignore_index, loss.dtype))
+    return total.to(input.dtype)
 
 
 def conv2d(
@@ -100,6 +111,8 @@ def conv2d(
         ``P = (H + 2 ph - dh (R - 1) - 1) // sh + 1`` and likewise ``Q``. channels_last when input or
         weight is channels_last (torch's rule), else contiguous. Gradients flow to input, weight, bias.
     """
+    if isinstance(input, torch.Tensor):  # torch's policy: conv2d runs in the autocast dtype
+        input, weight, bias = _autocast(input.device.type, False, input, weight, bias)
     x, st, pad, dil, unbatched = _conv.normalize_args(
         input, weight, bias, stride, padding, dilation, groups, activation
     )
@@ -110,9 +123,9 @@ def conv2d(
             out = out.contiguous(memory_format=torch.channels_last)
     else:
         channels_last = not unbatched and (_conv.is_channels_last(x) or _conv.is_channels_last(weight))
-        out = _conv.Conv2dFunction.apply(
-            x, weight, bias, st, pad, dil, groups, activation == "relu", name, channels_last
-        )
+        out = _conv.ops(name).conv2d_fwd(x, weight, bias, st, pad, dil, groups, activation == "relu")
+        if not channels_last:  # the op follows x / weight's layout; an unbatched call returns contiguous
+            out = out.contiguous()
     return out.squeeze(0) if unbatched else out
 
 
@@ -137,8 +150,20 @@ def linear_relu(
         ``(*, N)`` in ``x``'s dtype: ``max(x @ weight.T + bias, 0)``. Gradients flow to ``x``,
         ``weight`` and ``bias``; backward needs only ``x``, ``weight`` and this output.
     """
+    if isinstance(x, torch.Tensor):  # torch's policy: linear runs in the autocast dtype
+        x, weight, bias = _autocast(x.device.type, False, x, weight, bias)
     _lr.check_args(x, weight, bias)
     name = _backend.resolve(_lr.OP, backend, x.device.type, x.dtype)
     if name == "torch":
         return reference.linear_relu(x, weight, bias)
-    return _lr.LinearReLUFunction.apply(x, weight, bias, name)
+    return _lr.ops(name).linear_relu_fwd(x, weight, bias)
+
+
+def _autocast(device: str, to_float32: bool, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The floating tensors cast as autocast would for the op replaced, when autocast is on for
+    ``device`` (the registered ops' Autocast kernels do the same; casting here first lets the argument
+    checks see the dtypes the op will run in, e.g. an fp32 weight beside a bf16 activation)."""
+    dtype = _autograd.autocast_dtype(device, to_float32)
+    if dtype is None:
+        return tensors
+    return tuple(_autograd.cast_for_autocast(t, device, dtype) for t in tensors)

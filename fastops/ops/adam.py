@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from fastops import _backend, reference
+from fastops.ops import _autograd
+from fastops.ops._devices import check_same_device
 
 OP = "adam"
 
@@ -29,13 +31,59 @@ SCHEMA = (
 )
 
 
-def adam_step_fake(*args: object, **kwargs: object) -> None:
-    """The step writes only into its arguments: nothing to allocate, no shapes to compute."""
-    return None
+def adam_step_fake(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    lr: float,
+    lr_tensor: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+) -> None:
+    """The step writes only into its arguments: nothing to allocate, no shapes to compute. It checks
+    that every tensor is on one device: a meta tensor among CPU ones dispatches here (Meta outranks
+    CPU), and the step would otherwise silently do nothing."""
+    check_same_device(
+        "adam_step_",
+        params=params,
+        grads=grads,
+        exp_avgs=exp_avgs,
+        exp_avg_sqs=exp_avg_sqs,
+        max_exp_avg_sqs=max_exp_avg_sqs,
+        state_steps=state_steps,
+        lr_tensor=lr_tensor,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
 
 
 if _backend.NATIVE_LOADED:
     torch.library.register_fake("fastops::adam_step_")(adam_step_fake)
+    # No derivative: with grad mode on and a parameter that requires grad it raises, as torch's
+    # in-place ops on such a leaf do (optimizers step under torch.no_grad()).
+    _autograd.register_in_place(torch.ops.fastops.adam_step_)
+
+
+def may_overlap(t: torch.Tensor) -> bool:
+    """True when two elements of ``t`` may share memory (csrc/fastops.h may_overlap): stride 0 on a
+    dimension of size > 1, or strides that, sorted, do not each exceed the span of the smaller ones."""
+    dims = sorted((abs(st), n) for st, n in zip(t.stride(), t.shape) if n > 1)
+    span = 0
+    for stride, size in dims:
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def check_hyperparameters(
@@ -101,6 +149,14 @@ def check_args(
             raise ValueError(
                 f"adam_step_: Adam does not support sparse gradients, please consider SparseAdam instead (grads[{i}])"
             )
+        written = [("params", params), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
+        written += [("max_exp_avg_sqs", max_exp_avg_sqs)] if amsgrad else []
+        for name, lst in written + [("state_steps", state_steps)]:
+            if may_overlap(lst[i]):
+                raise ValueError(
+                    f"adam_step_: {name}[{i}] has elements that share memory (an expanded or overlapping "
+                    f"as_strided view); it is written in place, so it must not"
+                )
         others = [("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
         if amsgrad:
             others.append(("max_exp_avg_sqs", max_exp_avg_sqs))
@@ -120,6 +176,15 @@ def check_args(
                 f"adam_step_: state_steps[{i}] must be a one-element float32 tensor on {dev}, got {s.dtype} "
                 f"of shape {tuple(s.shape)} on {s.device}"
             )
+
+
+def _local_shards(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each DTensor replaced by its local shard (the same memory: writes land in the DTensor)."""
+    if not any(type(t).__name__ == "DTensor" for t in tensors):
+        return tensors
+    from torch.distributed.tensor import DTensor
+
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
 def _on(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -153,6 +218,11 @@ def adam_step_(
     op. ``lr``, ``grad_scale`` and ``found_inf`` may be tensors on another device (moved without a
     host sync, as torch's fused Adam does).
     """
+    # DTensor parameters (FSDP2's fully_shard, tensor parallel): Adam is elementwise, so each rank
+    # steps its local shards; the states made with zeros_like(param) are sharded the same way.
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
+        _local_shards(lst) for lst in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+    )
     # A tensor lr is not range-checked here: that would read it back from the device every step.
     check_hyperparameters(0.0 if isinstance(lr, torch.Tensor) else lr, (beta1, beta2), eps, weight_decay)
     n = len(params)

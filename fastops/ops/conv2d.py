@@ -1,10 +1,11 @@
-"""Conv2d: fake kernels of the native ops, argument normalisation and checks, the autograd.Function.
+"""Conv2d: fake kernels of the native ops, argument normalisation and checks, the ops' autograd.
 
 The registered ops take the canonical form only: 4-D input, pairs of ints, symmetric padding.
 :func:`normalize_args` turns every form ``torch.nn.functional.conv2d`` accepts into it: int or
 tuple arguments, ``padding="valid"`` / ``"same"`` (an odd total padding is made symmetric by
 padding the input's bottom / right by one more, as torch does), unbatched ``(C, H, W)`` input.
-``Conv2dFunction`` is the one place that knows both passes.
+:func:`register` is the one place that knows both passes, for each backend's namespace: both ops
+are differentiable (see :mod:`fastops.ops._autograd`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastops import _backend
+from fastops import _backend, reference
+from fastops.ops import _autograd
 from fastops.ops import _conv2d_shapes as shapes
 
 OP = "conv2d"
@@ -92,6 +94,8 @@ def normalize_args(
         raise ValueError(f"conv2d: groups={groups} must divide the input channels C={c}")
     if k % groups != 0:
         raise ValueError(f"conv2d: groups={groups} must divide the output channels K={k} (weight.shape[0])")
+    if min(k, weight.shape[2], weight.shape[3]) <= 0:
+        raise ValueError(f"conv2d: weight must be non-empty, got {_shape(weight.shape)}")
     if weight.shape[1] * groups != c:
         raise ValueError(
             f"conv2d: weight must have shape ({k}, {c // groups}, R, S) for input with C={c} channels and "
@@ -134,7 +138,8 @@ def normalize_args(
     return x, st, pad, dil, unbatched
 
 
-def _ops(backend: str):  # noqa: ANN202 - a torch.ops namespace
+def ops(backend: str):  # noqa: ANN201 - a torch.ops namespace
+    """The namespace holding ``backend``'s conv2d ops (importing the Triton module registers them)."""
     if backend == "native":
         return torch.ops.fastops
     import fastops.triton.conv2d  # noqa: F401  (registers torch.ops.fastops_triton.conv2d_*)
@@ -142,55 +147,70 @@ def _ops(backend: str):  # noqa: ANN202 - a torch.ops namespace
     return torch.ops.fastops_triton
 
 
-class Conv2dFunction(torch.autograd.Function):
-    """y = act(conv2d(x, weight) + bias) through the registered ops of one backend.
+def _fwd_composition(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """conv2d_fwd as torch ops (the reference), in the op's memory format."""
+    y = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, "relu" if relu else None)
+    return y.contiguous(memory_format=shapes.memory_format(x, weight))
 
-    forward(x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) | None, stride, padding, dilation
-    (pairs, symmetric padding), groups, relu, backend ("native" | "triton"), channels_last) ->
-    y (N, K, P, Q) in x's dtype: channels_last when x or weight is (the ops' rule,
-    :func:`fastops.ops._conv2d_shapes.memory_format`), contiguous when ``channels_last`` is False.
-    """
 
-    @staticmethod
-    def forward(  # noqa: ANN205
-        ctx,  # noqa: ANN001
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        stride: list[int],
-        padding: list[int],
-        dilation: list[int],
-        groups: int,
-        relu: bool,
-        backend: str,
-        channels_last: bool,
-    ):
-        y = _ops(backend).conv2d_fwd(x, weight, bias, stride, padding, dilation, groups, relu)
-        ctx.save_for_backward(x, weight, y if relu else None)
-        ctx.config = (stride, padding, dilation, groups, relu, backend, bias is not None)
-        if not channels_last:  # the op follows x / weight's layout; an unbatched call returns contiguous
-            y = y.contiguous()
-        return y
+def _bwd_composition(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """conv2d_bwd as torch ops: aten's convolution_backward, itself differentiable (double backward
+    of a convolution); a masked-off output is an empty (0,) tensor, as the op returns."""
+    k = weight.shape[0]
+    outs = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, [k] if output_mask[2] else None, stride, padding, dilation, False, [0, 0], groups,
+        list(output_mask),
+    )  # fmt: skip
+    return tuple(o if o is not None else x.new_empty((0,)) for o in outs)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+
+def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
+    """Autograd (double backward included), vmap and autocast of ``namespace``'s conv2d ops."""
+
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, weight, bias, stride, padding, dilation, groups, relu = inputs
+        ctx.save_for_backward(x, weight, output if relu else None)
+        ctx.config = (stride, padding, dilation, groups, relu, bias is not None)
+
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
         x, weight, y = ctx.saved_tensors
-        stride, padding, dilation, groups, relu, backend, has_bias = ctx.config
+        stride, padding, dilation, groups, relu, has_bias = ctx.config
         if relu:
             # threshold_backward's mask: zero where y <= 0, grad where y is NaN (a NaN output is not
             # a clipped unit; torch passes its gradient on).
             grad = torch.where(y <= 0, 0, grad)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
-        gx, gw, gb = _ops(backend).conv2d_bwd(grad, x, weight, stride, padding, dilation, groups, mask)
-        return (
-            gx if mask[0] else None,
-            gw if mask[1] else None,
-            gb if mask[2] else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], has_bias and need[2]]
+        gx, gw, gb = namespace.conv2d_bwd(grad, x, weight, stride, padding, dilation, groups, mask)
+        return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None) + (None,) * 5
+
+    _autograd.register_differentiable(
+        namespace.conv2d_fwd, setup_context=setup_context, backward=backward, composition=_fwd_composition
+    )
+    bwd_setup, bwd_backward = _autograd.recomputed_backward(_bwd_composition)
+    _autograd.register_differentiable(
+        namespace.conv2d_bwd, setup_context=bwd_setup, backward=bwd_backward, composition=_bwd_composition
+    )
+    _autograd.register_autocast(namespace.conv2d_fwd, to_float32=False)
+
+
+if _backend.NATIVE_LOADED:
+    register(torch.ops.fastops)

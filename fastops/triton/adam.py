@@ -44,6 +44,7 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
+from fastops.ops import _autograd
 from fastops.ops.adam import SCHEMA, adam_step_fake, check_args, check_hyperparameters
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, triton_library_op
@@ -258,3 +259,7 @@ def adam_step_(
                 dst.copy_(src)
     # step += 1, or += 0 on an overflow step: no host sync.
     torch._foreach_add_(state_steps, (1 - found).reshape(()))
+
+
+# No derivative (see fastops.ops._autograd.register_in_place), as the native op.
+_autograd.register_in_place(torch.ops.fastops_triton.adam_step_)

@@ -58,7 +58,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastops.ops._conv2d_shapes import bwd_fake, fwd_fake, memory_format, out_size
+from fastops.ops import conv2d as _stem_ops
+from fastops.ops._conv2d_shapes import bwd_fake, check_geometry_range, fwd_fake, memory_format, out_size
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
@@ -285,6 +286,7 @@ def check_args(
         raise ValueError(f"{op}: padding must be non-negative, got {list(padding)}")
     if groups < 1:
         raise ValueError(f"{op}: groups must be positive, got {groups}")
+    check_geometry_range(op, x.shape, weight.shape, stride, padding, dilation)
     c, k = x.shape[1], weight.shape[0]
     if c % groups:
         raise ValueError(f"{op}: groups={groups} must divide the input channels C={c}")
@@ -449,3 +451,8 @@ def conv2d_bwd(
     if output_mask[1]:
         dw = dw.contiguous(memory_format=out_format)
     return dx, dw, db
+
+
+# Autograd (double backward included), vmap and autocast of the ops above: the same registration as
+# the native ops', from the one place that knows both passes.
+_stem_ops.register(torch.ops.fastops_triton)

@@ -83,6 +83,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from fastops.ops import cross_entropy as _stem_ops
 from fastops.ops._cross_entropy_shapes import (
     acc_dtype,
     bwd_fake,
@@ -157,7 +158,10 @@ def cross_entropy_fwd_online_lse_kernel(
             wt = tl.load(tgt_ptr + off, mask=live, other=0.0).to(acc)
             if HAS_WEIGHT:
                 wt = w * wt
-            swtxr += d * swt + tl.sum(wt * xr, axis=0)
+            if SMOOTHING:  # t = 0 adds nothing: its -inf comes in through sxr (loss +inf, as torch), not 0 * -inf
+                swtxr += d * swt + tl.sum(tl.where(wt == 0, 0.0, wt * xr), axis=0)
+            else:
+                swtxr += d * swt + tl.sum(wt * xr, axis=0)
             swt += tl.sum(wt, axis=0)
     ls = tl.log(s).to(acc)
     finite = (m > float("-inf")) & (m < float("inf"))  # all -inf, +inf or NaN: a NaN loss, as torch
@@ -273,7 +277,9 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
                     grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * g0
                 else:
                     grad -= g0
-            grad = tl.where(keep, grad, 0.0)  # exact zeros for ignored rows, even where x is inf/NaN
+            # exact zeros for ignored rows, even where x is inf/NaN; NaN when the row's max is not
+            # finite, as torch's log_softmax backward
+            grad = tl.where(keep, grad, tl.where(finite, 0.0, float("nan")))
             tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=live)
 
 
@@ -405,6 +411,8 @@ def cross_entropy_bwd(
     label_smoothing: float,
 ) -> torch.Tensor:
     """d loss / d logits for the per-row upstream gradient grad_loss: logits' shape and dtype, contiguous."""
+    if not logits.is_floating_point():  # before the (NaN-poisoned) output is made in its dtype
+        raise TypeError(f"cross_entropy_bwd: logits must be a floating tensor, got {logits.dtype}")
     out = new_output(logits.shape, logits.dtype, logits.device)
     _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, out)
     return out
@@ -430,3 +438,8 @@ def cross_entropy_bwd_(
     if not logits.is_contiguous():
         raise ValueError("cross_entropy_bwd_: logits must be contiguous to be overwritten")
     _launch_bwd("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, logits)
+
+
+# Autograd (double backward included), vmap and autocast of the ops above: the same registration as
+# the native ops', from the one place that knows both passes.
+_stem_ops.register(torch.ops.fastops_triton)

@@ -68,6 +68,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from fastops.ops import linear_relu as _stem_ops
 from fastops.ops._linear_relu_shapes import bwd_fake, check_args, check_bwd_args, fwd_fake
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
@@ -245,3 +246,8 @@ def linear_relu_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), x's dtype, contiguous."""
     return _launch_bwd(grad_out, x, weight, out)
+
+
+# Autograd (double backward included), vmap and autocast of the ops above: the same registration as
+# the native ops', from the one place that knows both passes.
+_stem_ops.register(torch.ops.fastops_triton)
