@@ -43,6 +43,25 @@ def _lib(namespace: str) -> torch.library.Library:
     return _LIBS[namespace]
 
 
+def _impl(overload: torch._ops.OpOverload, fn: Callable[..., Any], key: str, *, with_keyset: bool = False) -> None:
+    """Register ``fn`` as ``overload``'s kernel at dispatch key ``key``.
+
+    The Triton ops are ``torch.library.custom_op``s, which come with an Autograd kernel of their own
+    (the one whose autograd.Function torch.func refuses). torch >= 2.12 lets a Library override it;
+    torch 2.11 (the GPU image's) refuses in Python before the dispatcher is asked, through a
+    registry of the keys Python has registered. Dropping the op's key from that registry is what
+    the newer ``allow_override=True`` default amounts to; the dispatcher itself takes the new kernel.
+    """
+    lib = _lib(overload.namespace)
+    try:
+        lib.impl(overload._opname, fn, key, with_keyset=with_keyset)
+    except RuntimeError as exc:
+        if "already a kernel registered from python" not in str(exc):
+            raise
+        torch.library._impls.discard(f"{overload.namespace}/{overload._opname}/{key}")
+        lib.impl(overload._opname, fn, key, with_keyset=with_keyset)
+
+
 def _flat_tensors(args: Sequence[Any]) -> list[Tensor]:
     out: list[Tensor] = []
     for a in args:
@@ -107,9 +126,8 @@ def register_differentiable(
             return composition(*args)
         return OpFunction.apply(*args)
 
-    lib = _lib(overload.namespace)
-    lib.impl(overload._opname, autograd_kernel, "Autograd", with_keyset=True)
-    torch.library.register_vmap(overload, _loop_vmap_rule(overload), lib=lib)
+    _impl(overload, autograd_kernel, "Autograd", with_keyset=True)
+    torch.library.register_vmap(overload, _loop_vmap_rule(overload), lib=_lib(overload.namespace))
     return OpFunction
 
 
@@ -135,7 +153,7 @@ def register_in_place(op: torch._ops.OpOverloadPacket) -> None:
         with torch._C._AutoDispatchBelowAutograd():
             return overload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
-    _lib(overload.namespace).impl(overload._opname, kernel, "Autograd", with_keyset=True)
+    _impl(overload, kernel, "Autograd", with_keyset=True)
 
 
 def recomputed_backward(composition: Callable[..., Any]) -> tuple[Callable[..., None], Callable[..., Any]]:
@@ -211,7 +229,6 @@ def register_autocast(
     autocast dtype (``to_float32=False``: torch's lower-precision ops, conv2d / linear) or to float32
     (``to_float32=True``: torch's fp32 ops, cross_entropy), then the op runs with autocast off."""
     overload = op.default
-    lib = _lib(overload.namespace)
     for device in devices:
         key = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}[device]
 
@@ -221,7 +238,7 @@ def register_autocast(
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _key))):
                 return overload(*cast)
 
-        lib.impl(overload._opname, kernel, key)
+        _impl(overload, kernel, key)
 
 
 def cast_for_autocast(value: Any, device: str, dtype: torch.dtype) -> Any:  # noqa: ANN401
