@@ -19,7 +19,7 @@ OP = "linear_relu"
 _backend.register_op(
     OP,
     native_schema="linear_relu_fwd",
-    native={"cpu": _backend.FLOAT32_FLOAT64, "cuda": _backend.ALL_FLOAT_DTYPES},
+    native={"cpu": _backend.ALL_FLOAT_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
     triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.FLOAT32_FLOAT64},
 )
 
