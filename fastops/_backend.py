@@ -176,5 +176,5 @@ def backends() -> dict[str, dict[str, tuple[bool, str]]]:
 
 
 # Dtype sets shared by the op tables.
-CPU_NATIVE_DTYPES = (_f32, _f64)
+FLOAT32_FLOAT64 = (_f32, _f64)
 ALL_FLOAT_DTYPES = (_f16, _bf16, _f32, _f64)

@@ -22,8 +22,16 @@ KERNEL_BACKENDS = device_backend_params(("native", "triton"), ("native", "triton
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 
-def _dtypes(device: str) -> list[torch.dtype]:
-    return [torch.float32, torch.float64] + (LOW_PRECISION if device == "cuda" else [])
+def _dtypes(device: str, backend: str) -> list[torch.dtype]:
+    # Low precision on the GPU backends and in the native CPU kernels (the Triton interpreter's
+    # CPU table is float32 / float64).
+    low = device == "cuda" or backend == "native"
+    return [torch.float32, torch.float64] + (LOW_PRECISION if low else [])
+
+
+def _low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
+    """float16 / bfloat16 where the native CPU kernels run them (the extra cases below)."""
+    return LOW_PRECISION if (device, backend) == ("cpu", "native") else []
 
 
 # (input shape, weight shape, stride, padding, dilation, groups, bias, channels_last)
@@ -112,7 +120,7 @@ def _check_against_reference(backend, x, w, b, kw, what=""):
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "torch"), ("native", "torch")))
 @pytest.mark.parametrize("case", SWEEP, ids=_case_id)
 def test_matches_reference_sweep(device, backend, case):
-    for dtype in _dtypes(device):
+    for dtype in _dtypes(device, backend):
         x, w, b, kw = _make(case, dtype, device)
         _check_against_reference(backend, x, w, b, kw, f"{dtype}")
 
@@ -123,7 +131,7 @@ def test_matches_reference_sweep(device, backend, case):
 )
 @pytest.mark.parametrize("case", SWEEP_TRITON, ids=_case_id)
 def test_triton_matches_reference_sweep(device, case):
-    for dtype in _dtypes(device) if device == "cuda" else [torch.float32]:
+    for dtype in _dtypes(device, "triton") if device == "cuda" else [torch.float32]:
         x, w, b, kw = _make(case, dtype, device)
         _check_against_reference("triton", x, w, b, kw, f"{dtype}")
 
@@ -133,8 +141,9 @@ def test_tiled_rows_and_large_channels(device, backend):
     # More output rows than one column tile holds (CRS x rows x Q > 128k elements): several tiles
     # per sample with a partial last one, and a C R S reduction longer than any GPU K-tile.
     case = ((2, 16, 41, 70), (24, 16, 3, 3), 1, 1, 1, 1, True, False)
-    x, w, b, kw = _make(case, torch.float32, device)
-    _check_against_reference(backend, x, w, b, kw)
+    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+        x, w, b, kw = _make(case, dtype, device)
+        _check_against_reference(backend, x, w, b, kw, f"{dtype}")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -148,8 +157,9 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
             ((5, 6, 5, 7), (8, 3, 3, 3), 1, 1, 1, 2, True, False),  # whole chunk in one tile
             ((3, 40, 25, 30), (8, 40, 3, 3), (2, 1), (1, 2), (1, 2), 1, True, False),  # P=13: split, straddling tiles
         ]:
-            x, w, b, kw = _make(case, torch.float64, "cpu")
-            _check_against_reference("native", x, w, b, kw, f"threads={threads}")
+            for dtype in (torch.float64, torch.bfloat16):  # bfloat16: the brgemm kernels' own tiling
+                x, w, b, kw = _make(case, dtype, "cpu")
+                _check_against_reference("native", x, w, b, kw, f"threads={threads} {dtype}")
     finally:
         torch.set_num_threads(saved)
 
@@ -454,17 +464,44 @@ def test_raw_ops_reject_bad_input(device, backend):
         ns.conv2d_bwd(torch.zeros(2, 4, 2, 2, device=device), x, w, [1, 1], [0, 0], [1, 1], 1, [True, True, False])
 
 
-def test_bfloat16_on_cpu_falls_back_with_correct_result():
+def test_bfloat16_on_cpu_runs_native_with_correct_result():
+    # What torch.autocast("cpu", torch.bfloat16) hands a conv: auto picks the native CPU kernel (no
+    # fallback warning) and the result obeys the low-precision rule.
     x, w, b, kw = _make(((2, 3, 6, 5), (4, 3, 3, 3), 1, 1, 1, 1, True, False), torch.bfloat16, "cpu")
+    assert fastops._backend.resolve("conv2d", "auto", "cpu", torch.bfloat16) == "native"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("error", RuntimeWarning)
         _check_against_reference("auto", x, w, b, kw)
 
 
+@pytest.mark.parametrize("case", [SWEEP[0], SWEEP[2], SWEEP[5], SWEEP[13]], ids=_case_id)
+def test_bfloat16_cpu_widening_path(case):
+    # Where oneDNN's bfloat16 micro-kernel is not available (or oneDNN is disabled), bfloat16 runs
+    # the float32 kernels on widened copies, as float16 always does: the same rule holds.
+    x, w, b, kw = _make(case, torch.bfloat16, "cpu")
+    with torch.backends.mkldnn.flags(enabled=False):
+        _check_against_reference("native", x, w, b, kw, "widened")
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_cpu_fused_relu_low_precision(dtype):
+    # The fused ReLU acts on the float32 accumulator before the one rounding, and rounding commutes
+    # with max(., 0): bit-identical to ReLU after the unfused kernel (deterministic).
+    for case in (SWEEP[0], SWEEP[5], SWEEP[13]):
+        x, w, b, kw = _make(case, dtype, "cpu")
+        fused = FF.conv2d(x, w, b, activation="relu", backend="native", **kw)
+        assert torch.equal(fused, FF.conv2d(x, w, b, backend="native", **kw).relu())
+        ref = reference.conv2d(x.double(), w.double(), b.double(), activation="relu", **kw)
+        same = F.relu(F.conv2d(x, w, b, **kw))
+        assert_close_to_reference(*_unit(fused, ref), torch_same_dtype=_unit(same, ref)[0], what=f"relu {dtype}")
+
+
 def test_backend_resolution():
-    assert fastops._backend.resolve("conv2d", "auto", "cpu", torch.float32) == "native"
-    with pytest.raises(RuntimeError, match="take float32, float64, not float16"):
-        FF.conv2d(make_tensor((1, 2, 3, 3)).half(), make_tensor((1, 2, 1, 1)).half(), backend="native")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert fastops._backend.resolve("conv2d", "auto", "cpu", dtype) == "native"
+    unsupported = torch.float8_e4m3fn  # a floating dtype no kernel takes
+    with pytest.raises(RuntimeError, match="take bfloat16, float16, float32, float64, not float8_e4m3fn"):
+        FF.conv2d(make_tensor((1, 2, 3, 3), unsupported), make_tensor((1, 2, 1, 1), unsupported), backend="native")
     assert "conv2d" in fastops.backends()["native"]["cpu"][1]
 
 

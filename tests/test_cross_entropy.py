@@ -21,10 +21,15 @@ LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 
 def _dtypes(device: str, backend: str, shape: tuple[int, ...]) -> list[torch.dtype]:
-    # Low precision runs on the GPU backends, and on CPU through the (slow) Triton interpreter for
-    # the (N, C) shape.
-    low = device == "cuda" or (backend == "triton" and len(shape) == 2)
+    # Low precision runs on the GPU backends, in the native CPU kernels, and on CPU through the
+    # (slow) Triton interpreter for the (N, C) shape.
+    low = device == "cuda" or backend == "native" or (backend == "triton" and len(shape) == 2)
     return [torch.float32, torch.float64] + (LOW_PRECISION if low else [])
+
+
+def _low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
+    """float16 / bfloat16 where the native CPU kernels run them (the extra cases below)."""
+    return LOW_PRECISION if (device, backend) == ("cpu", "native") else []
 
 
 def _make_case(shape, probs, with_weight, dtype, device, ignore_frac=0.2):
@@ -89,11 +94,13 @@ def test_matches_reference_every_argument_form(device, backend, shape, probs):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_large_vocabulary_is_tiled(device, backend):
-    # More classes than any single tile or L1 block: 70k classes in float32.
-    x, target, _ = _make_case((3, 70001), False, False, torch.float32, device, ignore_frac=0.0)
-    _check_against_reference(backend, x, target, None, dict(reduction="mean", label_smoothing=0.1))
-    x, target, weight = _make_case((2, 70001), True, True, torch.float32, device)
-    _check_against_reference(backend, x, target, weight, dict(reduction="sum"))
+    # More classes than any single tile or L1 block: 70k classes in float32 (and float16 / bfloat16
+    # on the native CPU kernels, whose rows are widened block by block).
+    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+        x, target, _ = _make_case((3, 70001), False, False, dtype, device, ignore_frac=0.0)
+        _check_against_reference(backend, x, target, None, dict(reduction="mean", label_smoothing=0.1), f"{dtype}")
+        x, target, weight = _make_case((2, 70001), True, True, dtype, device)
+        _check_against_reference(backend, x, target, weight, dict(reduction="sum"), f"{dtype}")
 
 
 def test_torch_composition_rule_still_rejects():
@@ -116,15 +123,19 @@ def test_torch_composition_rule_still_rejects():
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_extreme_logits(device, backend):
-    x, target, _ = _make_case((6, 300), False, False, torch.float32, device, ignore_frac=0.0)
-    x = x * 1e4  # exp would overflow without max subtraction
-    x[1, ::3] = float("-inf")  # masked classes
-    target[1] = 1
-    _check_against_reference(backend, x, target, None, dict(reduction="none"))
-    x[2, 17] = float("nan")  # a NaN logit: NaN loss and gradient for its row only
-    x[3] = float("-inf")  # a fully masked row: NaN, as in torch
-    x[4, 5] = float("inf")  # a +inf logit: NaN loss and gradient for its row, as torch's log_softmax
-    _check_against_reference(backend, x, target, None, dict(reduction="none"))
+    # float32; float16 / bfloat16 on the native CPU kernels, with the spatial (lane-parallel) path too.
+    cases = [(torch.float32, (6, 300))]
+    cases += [(dt, shape) for dt in _low_precision_native_cpu(device, backend) for shape in ((6, 300), (6, 300, 5))]
+    for dtype, shape in cases:
+        x, target, _ = _make_case(shape, False, False, dtype, device, ignore_frac=0.0)
+        x = x * (1e4 if dtype != torch.float16 else 1e3)  # exp would overflow without max subtraction
+        x[1, ::3] = float("-inf")  # masked classes
+        target[1] = 1
+        _check_against_reference(backend, x, target, None, dict(reduction="none"), f"{dtype} {shape}")
+        x[2, 17] = float("nan")  # a NaN logit: NaN loss and gradient for its row only
+        x[3] = float("-inf")  # a fully masked row: NaN, as in torch
+        x[4, 5] = float("inf")  # a +inf logit: NaN loss and gradient for its row, as torch's log_softmax
+        _check_against_reference(backend, x, target, None, dict(reduction="none"), f"{dtype} {shape}")
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -176,14 +187,19 @@ def test_noncontiguous_and_expanded_inputs(device, backend):
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
 def test_inplace_backward(device, backend):
-    x, target, weight = _make_case((13, 301), False, True, torch.float64, device)
-    ref = x.detach().clone().requires_grad_()
-    (g_ref,) = torch.autograd.grad(FF.cross_entropy(ref, target, weight, backend=backend), ref)
-    leaf = x.detach().clone().requires_grad_()
-    logits = leaf * 1.0  # a non-leaf buffer nobody else saved
-    (g,) = torch.autograd.grad(FF.cross_entropy(logits, target, weight, backend=backend, inplace_backward=True), leaf)
-    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(logits.detach(), g_ref)  # the logits buffer now holds the gradient
+    for dtype in [torch.float64, *_low_precision_native_cpu(device, backend)]:
+        x, target, weight = _make_case((13, 301), False, True, dtype, device)
+        ref = x.detach().clone().requires_grad_()
+        (g_ref,) = torch.autograd.grad(FF.cross_entropy(ref, target, weight, backend=backend), ref)
+        leaf = x.detach().clone().requires_grad_()
+        logits = leaf * 1.0  # a non-leaf buffer nobody else saved
+        out = FF.cross_entropy(logits, target, weight, backend=backend, inplace_backward=True)
+        (g,) = torch.autograd.grad(out, leaf)
+        # the same kernel writes either buffer: float16 / bfloat16 too must agree to the last bit
+        torch.testing.assert_close(
+            g, g_ref, rtol=1e-12 if dtype == torch.float64 else 0, atol=1e-14 if dtype == torch.float64 else 0
+        )
+        torch.testing.assert_close(logits.detach(), g_ref)  # the logits buffer now holds the gradient
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton", "torch"), ()))
@@ -236,7 +252,11 @@ def _namespace(backend):
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
 def test_opcheck(device, backend):
     ns = _namespace(backend)
-    for x, target, weight, ignore_index, smoothing in _op_samples(device):
+    # float16 / bfloat16 on the native CPU kernels: loss and stats in float32, the gradient in the logits' dtype
+    samples = [
+        s for dt in [torch.float64, *_low_precision_native_cpu(device, backend)] for s in _op_samples(device, dt)
+    ]
+    for x, target, weight, ignore_index, smoothing in samples:
         torch.library.opcheck(ns.cross_entropy_fwd, (x, target, weight, ignore_index, smoothing))
         loss, stats = ns.cross_entropy_fwd(x, target, weight, ignore_index, smoothing)
         grad = torch.randn_like(loss)
@@ -409,21 +429,26 @@ def test_raw_ops_reject_bad_input(device, backend):
         ns.cross_entropy_bwd(loss, x, torch.tensor([0, 1, 1, 99], device=device), None, stats, -100, 0.0)
 
 
+# A floating dtype no kernel takes (the native ones take float16, bfloat16, float32 and float64).
+UNSUPPORTED = torch.float8_e4m3fn
+
+
 def test_backend_resolution(monkeypatch):
     x = make_tensor((3, 4))
     target = torch.zeros(3, dtype=torch.long)
-    assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float32) == "native"
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert fastops._backend.resolve("cross_entropy", "auto", "cpu", dtype) == "native"
     with pytest.warns(RuntimeWarning, match="using the torch composition"):
-        assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.bfloat16) == "torch"
-    with pytest.raises(RuntimeError, match="take float32, float64, not bfloat16"):
-        FF.cross_entropy(x.bfloat16(), target, backend="native")
+        assert fastops._backend.resolve("cross_entropy", "auto", "cpu", UNSUPPORTED) == "torch"
+    with pytest.raises(RuntimeError, match="take bfloat16, float16, float32, float64, not float8_e4m3fn"):
+        FF.cross_entropy(x.to(UNSUPPORTED), target, backend="native")
     with pytest.raises(ValueError, match="backend must be one of"):
         FF.cross_entropy(x, target, backend="fast")
     monkeypatch.setenv("FASTOPS_BACKEND", "torch")
     assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float32) == "torch"
     monkeypatch.setenv("FASTOPS_BACKEND", "native")
     with pytest.raises(RuntimeError, match="cannot run"):
-        fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float16)
+        fastops._backend.resolve("cross_entropy", "auto", "cpu", UNSUPPORTED)
     report = fastops.backends()
     assert report["native"]["cpu"][0] and "cross_entropy" in report["native"]["cpu"][1]
     assert report["torch"]["cpu"][0]
@@ -431,10 +456,13 @@ def test_backend_resolution(monkeypatch):
         assert not report["triton"]["cuda"][0] and "no CUDA device" in report["triton"]["cuda"][1]
 
 
-def test_bfloat16_on_cpu_falls_back_with_correct_result():
+def test_bfloat16_on_cpu_runs_native_with_correct_result():
+    # What torch.autocast("cpu", torch.bfloat16) hands the loss when its input is bfloat16: auto
+    # picks the native CPU kernel (no fallback warning) and the result obeys the low-precision rule.
     x, target, _ = _make_case((5, 9), False, False, torch.bfloat16, "cpu")
+    assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.bfloat16) == "native"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("error", RuntimeWarning)
         _check_against_reference("auto", x, target, None, dict(label_smoothing=0.1))
 
 

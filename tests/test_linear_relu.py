@@ -21,8 +21,16 @@ KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 
-def _dtypes(device: str) -> list[torch.dtype]:
-    return [torch.float32, torch.float64] + (LOW_PRECISION if device == "cuda" else [])
+def _dtypes(device: str, backend: str) -> list[torch.dtype]:
+    # Low precision on the GPU backends and in the native CPU kernels (the Triton interpreter's
+    # CPU table is float32 / float64).
+    low = device == "cuda" or backend == "native"
+    return [torch.float32, torch.float64] + (LOW_PRECISION if low else [])
+
+
+def _low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
+    """float16 / bfloat16 where the native CPU kernels run them (the extra cases below)."""
+    return LOW_PRECISION if (device, backend) == ("cpu", "native") else []
 
 
 def _out_and_grads(fn, x, weight, bias, g):
@@ -79,7 +87,7 @@ SHAPES = [
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 def test_matches_reference(device, backend, xshape, n, with_bias):
     k = xshape[-1]
-    for dtype in _dtypes(device):
+    for dtype in _dtypes(device, backend):
         x = make_tensor(xshape, dtype, device)
         weight = make_tensor((n, k), dtype, device, scale=_scale(k))
         bias = make_tensor((n,), dtype, device, scale=0.5) if with_bias else None
@@ -91,8 +99,10 @@ def test_tiles_and_vector_tails(device, backend):
     """Sizes that cross the kernels' tile edges: several M/N/K tiles with ragged ends, and N past
     the CPU kernel's 256-column tile with a SIMD tail."""
     m, k, n = (67, 70, 41) if backend == "triton" else (130, 67, 261)
-    x = make_tensor((m, k), torch.float32, device)
-    _check(backend, x, make_tensor((n, k), torch.float32, device, scale=_scale(k)), make_tensor((n,), device=device))
+    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+        x = make_tensor((m, k), dtype, device)
+        w = make_tensor((n, k), dtype, device, scale=_scale(k))
+        _check(backend, x, w, make_tensor((n,), dtype, device), f"{dtype}")
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -111,33 +121,39 @@ def test_zero_size_batch(device, backend, xshape):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_noncontiguous_x_and_transposed_weight(device, backend):
-    x = noncontiguous(make_tensor((2, 13, 21), torch.float32, device))
-    weight = make_tensor((21, 11), torch.float32, device, scale=_scale(21)).t()  # (11, 21), stride (1, 11)
-    assert not x.is_contiguous() and not weight.is_contiguous()
-    bias = noncontiguous(make_tensor((11,), torch.float32, device))
-    _check(backend, x, weight, bias, "strided")
-    # An expanded upstream gradient (from a sum) has zero strides.
-    out = FF.linear_relu(x.requires_grad_(), weight, bias, backend=backend)
-    (gx,) = torch.autograd.grad(out.sum(), x)
-    x64 = x.detach().double().requires_grad_()
-    (rgx,) = torch.autograd.grad(reference.linear_relu(x64, weight.double(), bias.double()).sum(), x64)
-    assert_close_to_reference(gx, rgx, what="grad_x from an expanded grad_out")
+    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+        x = noncontiguous(make_tensor((2, 13, 21), dtype, device))
+        weight = make_tensor((21, 11), dtype, device, scale=_scale(21)).t()  # (11, 21), stride (1, 11)
+        assert not x.is_contiguous() and not weight.is_contiguous()
+        bias = noncontiguous(make_tensor((11,), dtype, device))
+        _check(backend, x, weight, bias, f"strided {dtype}")
+        # An expanded upstream gradient (from a sum) has zero strides.
+        out = FF.linear_relu(x.requires_grad_(), weight, bias, backend=backend)
+        (gx,) = torch.autograd.grad(out.sum(), x)
+        x64 = x.detach().double().requires_grad_()
+        (rgx,) = torch.autograd.grad(reference.linear_relu(x64, weight.double(), bias.double()).sum(), x64)
+        same = None
+        if dtype in LOW_PRECISION:
+            xs = x.detach().requires_grad_()
+            (same,) = torch.autograd.grad(F.relu(F.linear(xs, weight, bias)).sum(), xs)
+        assert_close_to_reference(gx, rgx, torch_same_dtype=same, what=f"grad_x from an expanded grad_out {dtype}")
 
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_relu_edge_values(device, backend):
     """NaN stays NaN in the output (torch.relu), and a NaN / exact-zero output passes no gradient."""
-    x = make_tensor((6, 4), torch.float64, device)
-    x[2, 1] = float("nan")
-    weight = make_tensor((5, 4), torch.float64, device)
-    out = FF.linear_relu(x, weight, None, backend=backend)
-    assert torch.isnan(out[2]).all() and not torch.isnan(out[[0, 1, 3, 4, 5]]).any()
-    # K = 1 with x = 0 and no bias: every pre-activation is exactly 0 -> out 0, no gradient.
-    z = torch.zeros(3, 1, dtype=torch.float64, device=device, requires_grad=True)
-    w = make_tensor((4, 1), torch.float64, device, requires_grad=True)
-    out = FF.linear_relu(z, w, None, backend=backend)
-    gz, gw = torch.autograd.grad(out, (z, w), torch.ones_like(out))
-    assert (out == 0).all() and (gz == 0).all() and (gw == 0).all()
+    for dtype in [torch.float64, *_low_precision_native_cpu(device, backend)]:
+        x = make_tensor((6, 4), dtype, device)
+        x[2, 1] = float("nan")
+        weight = make_tensor((5, 4), dtype, device)
+        out = FF.linear_relu(x, weight, None, backend=backend)
+        assert torch.isnan(out[2]).all() and not torch.isnan(out[[0, 1, 3, 4, 5]]).any()
+        # K = 1 with x = 0 and no bias: every pre-activation is exactly 0 -> out 0, no gradient.
+        z = torch.zeros(3, 1, dtype=dtype, device=device, requires_grad=True)
+        w = make_tensor((4, 1), dtype, device, requires_grad=True)
+        out = FF.linear_relu(z, w, None, backend=backend)
+        gz, gw = torch.autograd.grad(out, (z, w), torch.ones_like(out))
+        assert (out == 0).all() and (gz == 0).all() and (gw == 0).all()
 
 
 @pytest.mark.parametrize("device,backend", KERNELS)
@@ -315,11 +331,13 @@ def test_raw_ops_reject_bad_input(device, backend):
 
 
 def test_backend_resolution():
-    assert fastops._backend.resolve("linear_relu", "auto", "cpu", torch.float32) == "native"
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert fastops._backend.resolve("linear_relu", "auto", "cpu", dtype) == "native"
+    unsupported = torch.float8_e4m3fn  # a floating dtype no kernel takes
     with pytest.warns(RuntimeWarning, match="using the torch composition"):
-        assert fastops._backend.resolve("linear_relu", "auto", "cpu", torch.bfloat16) == "torch"
-    x, w = make_tensor((3, 4), torch.bfloat16), make_tensor((2, 4), torch.bfloat16)
-    with pytest.raises(RuntimeError, match="take float32, float64, not bfloat16"):
+        assert fastops._backend.resolve("linear_relu", "auto", "cpu", unsupported) == "torch"
+    x, w = make_tensor((3, 4), unsupported), make_tensor((2, 4), unsupported)
+    with pytest.raises(RuntimeError, match="take bfloat16, float16, float32, float64, not float8_e4m3fn"):
         FF.linear_relu(x, w, backend="native")
     report = fastops.backends()
     assert "linear_relu" in report["native"]["cpu"][1]

@@ -1,4 +1,5 @@
-// Conv2d, C++ kernels for CPU tensors (float32, float64): forward, grad-input and grad-weight.
+// Conv2d, C++ kernels for CPU tensors (float16, bfloat16, float32, float64): forward, grad-input and
+// grad-weight.
 //
 // Math. x (N, C, H, W), w (K, Cg, R, S) with Cg = C / G, y (N, K, P, Q), group g owns channels
 // [g Kg, (g+1) Kg) of y and [g Cg, (g+1) Cg) of x. With hi = p sh - ph + r dh, wi = q sw - pw + s dw
@@ -26,6 +27,16 @@
 // tests; dgrad scatters into padded planes the same way and copies the interior to dx. 1x1
 // stride-1 unpadded convs skip the gather: x[n, g] is the GEMM operand. With a single chunk
 // (batch 1) the GEMMs run outside a parallel region, so BLAS threads them.
+// bfloat16 (where ATen has oneDNN's brgemm micro-kernel: x86-64 with AVX-512, oneDNN enabled) runs
+// the same tiles on cpublas::brgemm, bfloat16 x bfloat16 -> float32, one call per tile inside the
+// thread's loop: forward gathers the tile straight into the VNNI layout the kernel reads B in (row
+// pairs interleaved; the gather widens nothing, it only interleaves, 16 pairs per AVX-512 step) and
+// the epilogue adds the bias on the float32 tile and rounds once into y; dgrad packs the tile of dy
+// in VNNI, gets col' in float32 and scatters it into float32 padded planes, rounded once per chunk
+// into dx; wgrad gathers col row-major, packs dy^T in VNNI and accumulates dW^T (CRS x K) in float32
+// per chunk. float16 (oneDNN's float16 micro-kernel needs AVX512-FP16) and bfloat16 without the
+// micro-kernel take the widening path: float32 copies of x, w (and dy) through the float32
+// kernels, each output rounded once.
 //
 // Traffic (float32): forward reads x once (plus the padded copy: one more read + write of x), the
 // gathered tiles live in L2 (R S times the input's bytes pass through L2, not memory), w is read
@@ -33,7 +44,11 @@
 // unfused im2col path (slow_conv2d) materialises col per sample (4 P Q CRS bytes written and read
 // back); oneDNN's direct convolution (the baseline) gathers nothing.
 //
-// Numerics. Accumulation in the input dtype through BLAS (float32 / float64); dx sums the R S
+// Numerics. Accumulation in the input dtype through BLAS (float32 / float64); float32 for float16 /
+// bfloat16 (the micro-kernel's float32 C, or the float32 kernels on widened copies): y, dx, dW and db
+// are each rounded to the input dtype once, bias and ReLU applied to the float32 value first (ReLU
+// commutes with that rounding, so the fused ReLU equals ReLU of the unfused output bit for bit).
+// torch's own bfloat16 conv (oneDNN) also accumulates in float32 and rounds once. dx sums the R S
 // contributions of each pixel in (c, r, s, p, q) order, dW sums over samples in chunk order.
 // Scratch: two tile buffers per thread (<= max(kColBudget, CRS x (kMinCols + Q)) + Kg x tile
 // columns) and, with padding, the padded input (and dx) of the thread's chunk: O(input), never
@@ -50,19 +65,28 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <vector>
 
+#include "cpu/reduced_float.h"
 #include "fastops.h"
 
 namespace fastops {
 namespace {
 
 using at::vec::Vectorized;
+using cpu::convert_n;
+using cpu::load_wide;
+using cpu::store_narrow;
 
 // Elements of one gathered column tile: 64 Ki elements = 256 KiB of float32, so the tile the gather
 // writes is still in L2 when the GEMM reads it (measured: 2 MiB tiles were 1.4x slower on 32x32x16).
@@ -124,8 +148,9 @@ struct PaddedPlanes {
   int64_t n0 = 0, sample_stride = 0, plane = 0, Hs = 0, Ws = 0;
   std::unique_ptr<T[]> storage;
 
-  PaddedPlanes(const Conv2dGeometry& g, int64_t n0_, int64_t n1, const T* x) : n0(n0_) {
-    if (g.ph == 0 && g.pw == 0) {
+  // own: always allocate the planes (a float32 dx of bfloat16 input needs its own even unpadded).
+  PaddedPlanes(const Conv2dGeometry& g, int64_t n0_, int64_t n1, const T* x, bool own = false) : n0(n0_) {
+    if (g.ph == 0 && g.pw == 0 && !own) {
       Hs = g.H, Ws = g.W, plane = g.H * g.W, sample_stride = g.C * plane;
       ptr = const_cast<T*>(x) + n0 * sample_stride;  // read-only unless zero_for_scatter() was asked
       return;
@@ -157,13 +182,14 @@ struct PaddedPlanes {
     }
   }
   bool padded() const { return storage != nullptr; }
-  // dx of samples [n0, n1) <- the interior of the padded planes.
-  void copy_interior_to(const Conv2dGeometry& g, int64_t n1, T* dx) const {
+  // dx of samples [n0, n1) <- the interior of the padded planes (rounded once when O is narrower).
+  template <typename O>
+  void copy_interior_to(const Conv2dGeometry& g, int64_t n1, O* dx) const {
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t c = 0; c < g.C; ++c) {
         const T* src = ptr + (n - n0) * sample_stride + c * plane + g.ph * Ws + g.pw;
-        T* dst = dx + (n * g.C + c) * g.H * g.W;
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * g.W, src + h * Ws, sizeof(T) * g.W);
+        O* dst = dx + (n * g.C + c) * g.H * g.W;
+        for (int64_t h = 0; h < g.H; ++h) convert_n(src + h * Ws, dst + h * g.W, g.W);
       }
     }
   }
@@ -183,19 +209,22 @@ struct TileRows {
   }
 };
 
-// col (CRS x L, L = tile columns) <- the input patches of the tile's output rows, group gi.
+// col (CRS x L, L = tile columns; leading dimension ld >= L) <- the input patches of the tile's
+// output rows, group gi.
 template <typename T>
 void im2col_tile(const Conv2dGeometry& g, const PaddedPlanes<T>& src, int64_t gi, const Tile& t, const TileRows& tr,
-                 T* col) {
-  const int64_t L = t.cols(g), nrows = t.r1 - t.r0, Q = g.Q;
+                 T* col, int64_t ld) {
+  const int64_t nrows = t.r1 - t.r0, Q = g.Q;
   for (int64_t c = 0; c < g.Cg; ++c) {
     const T* xc = src.ptr + (gi * g.Cg + c) * src.plane;
     for (int64_t r = 0; r < g.R; ++r) {
       for (int64_t s = 0; s < g.S; ++s) {
-        T* dst = col + ((c * g.R + r) * g.S + s) * L;
+        T* dst = col + ((c * g.R + r) * g.S + s) * ld;
         for (int64_t i = 0; i < nrows; ++i, dst += Q) {
           const T* row = xc + tr.base[i] + (tr.h0[i] + r * g.dh) * src.Ws + s * g.dw;
-          if (g.sw == 1) {
+          if (g.sw == 1 && cpu::is_reduced_v<T>) {
+            std::memcpy(dst, row, sizeof(T) * Q);  // gcc leaves the c10::BFloat16 element loop scalar
+          } else if (g.sw == 1) {
             for (int64_t q = 0; q < Q; ++q) dst[q] = row[q];
           } else {
             for (int64_t q = 0; q < Q; ++q) dst[q] = row[q * g.sw];
@@ -275,7 +304,7 @@ void conv2d_fwd_kernel(const Conv2dGeometry& g, const at::Tensor& x, const at::T
         if (g.pointwise()) {
           at::mm_out(resv, wg, mat(xp + (n_first * g.C + gi * g.Cg) * g.hw() + p_first * g.Q, CRS, L, g.hw(), opts));
         } else {
-          im2col_tile(g, planes, gi, t, TileRows(g, t, planes), col.get());
+          im2col_tile(g, planes, gi, t, TileRows(g, t, planes), col.get(), L);
           at::mm_out(resv, wg, mat(col.get(), CRS, L, L, opts));
         }
         if (in_place && bias == nullptr && !relu) return;
@@ -362,7 +391,7 @@ void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::
           if (direct) {
             colv = mat(x_first, CRS, L, HW, opts);
           } else {
-            im2col_tile(g, planes, gi, t, rows_of(t), col.get());
+            im2col_tile(g, planes, gi, t, rows_of(t), col.get(), L);
             colv = mat(col.get(), CRS, L, L, opts);
           }
           dwg.addmm_(dyv, colv.t());
@@ -404,23 +433,312 @@ void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::
   }
 }
 
+// ---- bfloat16: oneDNN's brgemm micro-kernel, bfloat16 x bfloat16 -> float32 ------------------------
+
+// C (M x N, float32, leading dimension ldc) (+)= A (M x K, row-major, lda) B (K x N), with B in the
+// VNNI layout (K / 2 row pairs of 2 N interleaved elements, K even) and float32 accumulation: ATen's
+// cpublas::brgemm, oneDNN's ukernel (AVX512-BF16 dot products where the CPU has them). One thread,
+// one call: the kernels call it inside their own parallel loops.
+inline void brgemm_bf16(int64_t M, int64_t N, int64_t K, const c10::BFloat16* a, int64_t lda,
+                        const c10::BFloat16* b, float* c, int64_t ldc, bool add_c) {
+  at::native::cpublas::brgemm(M, N, K, lda, N, ldc, add_c, a, b, c, /*is_vnni=*/true);
+}
+
+// Whether that micro-kernel runs here: ATen built with oneDNN's ukernel API on x86-64 and a CPU
+// with AVX-512, and oneDNN not disabled (torch.backends.mkldnn.enabled). Else bfloat16 takes the
+// widening path (float32 copies through the float32 kernels), as float16 always does.
+bool bf16_brgemm_usable() {
+  if (!at::globalContext().userEnabledMkldnn()) return false;  // (and then the probe must not run)
+  static const bool works = [] {
+    try {
+      // [[1, 2], [3, 4]] [[5, 6], [7, 8]] = [[19, 22], [43, 50]], B as VNNI pairs (5, 7), (6, 8).
+      const c10::BFloat16 a[4] = {1.f, 2.f, 3.f, 4.f}, b[4] = {5.f, 7.f, 6.f, 8.f};
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      brgemm_bf16(2, 2, 2, a, 2, b, c, 2, false);
+      at::native::cpublas::brgemm_release(true);
+      return c[0] == 19.f && c[1] == 22.f && c[2] == 43.f && c[3] == 50.f;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return works;
+}
+
+inline int64_t round_up2(int64_t v) { return (v + 1) & ~int64_t(1); }
+
+// out[2 q] = a[q], out[2 q + 1] = b[q] (0 when b is null) for q < n: two bfloat16 rows as one VNNI
+// row pair. With AVX-512 16 pairs per step: each pair is one 32-bit word, a's element in the low half.
+inline void interleave_pair(const c10::BFloat16* a, const c10::BFloat16* b, c10::BFloat16* out, int64_t n) {
+  int64_t q = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  const auto widen = [](const c10::BFloat16* p, __mmask16 m) {
+    return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  };
+  for (; q < n; q += 16) {
+    const __mmask16 m = n - q >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - q)) - 1);
+    const __m512i lo = widen(a + q, m);
+    const __m512i hi = b ? _mm512_slli_epi32(widen(b + q, m), 16) : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(out + 2 * q, m, _mm512_or_si512(lo, hi));
+  }
+#endif
+  for (; q < n; ++q) {
+    out[2 * q] = a[q];
+    out[2 * q + 1] = b ? b[q] : c10::BFloat16(0.f);
+  }
+}
+
+// A (rows x cols, leading dimension ld) -> the VNNI layout of a K x N = rows x cols B operand with
+// rows rounded up to even (the pad row zero): out[(k / 2) 2 cols + 2 j + k % 2] = A[k, j].
+inline void pack_vnni(const c10::BFloat16* a, int64_t rows, int64_t cols, int64_t ld, c10::BFloat16* out) {
+  for (int64_t k = 0; k < rows; k += 2) {
+    interleave_pair(a + k * ld, k + 1 < rows ? a + (k + 1) * ld : nullptr, out + k * cols, cols);
+  }
+}
+
+// col (CRS x L) <- the tile's input patches (as im2col_tile), written in the VNNI layout of the
+// forward's B operand: element (crs, j) at (crs / 2) 2 L + 2 j + crs % 2, a zero pad row when CRS is
+// odd. tap[crs]: the offset of tap (c, r, s) in group 0's planes, c plane + r dh Ws + s dw.
+void im2col_tile_vnni(const Conv2dGeometry& g, const PaddedPlanes<c10::BFloat16>& src, int64_t gi, const Tile& t,
+                      const TileRows& tr, const std::vector<int64_t>& tap, c10::BFloat16* col) {
+  using S = c10::BFloat16;
+  const int64_t L = t.cols(g), nrows = t.r1 - t.r0, Q = g.Q, CRS = g.crs();
+  const S* base = src.ptr + gi * g.Cg * src.plane;
+  for (int64_t crs = 0; crs < CRS; crs += 2) {
+    S* dst = col + crs * L;
+    for (int64_t i = 0; i < nrows; ++i, dst += 2 * Q) {
+      const int64_t row = tr.base[i] + tr.h0[i] * src.Ws;
+      const S* a = base + tap[crs] + row;
+      const S* b = crs + 1 < CRS ? base + tap[crs + 1] + row : nullptr;
+      if (g.sw == 1) {
+        interleave_pair(a, b, dst, Q);
+      } else {
+        for (int64_t q = 0; q < Q; ++q) {
+          dst[2 * q] = a[q * g.sw];
+          dst[2 * q + 1] = b ? b[q * g.sw] : S(0.f);
+        }
+      }
+    }
+  }
+}
+
+// A^T in the VNNI layout, for a K x N = cols x rows B operand (cols even: A's pad column zero):
+// out[(j / 2) 2 rows + 2 k + j % 2] = A[k, j]. A pair (A[k, j], A[k, j+1]) moves as one 32-bit word.
+template <typename T>
+void pack_vnni_transposed(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
+  static_assert(sizeof(T) == 2);
+  const int64_t pairs = cols / 2;
+  constexpr int64_t B = 16;  // 16 x 16 pair blocks: both sides stay in L1
+  for (int64_t k0 = 0; k0 < rows; k0 += B) {
+    for (int64_t p0 = 0; p0 < pairs; p0 += B) {
+      const int64_t k1 = std::min(rows, k0 + B), p1 = std::min(pairs, p0 + B);
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t p = p0; p < p1; ++p) std::memcpy(out + 2 * (p * rows + k), a + k * ld + 2 * p, 2 * sizeof(T));
+      }
+    }
+  }
+}
+
+// Per thread, one chunk of samples: the bfloat16 forward. y[n, g] = W_g col (+ b, ReLU) with
+// col gathered straight into the VNNI layout, the product in float32, the epilogue on that float32
+// tile and one rounding to bfloat16 per output.
+void conv2d_fwd_brgemm(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                       bool relu, at::Tensor& y) {
+  using S = c10::BFloat16;
+  const S* xp = x.const_data_ptr<S>();
+  S* yp = y.mutable_data_ptr<S>();
+  const int64_t CRS = g.crs(), CRSp = round_up2(CRS), PQ = g.pq(), chunks = sample_chunks(g.N);
+  // A = W (K x CRS): its own memory when CRS is even, else a copy with a zero pad column.
+  std::vector<S> w_pad;
+  const S* wa = w.const_data_ptr<S>();
+  if (CRSp != CRS) {
+    w_pad.assign(static_cast<size_t>(g.K * CRSp), S(0));
+    for (int64_t k = 0; k < g.K; ++k) std::memcpy(w_pad.data() + k * CRSp, wa + k * CRS, sizeof(S) * CRS);
+    wa = w_pad.data();
+  }
+  std::vector<int64_t> tap(static_cast<size_t>(CRS));
+  {
+    const int64_t Hs = g.H + 2 * g.ph, Ws = g.W + 2 * g.pw;  // the planes' geometry (PaddedPlanes)
+    for (int64_t c = 0; c < g.Cg; ++c) {
+      for (int64_t r = 0; r < g.R; ++r) {
+        for (int64_t q = 0; q < g.S; ++q) tap[(c * g.R + r) * g.S + q] = c * Hs * Ws + r * g.dh * Ws + q * g.dw;
+      }
+    }
+  }
+  std::vector<float> b32(static_cast<size_t>(g.K), 0.f);
+  if (bias.defined()) convert_n(bias.const_data_ptr<S>(), b32.data(), g.K);
+  for_each_sample_chunk(g.N, chunks, [&](int64_t, int64_t n0, int64_t n1) {
+    const int64_t rows = tile_rows(g, n1 - n0), Lmax = rows * g.Q;
+    std::unique_ptr<S[]> col(new S[size_t(CRSp * Lmax)]);
+    std::unique_ptr<float[]> acc(new float[size_t(g.Kg * Lmax)]);
+    const PaddedPlanes<S> planes(g, n0, n1, xp);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for_each_tile(g, n0, n1, rows, [&](const Tile& t) {
+        const int64_t L = t.cols(g);
+        im2col_tile_vnni(g, planes, gi, t, TileRows(g, t, planes), tap, col.get());
+        brgemm_bf16(g.Kg, L, CRSp, wa + gi * g.Kg * CRSp, CRSp, col.get(), acc.get(), L, false);
+        const Vectorized<float> zero(0.f);
+        for_each_sample_segment(g, t, [&](int64_t n, int64_t p0, int64_t p1, int64_t off) {
+          const int64_t len = (p1 - p0) * g.Q;
+          for (int64_t k = 0; k < g.Kg; ++k) {
+            const float* src = acc.get() + k * L + off;
+            S* dst = yp + (n * g.K + gi * g.Kg + k) * PQ + p0 * g.Q;
+            const Vectorized<float> b(b32[gi * g.Kg + k]);
+            constexpr int64_t V = Vectorized<float>::size();
+            int64_t i = 0;
+            for (; i + V <= len; i += V) {
+              const Vectorized<float> v = Vectorized<float>::loadu(src + i) + b;
+              store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i);
+            }
+            if (i < len) {
+              const Vectorized<float> v = Vectorized<float>::loadu(src + i, len - i) + b;
+              store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i, len - i);
+            }
+          }
+        });
+      });
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+}
+
+// Per thread, one chunk of samples: the bfloat16 backward. Per tile, dy's tile (Kg x L) is copied
+// into a contiguous buffer with a zero pad column (L rounded up to even), then
+//   dgrad: col' (CRS x L, float32) = W_g^T (CRS x Kg) dy_tile, dy_tile packed VNNI over k pairs;
+//          col2im adds col' into float32 (padded) planes, rounded to bfloat16 once per chunk;
+//   wgrad: dW_g^T (CRS x Kg, float32) += col (CRS x L) dy_tile^T, col gathered row-major (a zero
+//          pad column), dy_tile^T packed VNNI over pixel pairs; the chunk partials are summed in
+//          chunk order, transposed and rounded once;
+//   db:    sum_{n, p, q} dy in float32 per chunk, then across chunks, rounded once.
+void conv2d_bwd_brgemm(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                       at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+  using S = c10::BFloat16;
+  const S* xp = x.const_data_ptr<S>();
+  const S* dyp = dy.const_data_ptr<S>();
+  const S* wp = w.const_data_ptr<S>();
+  const int64_t CRS = g.crs(), PQ = g.pq(), Kgp = round_up2(g.Kg), chunks = sample_chunks(g.N);
+  // dgrad's A: W_g^T (CRS x Kg) per group, a zero pad column when Kg is odd.
+  std::vector<S> wt;
+  if (dx) {
+    wt.assign(static_cast<size_t>(g.G * CRS * Kgp), S(0));
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t k = 0; k < g.Kg; ++k) {
+        const S* src = wp + (gi * g.Kg + k) * CRS;
+        S* dst = wt.data() + gi * CRS * Kgp + k;
+        for (int64_t i = 0; i < CRS; ++i) dst[i * Kgp] = src[i];
+      }
+    }
+  }
+  std::vector<std::vector<float>> dwt_part(dw ? chunks : 0);  // dW^T (CRS x K) per chunk
+  std::vector<std::vector<float>> db_part(db ? chunks : 0);
+  for_each_sample_chunk(g.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
+    const int64_t rows = tile_rows(g, n1 - n0), Lmax = rows * g.Q, Lpmax = round_up2(Lmax);
+    std::unique_ptr<S[]> dyt(new S[size_t(g.Kg * Lpmax)]);  // dy tile, row-major, ld Lp
+    std::unique_ptr<S[]> dyv(new S[size_t(std::max(Kgp * Lmax, Lpmax * g.Kg))]);  // its VNNI packs
+    std::unique_ptr<S[]> col(dw ? new S[size_t(CRS * Lpmax)] : nullptr);
+    std::unique_ptr<float[]> colf(dx ? new float[size_t(CRS * Lmax)] : nullptr);
+    if (dw) dwt_part[chunk].assign(static_cast<size_t>(CRS * g.K), 0.f);
+    const PaddedPlanes<S> planes(g, n0, dw ? n1 : n0, xp);
+    std::optional<PaddedPlanes<float>> dx_planes;
+    if (dx) dx_planes.emplace(g, n0, n1, nullptr, /*own=*/true);  // zeroed float32 scatter target
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for_each_tile(g, n0, n1, rows, [&](const Tile& t) {
+        const int64_t L = t.cols(g), Lp = round_up2(L);
+        for_each_sample_segment(g, t, [&](int64_t n, int64_t p0, int64_t p1, int64_t off) {
+          for (int64_t k = 0; k < g.Kg; ++k) {
+            std::memcpy(dyt.get() + k * Lp + off, dyp + (n * g.K + gi * g.Kg + k) * PQ + p0 * g.Q,
+                        sizeof(S) * (p1 - p0) * g.Q);
+          }
+        });
+        if (Lp != L) {
+          for (int64_t k = 0; k < g.Kg; ++k) dyt[k * Lp + L] = S(0);
+        }
+        // Both planes share the sample stride (C Hs Ws), so one row table serves the gather and the scatter.
+        const TileRows tr(g, t, planes);
+        if (dw) {
+          im2col_tile(g, planes, gi, t, tr, col.get(), Lp);
+          if (Lp != L) {
+            for (int64_t i = 0; i < CRS; ++i) col[i * Lp + L] = S(0);
+          }
+          pack_vnni_transposed(dyt.get(), g.Kg, Lp, Lp, dyv.get());
+          brgemm_bf16(CRS, g.Kg, Lp, col.get(), Lp, dyv.get(), dwt_part[chunk].data() + gi * g.Kg, g.K, true);
+        }
+        if (dx) {
+          pack_vnni(dyt.get(), g.Kg, L, Lp, dyv.get());
+          brgemm_bf16(CRS, L, Kgp, wt.data() + gi * CRS * Kgp, Kgp, dyv.get(), colf.get(), L, false);
+          col2im_tile_add(g, colf.get(), gi, t, tr, *dx_planes);
+        }
+      });
+    }
+    if (dx) dx_planes->copy_interior_to(g, n1, dx->mutable_data_ptr<S>());
+    if (db) {
+      db_part[chunk].assign(static_cast<size_t>(g.K), 0.f);
+      constexpr int64_t V = Vectorized<float>::size();
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t k = 0; k < g.K; ++k) {
+          const S* src = dyp + (n * g.K + k) * PQ;
+          Vectorized<float> sum(0.f);
+          int64_t i = 0;
+          for (; i + V <= PQ; i += V) sum = sum + load_wide(src + i);
+          if (i < PQ) sum = sum + load_wide(src + i, PQ - i);
+          db_part[chunk][k] += at::vec::vec_reduce_all<float>([](auto a, auto b) { return a + b; }, sum);
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+  if (dw) {
+    std::vector<float>& acc = dwt_part[0];
+    for (int64_t c = 1; c < chunks; ++c) {
+      at::vec::map2<float>([](auto a, auto b) { return a + b; }, acc.data(), acc.data(), dwt_part[c].data(),
+                           CRS * g.K);
+    }
+    S* dwp = dw->mutable_data_ptr<S>();
+    for (int64_t k = 0; k < g.K; ++k) {
+      for (int64_t i = 0; i < CRS; ++i) dwp[k * CRS + i] = static_cast<S>(acc[i * g.K + k]);
+    }
+  }
+  if (db) {
+    S* dbp = db->mutable_data_ptr<S>();
+    for (int64_t k = 0; k < g.K; ++k) {
+      float s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += db_part[c][k];
+      dbp[k] = static_cast<S>(s);
+    }
+  }
+}
+
+void check_cpu_dtype(const char* op, const at::Tensor& x) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+                   ": the CPU kernels take float16, bfloat16, float32 or float64 input, got ", dt);
+}
+
 at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& bias_,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           bool relu) {
   const BelowAutograd below_autograd;
   const auto g = check_conv2d_args("conv2d_fwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_bias("conv2d_fwd", g, x_, bias_);
-  TORCH_CHECK_TYPE(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
-                   "conv2d_fwd: the CPU kernel takes float32 or float64 input, got ", x_.scalar_type());
+  check_cpu_dtype("conv2d_fwd", x_);
   const at::Tensor x = x_.contiguous(), w = w_.contiguous();
   const at::Tensor bias = bias_.has_value() ? bias_->contiguous() : at::Tensor();
   at::Tensor y = new_output({g.N, g.K, g.P, g.Q}, x.options());
+  const auto dt = x.scalar_type();
   if (y.numel() > 0 && g.C == 0) {  // an empty reduction: y = bias (then ReLU)
     y.zero_();
     if (bias.defined()) y.add_(bias.view({1, g.K, 1, 1}));
     if (relu) y.clamp_min_(0);
+  } else if (y.numel() > 0 && dt == at::kBFloat16 && bf16_brgemm_usable()) {
+    conv2d_fwd_brgemm(g, x, w, bias, relu, y);
+  } else if (y.numel() > 0 && (dt == at::kHalf || dt == at::kBFloat16)) {
+    // Widening path: float32 copies through the float32 kernel, the output rounded once.
+    const at::Tensor b32 = bias.defined() ? bias.to(at::kFloat) : at::Tensor();
+    at::Tensor y32 = at::empty(y.sizes(), y.options().dtype(at::kFloat));
+    conv2d_fwd_kernel<float>(g, x.to(at::kFloat), w.to(at::kFloat),
+                             b32.defined() ? b32.const_data_ptr<float>() : nullptr, relu, y32);
+    y.copy_(y32);
   } else if (y.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_fwd_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(dt, "conv2d_fwd_cpu", [&] {
       conv2d_fwd_kernel<scalar_t>(g, x, w, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, relu, y);
     });
   }
@@ -435,9 +753,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
   const BelowAutograd below_autograd;
   const auto g = check_conv2d_args("conv2d_bwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
-  TORCH_CHECK_TYPE(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
-                   "conv2d_bwd: the CPU kernel takes float32 or float64 input, got ", x_.scalar_type());
+  check_cpu_dtype("conv2d_bwd", x_);
   const at::Tensor x = x_.contiguous(), w = w_.contiguous(), dy = dy_.contiguous();
+  const auto dt = x.scalar_type();
   const auto opts = x.options();
   at::Tensor dx = mask[0] ? new_output(x.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dw = mask[1] ? new_output(w.sizes(), opts) : at::empty({0}, opts);
@@ -447,8 +765,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
       if (mask[i]) (i == 0 ? dx : i == 1 ? dw : db).zero_();
     }
     if (mask[2] && g.N > 0) db.copy_(dy.sum({0, 2, 3}));
+  } else if (dt == at::kBFloat16 && bf16_brgemm_usable()) {
+    conv2d_bwd_brgemm(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr, mask[2] ? &db : nullptr);
+  } else if (dt == at::kHalf || dt == at::kBFloat16) {
+    // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
+    const auto f32 = opts.dtype(at::kFloat);
+    at::Tensor dx32 = mask[0] ? at::empty(x.sizes(), f32) : at::Tensor();
+    at::Tensor dw32 = mask[1] ? at::empty(w.sizes(), f32) : at::Tensor();
+    at::Tensor db32 = mask[2] ? at::empty({g.K}, f32) : at::Tensor();
+    conv2d_bwd_kernel<float>(g, dy.to(at::kFloat), x.to(at::kFloat), w.to(at::kFloat), mask[0] ? &dx32 : nullptr,
+                             mask[1] ? &dw32 : nullptr, mask[2] ? &db32 : nullptr);
+    if (mask[0]) dx.copy_(dx32);
+    if (mask[1]) dw.copy_(dw32);
+    if (mask[2]) db.copy_(db32);
   } else {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_bwd_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES(dt, "conv2d_bwd_cpu", [&] {
       conv2d_bwd_kernel<scalar_t>(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr,
                                   mask[2] ? &db : nullptr);
     });

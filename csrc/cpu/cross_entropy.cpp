@@ -1,4 +1,4 @@
-// Softmax cross-entropy, C++ kernels for CPU tensors (float32, float64).
+// Softmax cross-entropy, C++ kernels for CPU tensors (float16, bfloat16, float32, float64).
 //
 // Math. Row i has logits x (C classes), row max m, ls = log sum_c exp(x_c - m) (so the log-sum-exp
 // is lse = m + ls), class weights w (1 when absent), W = sum_c w_c, label smoothing e.
@@ -20,11 +20,14 @@
 // needs (relative to the block-updated max, re-based by (m_old - m_new) * partial sum when the max
 // moves), all from L1. D > 1 ((N, C, d1..dk)): a row is strided by D, so the SIMD lanes run over
 // D consecutive rows instead (contiguous loads along d) with a per-lane online max/sum-exp.
+// float16 / bfloat16 logits: the row path widens each block (and the target-probability block) to
+// float32 in L1 first, then runs the float32 block code on it; the lane path widens each load.
 //
-// Traffic (float32, N x C logits): forward reads N*C*4 bytes once and writes 3 floats per row;
-// backward reads the logits once and writes the gradient once: 12*N*C bytes for forward+backward
-// (+4*N*C with probability targets, read once per pass). Unfused PyTorch (log_softmax, nll_loss,
-// their backwards) moves about 6 N x C tensors: ~24*N*C bytes, and keeps an N x C log_softmax.
+// Traffic (s = bytes per logit: 4 for float32, 2 for float16 / bfloat16; N x C logits): forward
+// reads N*C*s bytes once and writes 3 accumulation-type numbers per row; backward reads the
+// logits once and writes the gradient once: 3*N*C*s bytes for forward+backward (+2*N*C*s with
+// probability targets, read once per pass). Unfused PyTorch (log_softmax, nll_loss, their
+// backwards) moves about 6 N x C tensors: ~6*N*C*s bytes, and keeps an N x C log_softmax.
 //
 // Numerics. The sum of exp is compensated: within an L1 block each SIMD lane adds with Kahan
 // compensation, and across blocks (row path) the sums run in float64 for float32 input; the lane
@@ -36,6 +39,11 @@
 // s = 1 + 1.8e-7 would keep one significant bit of it. Max subtraction makes exp never overflow. float32 uses ATen's exp_u20 (<= 20
 // ulp). A row whose max is not finite gets a NaN loss and gradient, as torch's log_softmax path:
 // NaN in the row, all -inf (m = -inf), or a +inf logit (m = +inf).
+// float16 / bfloat16 logits compute exactly as float32 ones (widening is exact): the weights are
+// widened once per call, the loss and the (m, ls) stats are float32 (the accumulation dtype,
+// cross_entropy_acc_dtype), and each gradient element is computed in float32 (the target class's
+// -(1-e) w_y term included) and rounded to the logits' dtype once, when stored. torch instead
+// rounds its log_softmax to bfloat16 before nll_loss and the softmax backward reads that back.
 //
 // Preconditions (checked in check_cross_entropy_args): C >= 1; target int64 of the row shape or
 // float of logits' shape; weight (C,). Class indices outside [0, C) other than ignore_index raise
@@ -52,12 +60,19 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/reduced_float.h"
 #include "fastops.h"
 
 namespace fastops {
 namespace {
 
 using at::vec::Vectorized;
+using cpu::compute_t;
+using cpu::convert_n;
+using cpu::is_reduced_v;
+using cpu::load_wide;
+using cpu::store_narrow;
+using cpu::widen;
 
 template <typename T>
 inline Vectorized<T> vexp(const Vectorized<T>& v) {
@@ -78,11 +93,15 @@ inline Vectorized<T> vexp_keep_nan(const Vectorized<T>& v) {
   return Vectorized<T>::blendv(vexp(v), v, v.isnan());
 }
 
-template <typename T>
+// Logits, targets and weights as the kernels see them: S is the storage type of the logits (and of
+// probability targets), T = compute_t<S> the arithmetic type (float for float16 / bfloat16 /
+// float32, double for float64). Weights are widened to T once per call.
+template <typename S>
 struct Args {
-  const T* x;          // logits (B, C, D)
+  using T = compute_t<S>;
+  const S* x;          // logits (B, C, D)
   const int64_t* y;    // class indices (B, D), or null
-  const T* t;          // class probabilities (B, C, D), or null
+  const S* t;          // class probabilities (B, C, D), or null
   const T* w;          // class weights (C,), or null
   int64_t B, C, D;
   int64_t ignore_index;
@@ -90,19 +109,20 @@ struct Args {
   T wsum;              // W = sum_c w_c (C without weights)
 };
 
-template <typename T>
-inline void check_index(int64_t yv, int64_t r, const Args<T>& a) {
+template <typename S>
+inline void check_index(int64_t yv, int64_t r, const Args<S>& a) {
   TORCH_CHECK_INDEX(yv >= 0 && yv < a.C, "cross_entropy: target[", r, "] = ", yv, " is out of bounds for ", a.C,
                     " classes (expected 0 <= target < ", a.C, ", or target == ignore_index ", a.ignore_index, ")");
 }
 
-// L1-resident block: 8 KiB of float32 logits plus the same of target probabilities.
+// L1-resident block: 8 KiB of compute-type logits plus the same of target probabilities (float16 /
+// bfloat16 rows are widened into such blocks first).
 template <typename T>
 constexpr int64_t kBlock = 8192 / sizeof(T);
 
 // ---- D == 1: contiguous rows ------------------------------------------------------------------
 
-// The type the row sums are carried in across blocks: float64 for float32 rows (see Numerics).
+// The type the row sums are carried in across blocks: float64 for float32 arithmetic (see Numerics).
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, float>, double, T>;
 
@@ -155,6 +175,7 @@ inline T sum_shift(T m) {
   return m == -std::numeric_limits<T>::infinity() ? T(0) : m;
 }
 
+// scratch: 2 kBlock<T> elements, used when S is narrower than T (the widened x and t blocks).
 // A term t_c (x_c - m) of swtxr. With label smoothing e > 0 every class carries target weight
 // (1 - e) t_c + e / C > 0, as torch computes it: a class with t_c = 0 and x_c = -inf then adds
 // nothing here and its -inf comes in through the smoothing sum (loss +inf, torch's), where the
@@ -165,8 +186,16 @@ inline Vectorized<T> zero_target_term(const Vectorized<T>& t, const Vectorized<T
   return smoothing ? Vectorized<T>::blendv(term, Vectorized<T>(0), t == Vectorized<T>(0)) : term;
 }
 
+// A term that label smoothing e adds: dropped, not multiplied by 0, when e == 0, so that a NaN or inf
+// weight of a class that is no target, or an infinite upstream gradient, does not make every
+// gradient of the row NaN through 0 * inf (torch's gradient has no smoothing terms then).
 template <typename T>
-RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx) {
+inline T smooth_term(T v, T e) {
+  return e > 0 ? v : T(0);
+}
+
+template <typename S, typename T = compute_t<S>>
+RowSums<T> row_sums(const S* x, const S* t, const T* w, int64_t C, bool need_sx, T* scratch) {
   using V = Vectorized<T>;
   const auto vmax = [](const V& a, const V& b) { return at::vec::maximum(a, b); };
   const auto vadd = [](const V& a, const V& b) { return a + b; };
@@ -178,7 +207,7 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
   RowSums<T> out{0, 0, 0, 0, 0};
   for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
     const int64_t n = std::min(kBlock<T>, C - c0);
-    const T* xb = x + c0;
+    const T* xb = widen(x + c0, n, scratch);
     const T bm = at::vec::reduce_all<T>(vmax, xb, n);
     const T shift_old = sum_shift(m);
     if (std::isnan(bm)) {
@@ -208,7 +237,7 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
       }
     }
     if (t) {
-      const T* tb = t + c0;
+      const T* tb = widen(t + c0, n, scratch + kBlock<T>);
       if (w) {
         out.swt += at::vec::map2_reduce_all<T>(vmul, vadd, tb, w + c0, n);
         out.swtxr += at::vec::map3_reduce_all<T>([&](V a, V b, V c) { return zero_target_term(a, a * b * (c - vs), need_sx); },
@@ -229,8 +258,8 @@ RowSums<T> row_sums(const T* x, const T* t, const T* w, int64_t C, bool need_sx)
 // cancels, and the loss of a row whose target is its max is ls itself, not (m + ls) - m rounded at
 // ulp(m). A row whose max is not finite (all -inf, a +inf or a NaN logit) gets a NaN loss, as
 // torch's log_softmax path.
-template <typename T>
-T row_loss(const Args<T>& a, int64_t r, const RowSums<T>& rs, T x_y) {
+template <typename S, typename T = compute_t<S>>
+T row_loss(const Args<S>& a, int64_t r, const RowSums<T>& rs, T x_y) {
   using A = acc_t<T>;
   const A e = a.eps, C = static_cast<A>(a.C);
   if (!a.t && a.y[r] == a.ignore_index) return 0;
@@ -241,21 +270,28 @@ T row_loss(const Args<T>& a, int64_t r, const RowSums<T>& rs, T x_y) {
   return static_cast<T>((1 - e) * wy * ((A(rs.m) - A(x_y)) + rs.ls) + smooth);
 }
 
-template <typename T>
-void fwd_rows(const Args<T>& a, T* loss, T* stats) {
+// Scratch for the widened blocks of one thread: empty when S is its own compute type.
+template <typename S, typename T = compute_t<S>>
+std::vector<T> block_scratch(int64_t blocks) {
+  return std::vector<T>(is_reduced_v<S> ? static_cast<size_t>(blocks * kBlock<T>) : 0);
+}
+
+template <typename S, typename T = compute_t<S>>
+void fwd_rows(const Args<S>& a, T* loss, T* stats) {
   const int64_t rows = a.B;
   at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
+    std::vector<T> scratch = block_scratch<S>(2);
     for (int64_t r = r0; r < r1; ++r) {
-      const T* x = a.x + r * a.C;
+      const S* x = a.x + r * a.C;
       T x_y = 0;
       if (!a.t) {
         const int64_t yv = a.y[r];
         if (yv != a.ignore_index) {
           check_index(yv, r, a);
-          x_y = x[yv];
+          x_y = static_cast<T>(x[yv]);
         }
       }
-      const RowSums<T> rs = row_sums<T>(x, a.t ? a.t + r * a.C : nullptr, a.w, a.C, a.eps > 0);
+      const RowSums<T> rs = row_sums<S>(x, a.t ? a.t + r * a.C : nullptr, a.w, a.C, a.eps > 0, scratch.data());
       stats[r] = rs.m;
       stats[rows + r] = static_cast<T>(rs.ls);
       loss[r] = row_loss(a, r, rs, x_y);
@@ -263,65 +299,87 @@ void fwd_rows(const Args<T>& a, T* loss, T* stats) {
   });
 }
 
-// A term that label smoothing e adds: dropped, not multiplied by 0, when e == 0, so that a NaN or inf
-// weight of a class that is no target, or an infinite upstream gradient, does not make every
-// gradient of the row NaN through 0 * inf (torch's gradient has no smoothing terms then).
-template <typename T>
-inline T smooth_term(T v, T e) {
-  return e > 0 ? v : T(0);
-}
-
 // p_c = exp((x_c - m) - ls): x_c - m is exact for x_c within a factor 2 of m (Sterbenz), so the
 // probabilities of the classes near the max keep full relative precision at any logit offset.
-template <typename T>
-void bwd_rows(const Args<T>& a, const T* grad, const T* stats, T* out) {
+// The row is swept in L1 blocks; a float16 / bfloat16 block is widened, computed in float32
+// (the target's term included) and rounded once when stored.
+template <typename S, typename T = compute_t<S>>
+void bwd_rows(const Args<S>& a, const T* grad, const T* stats, S* out) {
   using V = Vectorized<T>;
   const T e = a.eps, C = static_cast<T>(a.C);
   at::parallel_for(0, a.B, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
+    std::vector<T> scratch = block_scratch<S>(3);  // widened x block, t block, and the gradient block
+    T* const xbuf = scratch.data();
+    T* const tbuf = xbuf + (scratch.empty() ? 0 : kBlock<T>);
+    T* const obuf = tbuf + (scratch.empty() ? 0 : kBlock<T>);
+    // f(c0, n, x block, t block or null, gradient block), then the block is stored.
+    const auto for_each_block = [&](const S* x, const S* t, S* o, const auto& f) {
+      for (int64_t c0 = 0; c0 < a.C; c0 += kBlock<T>) {
+        const int64_t n = std::min(kBlock<T>, a.C - c0);
+        const T* xb = widen(x + c0, n, xbuf);
+        const T* tb = t ? widen(t + c0, n, tbuf) : nullptr;
+        if constexpr (is_reduced_v<S>) {
+          f(c0, n, xb, tb, obuf);
+          convert_n(obuf, o + c0, n);
+        } else {
+          f(c0, n, xb, tb, o + c0);
+        }
+      }
+    };
     for (int64_t r = r0; r < r1; ++r) {
-      const T* x = a.x + r * a.C;
-      T* o = out + r * a.C;
+      const S* x = a.x + r * a.C;
+      S* o = out + r * a.C;
       const T g = grad[r];
       const V vm(stats[r]), vls(stats[a.B + r]);
       const auto p = [&](const V& xv) { return vexp((xv - vm) - vls); };
       // NaN, +inf or all -inf rows: a NaN gradient
       const bool finite = std::isfinite(stats[r]) && std::isfinite(stats[a.B + r]);
       if (a.t) {
-        const T* t = a.t + r * a.C;
+        const S* t = a.t + r * a.C;
         if (!finite) {
-          std::fill(o, o + a.C, std::numeric_limits<T>::quiet_NaN());
+          std::fill(o, o + a.C, std::numeric_limits<S>::quiet_NaN());
           continue;
         }
         const auto vadd = [](const V& u, const V& v) { return u + v; };
-        const T swt = a.w ? at::vec::map2_reduce_all<T>([](V u, V v) { return u * v; }, vadd, t, a.w, a.C)
-                          : at::vec::reduce_all<T>(vadd, t, a.C);
+        T swt = 0;
+        for (int64_t c0 = 0; c0 < a.C; c0 += kBlock<T>) {
+          const int64_t n = std::min(kBlock<T>, a.C - c0);
+          const T* tb = widen(t + c0, n, tbuf);
+          swt += a.w ? at::vec::map2_reduce_all<T>([](V u, V v) { return u * v; }, vadd, tb, a.w + c0, n)
+                     : at::vec::reduce_all<T>(vadd, tb, n);
+        }
         const V coef(g * (1 - e) * swt + smooth_term(g * e / C * a.wsum, e)), g1(g * (1 - e)),
             g0(smooth_term(g * e / C, e));
-        if (a.w) {
-          at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; }, o, x, t, a.w, a.C);
-        } else {
-          at::vec::map2<T>([&](V xv, V tv) { return coef * p(xv) - (g1 * tv + g0); }, o, x, t, a.C);
-        }
+        for_each_block(x, t, o, [&](int64_t c0, int64_t n, const T* xb, const T* tb, T* ob) {
+          if (a.w) {
+            at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; }, ob, xb, tb,
+                             a.w + c0, n);
+          } else {
+            at::vec::map2<T>([&](V xv, V tv) { return coef * p(xv) - (g1 * tv + g0); }, ob, xb, tb, n);
+          }
+        });
         continue;
       }
       const int64_t yv = a.y[r];
       if (yv == a.ignore_index) {  // exact zeros; NaN when the row's max is not finite, as torch's
-        std::fill(o, o + a.C, finite ? T(0) : std::numeric_limits<T>::quiet_NaN());  // log_softmax backward
+        std::fill(o, o + a.C, finite ? S(0) : std::numeric_limits<S>::quiet_NaN());  // log_softmax backward
         continue;
       }
       check_index(yv, r, a);
       if (!finite) {
-        std::fill(o, o + a.C, std::numeric_limits<T>::quiet_NaN());
+        std::fill(o, o + a.C, std::numeric_limits<S>::quiet_NaN());
         continue;
       }
       const T wy = a.w ? a.w[yv] : T(1);
       const V coef(g * (1 - e) * wy + smooth_term(g * e / C * a.wsum, e)), g0(smooth_term(g * e / C, e));
-      if (a.w && e > 0) {
-        at::vec::map2<T>([&](V xv, V wv) { return coef * p(xv) - g0 * wv; }, o, x, a.w, a.C);
-      } else {
-        at::vec::map<T>([&](V xv) { return coef * p(xv) - g0; }, o, x, a.C);
-      }
-      o[yv] -= g * (1 - e) * wy;
+      for_each_block(x, nullptr, o, [&](int64_t c0, int64_t n, const T* xb, const T*, T* ob) {
+        if (a.w && e > 0) {
+          at::vec::map2<T>([&](V xv, V wv) { return coef * p(xv) - g0 * wv; }, ob, xb, a.w + c0, n);
+        } else {
+          at::vec::map<T>([&](V xv) { return coef * p(xv) - g0; }, ob, xb, n);
+        }
+        if (yv >= c0 && yv < c0 + n) ob[yv - c0] -= g * (1 - e) * wy;
+      });
     }
   });
 }
@@ -336,8 +394,8 @@ inline Vectorized<T> sub_max(const Vectorized<T>& a, const Vectorized<T>& m) {
   return V::blendv(a - m, ninf, m == ninf);
 }
 
-template <typename T>
-void fwd_cols(const Args<T>& a, T* loss, T* stats) {
+template <typename S, typename T = compute_t<S>>
+void fwd_cols(const Args<S>& a, T* loss, T* stats) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t chunks = (a.D + L - 1) / L, rows = a.B * a.D;
@@ -348,13 +406,13 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
     const V ninf(-std::numeric_limits<T>::infinity()), zero(0);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
-      const T* xb = a.x + b * a.C * a.D + d0;
-      const T* tb = a.t ? a.t + b * a.C * a.D + d0 : nullptr;
+      const S* xb = a.x + b * a.C * a.D + d0;
+      const S* tb = a.t ? a.t + b * a.C * a.D + d0 : nullptr;
       // Per lane as row_sums: relative sums against shift = m (0 while m is -inf), re-based when m moves.
       // s carries a Kahan compensation sc (the low part lost by the last additions), rescaled with s.
       V m(ninf), s(0), sc(0), sxr(0), ws(0), swt(0), swtxr(0), shift(0);
       for (int64_t c = 0; c < a.C; ++c) {
-        const V xv = V::loadu(xb + c * a.D, n);
+        const V xv = load_wide(xb + c * a.D, n);
         const V mn = at::vec::maximum(m, xv);
         const V scale = vexp_keep_nan(sub_max(m, mn));
         s = s * scale;
@@ -372,7 +430,7 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
           ws = ws + wc;
         }
         if (tb) {
-          const V tv = V::loadu(tb + c * a.D, n) * wc;
+          const V tv = load_wide(tb + c * a.D, n) * wc;
           swtxr = swtxr + delta * swt + zero_target_term(tv, tv * (xv - shift), need_sx);
           swt = swt + tv;
         }
@@ -390,7 +448,7 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
         T x_y = 0;
         if (!a.t && a.y[r] != a.ignore_index) {
           check_index(a.y[r], r, a);
-          x_y = xb[a.y[r] * a.D + j];
+          x_y = static_cast<T>(xb[a.y[r] * a.D + j]);
         }
         stats[r] = rs.m;
         stats[rows + r] = static_cast<T>(rs.ls);
@@ -400,8 +458,8 @@ void fwd_cols(const Args<T>& a, T* loss, T* stats) {
   });
 }
 
-template <typename T>
-void bwd_cols(const Args<T>& a, const T* grad, const T* stats, T* out) {
+template <typename S, typename T = compute_t<S>>
+void bwd_cols(const Args<S>& a, const T* grad, const T* stats, S* out) {
   using V = Vectorized<T>;
   constexpr int64_t L = V::size();
   const int64_t chunks = (a.D + L - 1) / L, rows = a.B * a.D;
@@ -412,21 +470,21 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* stats, T* out) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
       const int64_t base = b * a.C * a.D + d0, r0 = b * a.D + d0;
-      const T* xb = a.x + base;
-      T* ob = out + base;
+      const S* xb = a.x + base;
+      S* ob = out + base;
       const V vm = V::loadu(stats + r0, n), vls = V::loadu(stats + rows + r0, n), vg = V::loadu(grad + r0, n);
       // p_c = exp((x_c - m) - ls), as bwd_rows; a non-finite m or ls makes the lane NaN.
-      const auto p = [&](int64_t c) { return vexp_keep_nan((V::loadu(xb + c * a.D, n) - vm) - vls); };
+      const auto p = [&](int64_t c) { return vexp_keep_nan((load_wide(xb + c * a.D, n) - vm) - vls); };
       if (a.t) {
-        const T* tb = a.t + base;
+        const S* tb = a.t + base;
         V swt(0);
-        for (int64_t c = 0; c < a.C; ++c) swt = swt + V::loadu(tb + c * a.D, n) * V(a.w ? a.w[c] : T(1));
+        for (int64_t c = 0; c < a.C; ++c) swt = swt + load_wide(tb + c * a.D, n) * V(a.w ? a.w[c] : T(1));
         const V coef = e > 0 ? vg * (V(1 - e) * swt + V(e / C * a.wsum)) : vg * swt, g1 = vg * V(1 - e),
                 g0 = e > 0 ? vg * V(e / C) : V(0);
         for (int64_t c = 0; c < a.C; ++c) {
           const V wc(a.w ? a.w[c] : T(1));
-          const V tv = V::loadu(tb + c * a.D, n);
-          (coef * p(c) - (g1 * tv + g0) * wc).store(ob + c * a.D, n);
+          const V tv = load_wide(tb + c * a.D, n);
+          store_narrow(coef * p(c) - (g1 * tv + g0) * wc, ob + c * a.D, n);
         }
         continue;
       }
@@ -445,37 +503,54 @@ void bwd_cols(const Args<T>& a, const T* grad, const T* stats, T* out) {
       const V coef = V::loadu(coef_, n);
       for (int64_t c = 0; c < a.C; ++c) {
         const V wc(a.w ? a.w[c] : T(1));
-        (coef * p(c) - g0 * wc).store(ob + c * a.D, n);
+        store_narrow(coef * p(c) - g0 * wc, ob + c * a.D, n);
       }
+      // The target's extra -g1 term. float16 / bfloat16: the target element is recomputed in float32
+      // and rounded once (subtracting from the stored value would round twice).
       for (int64_t j = 0; j < n; ++j) {
-        const int64_t yv = a.y[r0 + j];
-        if (yv != a.ignore_index) ob[yv * a.D + j] -= g1_[j];
+        const int64_t r = r0 + j, yv = a.y[r];
+        if (yv == a.ignore_index) continue;
+        S& o = ob[yv * a.D + j];
+        if constexpr (is_reduced_v<S>) {
+          const T pj = std::exp((static_cast<T>(xb[yv * a.D + j]) - stats[r]) - stats[rows + r]);
+          o = static_cast<S>(coef_[j] * pj - g0_[j] * (a.w ? a.w[yv] : T(1)) - g1_[j]);
+        } else {
+          o -= g1_[j];
+        }
       }
     }
   });
 }
 
-template <typename T>
-Args<T> make_args(const CrossEntropyGeometry& g, const at::Tensor& logits, const at::Tensor& target,
-                  const at::Tensor& weight, int64_t ignore_index, double eps) {
-  Args<T> a;
-  a.x = logits.const_data_ptr<T>();
+// weight_c: the class weights already widened to the compute type (contiguous), or undefined.
+template <typename S, typename T = compute_t<S>>
+Args<S> make_args(const CrossEntropyGeometry& g, const at::Tensor& logits, const at::Tensor& target,
+                  const at::Tensor& weight_c, int64_t ignore_index, double eps) {
+  Args<S> a;
+  a.x = logits.const_data_ptr<S>();
   a.y = g.probs ? nullptr : target.const_data_ptr<int64_t>();
-  a.t = g.probs ? target.const_data_ptr<T>() : nullptr;
-  a.w = weight.defined() ? weight.const_data_ptr<T>() : nullptr;
+  a.t = g.probs ? target.const_data_ptr<S>() : nullptr;
+  a.w = weight_c.defined() ? weight_c.const_data_ptr<T>() : nullptr;
   a.B = g.B;
   a.C = g.C;
   a.D = g.D;
   a.ignore_index = ignore_index;
   a.eps = static_cast<T>(eps);
-  a.wsum = weight.defined() ? weight.sum().item<T>() : static_cast<T>(g.C);
+  a.wsum = weight_c.defined() ? weight_c.sum().item<T>() : static_cast<T>(g.C);
   return a;
 }
 
 void check_cpu_dtype(const char* op, const at::Tensor& logits) {
-  TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble, op,
-                   ": the CPU kernel takes float32 or float64 logits, got ", logits.scalar_type(),
-                   " (use backend='torch' for low precision on CPU)");
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+                   ": the CPU kernel takes float16, bfloat16, float32 or float64 logits, got ", dt,
+                   " (use backend='torch' for other dtypes)");
+}
+
+// The class weights in the accumulation dtype (what Args::w points at), or undefined.
+at::Tensor widened_weight(const std::optional<at::Tensor>& weight, const at::Tensor& logits) {
+  if (!weight.has_value()) return at::Tensor();
+  return weight->contiguous().to(cross_entropy_acc_dtype(logits.scalar_type()));
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& logits_, const at::Tensor& target_,
@@ -486,16 +561,19 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& logit
   const auto g = check_cross_entropy_args(op, logits_, target_, weight_, label_smoothing);
   check_cpu_dtype(op, logits_);
   const at::Tensor logits = logits_.contiguous(), target = target_.contiguous();
-  const at::Tensor weight = weight_.has_value() ? weight_->contiguous() : at::Tensor();
-  at::Tensor loss = new_output(g.row_shape, logits.options());
-  at::Tensor stats = new_output(cross_entropy_stats_shape(g), logits.options());
+  const at::Tensor weight = widened_weight(weight_, logits);
+  // loss and stats in the accumulation dtype (float32 for float16 / bfloat16 logits)
+  const auto acc_opts = logits.options().dtype(cross_entropy_acc_dtype(logits.scalar_type()));
+  at::Tensor loss = new_output(g.row_shape, acc_opts);
+  at::Tensor stats = new_output(cross_entropy_stats_shape(g), acc_opts);
   if (g.rows() == 0) return {loss, stats};
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "cross_entropy_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "cross_entropy_fwd_cpu", [&] {
+    using T = compute_t<scalar_t>;
     const auto a = make_args<scalar_t>(g, logits, target, weight, ignore_index, label_smoothing);
     if (g.D == 1) {
-      fwd_rows<scalar_t>(a, loss.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>());
+      fwd_rows<scalar_t>(a, loss.data_ptr<T>(), stats.data_ptr<T>());
     } else {
-      fwd_cols<scalar_t>(a, loss.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>());
+      fwd_cols<scalar_t>(a, loss.data_ptr<T>(), stats.data_ptr<T>());
     }
   });
   return {loss, stats};
@@ -509,15 +587,14 @@ void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const 
   check_cross_entropy_bwd_args(op, g, logits, grad_loss_, stats_);
   if (g.rows() == 0) return;
   const at::Tensor target = target_.contiguous(), grad_loss = grad_loss_.contiguous(), stats = stats_.contiguous();
-  const at::Tensor weight = weight_.has_value() ? weight_->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "cross_entropy_bwd_cpu", [&] {
+  const at::Tensor weight = widened_weight(weight_, logits);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "cross_entropy_bwd_cpu", [&] {
+    using T = compute_t<scalar_t>;
     const auto a = make_args<scalar_t>(g, logits, target, weight, ignore_index, label_smoothing);
     if (g.D == 1) {
-      bwd_rows<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), stats.const_data_ptr<scalar_t>(),
-                         out.data_ptr<scalar_t>());
+      bwd_rows<scalar_t>(a, grad_loss.const_data_ptr<T>(), stats.const_data_ptr<T>(), out.data_ptr<scalar_t>());
     } else {
-      bwd_cols<scalar_t>(a, grad_loss.const_data_ptr<scalar_t>(), stats.const_data_ptr<scalar_t>(),
-                         out.data_ptr<scalar_t>());
+      bwd_cols<scalar_t>(a, grad_loss.const_data_ptr<T>(), stats.const_data_ptr<T>(), out.data_ptr<scalar_t>());
     }
   });
 }

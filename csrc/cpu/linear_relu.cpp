@@ -1,4 +1,4 @@
-// Fused linear + ReLU, C++ kernels for CPU tensors (float32, float64).
+// Fused linear + ReLU, C++ kernels for CPU tensors (float16, bfloat16, float32, float64).
 //
 // Math. x seen as A (M, K) (M = product of x's leading dims), weight B (N, K), bias b (N,).
 //   forward:  C = relu(A B^T + b),  C (M, N)
@@ -19,6 +19,13 @@
 //                      sums its rows into its own N-wide partial db, held in L1; the per-thread
 //                      partials are added in a fixed order at the end (no atomics).
 //                      Then dA = mm(D, B) and dB = mm(D^T, A) read D (no second masking pass).
+//   bfloat16:          the products are ATen's bfloat16 mm (oneDNN: AVX512-BF16 dot products where
+//                      the CPU has them, float32 accumulation); forward is addmm with the bias (so
+//                      the bias is added to the float32 accumulator) and then an in-place ReLU pass.
+//   float16:           the operands are widened to float32 and the products run in float32 BLAS
+//                      (ATen's float16 mm is a scalar loop on CPUs without AVX512-FP16 / AMX-FP16);
+//                      the epilogue reads the float32 product and writes float16, and backward writes
+//                      D in float32 for the two products.
 //
 // Traffic (s = bytes per element; products not counted, they are the same BLAS calls as torch's):
 //   ours,  forward:  GEMM writes C; epilogue reads+writes C in place              -> 2*M*N*s
@@ -27,10 +34,18 @@
 //                    writes a new tensor                                         -> 3*M*N*s
 //          backward: threshold_backward reads G, C, writes D; db = D.sum(0) reads D -> 4*M*N*s
 //   so 5*M*N*s instead of 7*M*N*s of elementwise traffic, and one M x N allocation less per pass.
+//   bfloat16 forward is torch's addmm (bias copied into C, GEMM read+write) plus the ReLU in place:
+//   the same traffic as torch's minus the new ReLU output tensor. float16 adds the widening copies
+//   of A and B and a float32 C (4*M*N bytes written and read) against torch's scalar-loop GEMM.
 //
-// Numerics. Products accumulate as the BLAS does in the input dtype. db is summed in three levels
+// Numerics. Products accumulate as the BLAS does in the input dtype (float32 for bfloat16 through
+// oneDNN, which rounds each output once; float32 for float16, rounded once when stored). bfloat16
+// forward: round(acc + b) then ReLU, exactly torch's F.relu(F.linear(...)) (addmm rounds once and
+// ReLU commutes with rounding). float16 forward: max(acc + b, 0) in float32, rounded once. D is
+// exact in every dtype (G's elements or zero). db is summed in three levels
 // (blocks of kRowBlock rows, then across blocks within a thread's band, then across bands) so its
-// error grows with about kRowBlock + M / kRowBlock instead of M. ReLU keeps NaN (max(NaN, 0) is NaN, as
+// error grows with about kRowBlock + M / kRowBlock instead of M, in float32 for float16 /
+// bfloat16 (rounded once). ReLU keeps NaN (max(NaN, 0) is NaN, as
 // torch.relu). The mask is torch's threshold_backward, G where not (C <= 0): 0 at exact zeros and
 // below, G where C is NaN (a NaN output passes its gradient on, it is not a clipped unit).
 //
@@ -48,45 +63,57 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/reduced_float.h"
 #include "fastops.h"
 
 namespace fastops {
 namespace {
 
 using at::vec::Vectorized;
+using cpu::compute_t;
+using cpu::convert_n;
+using cpu::load_wide;
+using cpu::store_narrow;
 
 // Rows summed in SIMD lanes before folding into the outer db accumulator.
 constexpr int64_t kRowBlock = 64;
 
-template <typename T>
-void bias_relu_rows(T* c, const T* b, int64_t M, int64_t N) {
-  using V = Vectorized<T>;
-  const V zero(T(0));
+// out[m, :] = max(in[m, :] + b, 0) for the M rows of N, in compute_t<S> and rounded to S once.
+// in may be out itself (the in-place float32 / float64 epilogue, and bfloat16's ReLU-only pass).
+template <typename In, typename S>
+void bias_relu_rows(const In* in, const compute_t<S>* b, S* out, int64_t M, int64_t N) {
+  using V = Vectorized<compute_t<S>>;
+  const V zero(0);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
   at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      T* row = c + m * N;
+      const In* src = in + m * N;
+      S* dst = out + m * N;
       int64_t n = 0;
       for (; n + V::size() <= N; n += V::size()) {
-        V v = V::loadu(row + n);
+        V v = load_wide(src + n);
         if (b) v = v + V::loadu(b + n);
-        at::vec::maximum(v, zero).store(row + n);
+        store_narrow(at::vec::maximum(v, zero), dst + n);
       }
       if (n < N) {
         const int64_t r = N - n;
-        V v = V::loadu(row + n, r);
+        V v = load_wide(src + n, r);
         if (b) v = v + V::loadu(b + n, r);
-        at::vec::maximum(v, zero).store(row + n, r);
+        store_narrow(at::vec::maximum(v, zero), dst + n, r);
       }
     }
   });
 }
 
-// D = G (.) [not C <= 0] and db = column sums of D, in one sweep over G and C.
-template <typename T>
-void mask_grad_and_bias_grad(const T* g, const T* c, T* d, T* db, int64_t M, int64_t N) {
+// D = G (.) [not C <= 0] and db = column sums of D, in one sweep over G and C. D is written as Dt
+// (S itself, or float32 for float16, whose products run in float32); db sums in compute_t<S> and
+// is rounded to S once.
+template <typename S, typename Dt>
+void mask_grad_and_bias_grad(const S* g, const S* c, Dt* d, S* db, int64_t M, int64_t N) {
+  using T = compute_t<S>;
   using V = Vectorized<T>;
   // One contiguous band of rows per thread (streaming reads the prefetchers follow), each with its
   // own N-wide partial db; the few partials are added at the end in a fixed order.
@@ -102,21 +129,22 @@ void mask_grad_and_bias_grad(const T* g, const T* c, T* d, T* db, int64_t M, int
         std::fill(inner.begin(), inner.end(), T(0));
         const int64_t me = std::min(m_end, mb + kRowBlock);
         for (int64_t m = mb; m < me; ++m) {
-          const T* gr = g + m * N;
-          const T* cr = c + m * N;
-          T* dr = d + m * N;
+          const S* gr = g + m * N;
+          const S* cr = c + m * N;
+          Dt* dr = d + m * N;
           int64_t n = 0;
           for (; n + V::size() <= N; n += V::size()) {
             // +0 where C <= 0 (also where G is NaN or inf there), G elsewhere, NaN C included: the
             // blend selects on the comparison's all-ones lanes, as threshold_backward's select.
-            const V v = V::blendv(V::loadu(gr + n), zero, V::loadu(cr + n) <= zero);
-            v.store(dr + n);
+            // Exact in any dtype: D's elements are G's or zero.
+            const V v = V::blendv(load_wide(gr + n), zero, load_wide(cr + n) <= zero);
+            store_narrow(v, dr + n);
             (V::loadu(inner.data() + n) + v).store(inner.data() + n);
           }
           if (n < N) {
             const int64_t r = N - n;
-            const V v = V::blendv(V::loadu(gr + n, r), zero, V::loadu(cr + n, r) <= zero);
-            v.store(dr + n, r);
+            const V v = V::blendv(load_wide(gr + n, r), zero, load_wide(cr + n, r) <= zero);
+            store_narrow(v, dr + n, r);
             (V::loadu(inner.data() + n, r) + v).store(inner.data() + n, r);
           }
         }
@@ -124,27 +152,58 @@ void mask_grad_and_bias_grad(const T* g, const T* c, T* d, T* db, int64_t M, int
       }
     }
   });
-  std::copy(partial.begin(), partial.begin() + N, db);
   for (int64_t band = 1; band < bands; ++band) {
-    at::vec::map2<T>([](V a, V b) { return a + b; }, db, db, partial.data() + band * N, N);
+    at::vec::map2<T>([](V a, V b) { return a + b; }, partial.data(), partial.data(), partial.data() + band * N, N);
   }
+  convert_n(partial.data(), db, N);
 }
+
+void check_cpu_dtype(const char* op, const at::Tensor& x) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+                   ": the CPU kernels take float16, bfloat16, float32 or float64 x, got ", dt);
+}
+
+// The products' operand dtype: float32 for float16 (ATen's CPU float16 GEMM is a scalar loop on
+// CPUs without AVX512-FP16 / AMX-FP16), the input's own dtype otherwise (bfloat16 runs oneDNN's
+// bfloat16 GEMM, float32 accumulation).
+at::ScalarType gemm_dtype(at::ScalarType dt) { return dt == at::kHalf ? at::kFloat : dt; }
 
 at::Tensor linear_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   const BelowAutograd below_autograd;
   const auto g = check_linear_relu_args("linear_relu_fwd", x, weight, bias);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "linear_relu_fwd: the CPU kernels take float32 or float64 x, got ", x.scalar_type());
-  const at::Tensor a = x.reshape({g.M, g.K});
+  check_cpu_dtype("linear_relu_fwd", x);
+  const auto dt = x.scalar_type(), gdt = gemm_dtype(dt);
+  const at::Tensor a = x.reshape({g.M, g.K}).to(gdt);
+  const at::Tensor w = weight.to(gdt);
+  const auto contiguous = x.options().memory_format(at::MemoryFormat::Contiguous);
   // Allocated in the output's own shape and written through a 2-D view, so the op returns a fresh
   // tensor, not a view (FSDP2 and autograd treat a returned view as aliasing an input).
-  at::Tensor out = new_output(g.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = new_output(g.out_shape, contiguous);
   at::Tensor c = out.view({g.M, g.N});
-  at::mm_out(c, a, weight.t());
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_relu_fwd_cpu", [&] {
-    bias_relu_rows<scalar_t>(c.data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, g.M,
-                             g.N);
+  if (dt == at::kBFloat16) {
+    // Bias inside the GEMM: addmm copies it into C and the GEMM adds the float32 accumulator to it
+    // (beta = 1) before the one rounding, as torch's own addmm; ReLU after that rounding equals
+    // ReLU before it (rounding is monotonic and keeps the sign), so the result is the epilogue on
+    // the float32 accumulator.
+    if (bias.has_value()) {
+      at::addmm_out(c, *bias, a, w.t());
+    } else {
+      at::mm_out(c, a, w.t());
+    }
+    bias_relu_rows<c10::BFloat16, c10::BFloat16>(c.const_data_ptr<c10::BFloat16>(), nullptr,
+                                                 c.data_ptr<c10::BFloat16>(), g.M, g.N);
+    return out;
+  }
+  // float32 / float64: the GEMM writes C and the epilogue runs in place. float16: the GEMM runs in
+  // float32 into a scratch C and the epilogue rounds once into the float16 output.
+  at::Tensor acc = gdt == dt ? c : at::empty({g.M, g.N}, contiguous.dtype(gdt));
+  at::mm_out(acc, a, w.t());
+  const at::Tensor b = bias.has_value() ? bias->contiguous().to(gdt) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kHalf, dt, "linear_relu_fwd_cpu", [&] {
+    using T = compute_t<scalar_t>;
+    bias_relu_rows<T, scalar_t>(acc.const_data_ptr<T>(), b.defined() ? b.const_data_ptr<T>() : nullptr,
+                                c.data_ptr<scalar_t>(), g.M, g.N);
   });
   return out;
 }
@@ -154,24 +213,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cpu(const at::Ten
   const BelowAutograd below_autograd;
   const auto g = check_linear_relu_args("linear_relu_bwd", x, weight, std::nullopt);
   check_linear_relu_bwd_args("linear_relu_bwd", g, x, grad_out, out);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "linear_relu_bwd: the CPU kernels take float32 or float64 x, got ", x.scalar_type());
+  check_cpu_dtype("linear_relu_bwd", x);
+  const auto dt = x.scalar_type(), gdt = gemm_dtype(dt);
   const at::Tensor go = grad_out.contiguous(), c = out.contiguous();
-  const at::Tensor a = x.reshape({g.M, g.K});
-  at::Tensor d = at::empty({g.M, g.N}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor a = x.reshape({g.M, g.K}).to(gdt);
+  const auto contiguous = x.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor d = at::empty({g.M, g.N}, contiguous.dtype(gdt));
   // No huge-page advice for D: it is a temporary freed when the op returns, so the next call gets
   // it back from the allocator already faulted in; the madvise would only add a syscall.
   at::Tensor db = new_output({g.N}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_relu_bwd_cpu", [&] {
-    mask_grad_and_bias_grad<scalar_t>(go.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
-                                      d.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), g.M, g.N);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "linear_relu_bwd_cpu", [&] {
+    using Dt = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
+    mask_grad_and_bias_grad<scalar_t, Dt>(go.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
+                                          d.data_ptr<Dt>(), db.data_ptr<scalar_t>(), g.M, g.N);
   });
-  at::Tensor dx = new_output(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor dw = new_output({g.N, g.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor dx2 = dx.view({g.M, g.K});
-  at::mm_out(dx2, d, weight);
-  at::mm_out(dw, d.t(), a);
-  return {dx, dw, db};
+  at::Tensor dx_out = new_output(x.sizes(), contiguous);  // not a view of a 2-D result (see forward)
+  at::Tensor dx = dx_out.view({g.M, g.K});
+  at::Tensor dw = new_output({g.N, g.K}, contiguous);
+  if (gdt == dt) {
+    at::mm_out(dx, d, weight);
+    at::mm_out(dw, d.t(), a);
+  } else {  // float16: float32 products, each result rounded once
+    dx.copy_(at::mm(d, weight.to(gdt)));
+    dw.copy_(at::mm(d.t(), a));
+  }
+  return {dx_out, dw, db};
 }
 
 }  // namespace

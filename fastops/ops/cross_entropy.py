@@ -22,7 +22,7 @@ REDUCTIONS = ("none", "mean", "sum")
 _backend.register_op(
     OP,
     native_schema="cross_entropy_fwd",
-    native={"cpu": _backend.CPU_NATIVE_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
+    native={"cpu": _backend.ALL_FLOAT_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
     triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.ALL_FLOAT_DTYPES},
 )
 

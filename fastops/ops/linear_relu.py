@@ -20,8 +20,8 @@ OP = "linear_relu"
 _backend.register_op(
     OP,
     native_schema="linear_relu_fwd",
-    native={"cpu": _backend.CPU_NATIVE_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
-    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.CPU_NATIVE_DTYPES},
+    native={"cpu": _backend.ALL_FLOAT_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
+    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.FLOAT32_FLOAT64},
 )
 
 if _backend.NATIVE_LOADED:
