@@ -3,11 +3,12 @@
 Shapes. GPU: the ResNet-50 (torchvision v1.5: stride on the 3x3) conv layers at batch 32 in
 bfloat16 and channels_last; padding convention: 7x7 stem pad 3 stride 2, every 3x3 pad 1 (stride 1,
 or 2 for the first block of a stage), 1x1 pad 0 (stride 2 on the downsampling projections). CPU:
-a small CIFAR-style ResNet's convs at batch 8 in float32, contiguous NCHW, plus two 56x56 layers.
+a small CIFAR-style ResNet's convs at batch 8 in float32 and bfloat16, contiguous NCHW, plus two
+56x56 layers (and 28x28 at 128 channels).
 
 Providers: torch eager (cuDNN / oneDNN), ``torch.compile`` of the same, fastops native (C++ on
-CPU; on GPU the CUDA tensor-core kernel for bfloat16,
-SIMT for float32), fastops triton (CUDA only: the interpreter is a test path). A second op,
+CPU: BLAS for float32, oneDNN's brgemm micro-kernel for bfloat16; on GPU the CUDA tensor-core
+kernel for bfloat16, SIMT for float32), fastops triton (CUDA only: the interpreter is a test path). A second op,
 ``conv2d_bias_relu``, compares ``FF.conv2d(..., activation="relu")`` (ReLU in the epilogue) with
 torch's conv followed by a separate ReLU.
 
@@ -52,7 +53,7 @@ SHAPES = {
     ("cuda", False): (32, RESNET50),
     ("cuda", True): (32, RESNET50[1:4]),
 }
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16]}
+DTYPES = {"cpu": [torch.float32, torch.bfloat16], "cuda": [torch.bfloat16]}
 
 
 def _out(h: int, r: int, stride: int, pad: int) -> int:

@@ -40,7 +40,9 @@ SHAPES = {
     ("cuda", False): [(4096, 32000), (16384, 131072)],
     ("cuda", True): [(1024, 32000), (37, 1001)],
 }
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
+# bfloat16 on CPU too: what torch.autocast("cpu", torch.bfloat16) hands the loss (the native kernels
+# widen it to float32 in L1; torch eager's log_softmax / nll_loss run in bfloat16).
+DTYPES = {"cpu": [torch.float32, torch.bfloat16], "cuda": [torch.bfloat16, torch.float32]}
 REF_CHUNK_ELEMS = 1 << 25  # float64 reference rows per chunk: 256 MiB
 
 

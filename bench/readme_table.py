@@ -1,9 +1,10 @@
 """``python -m bench.readme_table RESULTS.json``: the README's benchmark table from one results file.
 
 Prints the markdown the README keeps under ``<!-- BENCH-TABLE -->``: one line naming the machine,
-versions, commit and ceilings of that run, then one row per (op, shape) with the median ms of
-forward+backward (or one optimizer / training step) per provider and the speed-up vs torch eager.
-Every number comes from the one file, i.e. one run on one machine.
+versions, commit and ceilings of that run, then one row per (op, shape, dtype) with the median ms of
+forward+backward (or one optimizer / training step) per provider and the speed-up vs torch eager;
+rows in another dtype than float32 say so after the shape. Every number comes from the one file,
+i.e. one run on one machine.
 """
 
 from __future__ import annotations
@@ -42,17 +43,20 @@ def table(path: Path) -> str:
         f"commit `{env['git_commit'][:7]}`, {env['date']} (copy ceiling {ceil.get('copy_bandwidth_GBps', 0):.1f} GB/s"
         + (f", fp32 matmul {mm:.2f} TFLOP/s" if mm else "")
         + f", both measured in the same run; load average {env.get('load_average_1min_at_start', 0):.2f} at start). "
-        "Forward+backward (or one optimizer step / training step), float32, median ms, speed-up vs torch eager. "
+        "Forward+backward (or one optimizer step / training step), float32 unless the shape names another "
+        "dtype, median ms, speed-up vs torch eager. "
         "Full rows (fwd, bwd, GB/s, TFLOP/s, % of ceiling, peak memory): "
         f"`bench/results/{path.stem}.{{json,csv,png}}`.",
         "",
         "| op | shape | " + " | ".join(COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
     ]
-    keys = list(dict.fromkeys((r["op"], r["shape"]) for r in rows))
+    keys = list(dict.fromkeys((r["op"], r["shape"], r.get("dtype", "float32")) for r in rows))
     foreach = []
-    for op, shape in keys:
-        by_provider = {r["provider"]: r for r in rows if (r["op"], r["shape"]) == (op, shape)}
+    for op, shape, dtype in keys:
+        by_provider = {
+            r["provider"]: r for r in rows if (r["op"], r["shape"], r.get("dtype", "float32")) == (op, shape, dtype)
+        }
         cells = []
         for providers in COLUMNS.values():
             r = next((by_provider[p] for p in providers if p in by_provider), None)
@@ -62,7 +66,8 @@ def table(path: Path) -> str:
                 cells.append(_ms(r["median_ms"]))
             else:
                 cells.append(f"{_ms(r['median_ms'])} ({r['speedup_vs_eager']:.2f}x)")
-        lines.append(f"| {op} | {shape} | " + " | ".join(cells) + " |")
+        label = shape if dtype == "float32" else f"{shape} {dtype}"
+        lines.append(f"| {op} | {label} | " + " | ".join(cells) + " |")
         if "torch_foreach" in by_provider:
             foreach.append(f"{_ms(by_provider['torch_foreach']['median_ms'])} ({shape.split(' ')[0]})")
     if foreach:

@@ -136,6 +136,48 @@ def test_triton_matches_reference_sweep(device, case):
         _check_against_reference("triton", x, w, b, kw, f"{dtype}")
 
 
+# bfloat16 on CPU runs stride-1 convs with at least 8 channels per group without a gather (the
+# "direct" passes in csrc/cpu/conv2d.cpp): odd widths, padding beyond the kernel's reach (dgrad's
+# cropped dy), dilation, odd channel counts (zero pad channels), groups, 1x1, 'same' with an even
+# kernel, and one pass direct while the other is not (Kg < 8).
+SWEEP_CPU_DIRECT = [
+    ((2, 16, 9, 7), (12, 16, 3, 3), 1, 1, 1, 1, True, False),
+    ((2, 9, 6, 5), (9, 9, 3, 3), 1, (3, 2), 1, 1, True, False),
+    ((2, 8, 9, 10), (11, 8, 3, 3), 1, 2, 2, 1, False, True),
+    ((2, 18, 8, 9), (10, 9, 3, 2), 1, (2, 0), (2, 1), 2, True, False),
+    ((1, 16, 7, 8), (16, 16, 1, 1), 1, 0, 1, 1, True, False),
+    ((2, 8, 10, 11), (8, 8, 4, 4), 1, "same", 1, 1, True, False),
+    ((3, 24, 5, 13), (6, 24, 3, 3), 1, 1, 1, 1, True, False),
+]
+
+
+@pytest.mark.parametrize("case", SWEEP_CPU_DIRECT, ids=_case_id)
+def test_cpu_bfloat16_direct_passes(case):
+    x, w, b, kw = _make(case, torch.bfloat16, "cpu")
+    _check_against_reference("native", x, w, b, kw, "bfloat16")
+
+
+def test_cpu_bfloat16_direct_passes_nonfinite():
+    # The direct passes multiply zeros (dy's extension beyond its edges, the discarded grid columns)
+    # by weights (dgrad) or inputs (wgrad): exact only for finite values, so a non-finite weight or
+    # input sends that pass to the tiled kernel. An inf in x's first / last column is what the
+    # discarded columns read; an inf in an edge tap of w is what dy's extension meets: the output and
+    # every gradient must be inf / NaN exactly where the float64 reference's are.
+    case = SWEEP_CPU_DIRECT[0]  # x (2, 16, 9, 7), w (12, 16, 3, 3), padding 1
+    seed = int(torch.randint(0, 2**31, ()).item())
+    for where, index in (("x", (0, 3, 4, 0)), ("x", (1, 5, 8, 6)), ("w", (0, 0, 1, 0)), ("w", (3, 2, 0, 2))):
+        x, w, b, kw = _make(case, torch.bfloat16, "cpu")
+        (x if where == "x" else w)[index] = float("inf")
+        out, grads = _run(lambda *a, **k: FF.conv2d(*a, backend="native", **k), x, w, b, kw, seed)
+        ref, ref_grads = _run(reference.conv2d, x.double(), w.double(), b.double(), kw, seed)
+        for name, got, exp in zip(
+            ("output", "grad_input", "grad_weight", "grad_bias"), (out, *grads), (ref, *ref_grads)
+        ):
+            what = f"{name} with inf in {where}{list(index)}"
+            assert torch.equal(torch.isnan(got), torch.isnan(exp)), f"{what}: NaN pattern differs"
+            assert torch.equal(torch.isinf(got), torch.isinf(exp)), f"{what}: inf pattern differs"
+
+
 @pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))
 def test_tiled_rows_and_large_channels(device, backend):
     # More output rows than one column tile holds (CRS x rows x Q > 128k elements): several tiles
@@ -156,6 +198,7 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
         for case in [
             ((5, 6, 5, 7), (8, 3, 3, 3), 1, 1, 1, 2, True, False),  # whole chunk in one tile
             ((3, 40, 25, 30), (8, 40, 3, 3), (2, 1), (1, 2), (1, 2), 1, True, False),  # P=13: split, straddling tiles
+            ((5, 16, 23, 11), (12, 16, 3, 3), 1, 1, 1, 1, True, False),  # bfloat16: direct passes' items per thread
         ]:
             for dtype in (torch.float64, torch.bfloat16):  # bfloat16: the brgemm kernels' own tiling
                 x, w, b, kw = _make(case, dtype, "cpu")

@@ -27,22 +27,29 @@
 // tests; dgrad scatters into padded planes the same way and copies the interior to dx. 1x1
 // stride-1 unpadded convs skip the gather: x[n, g] is the GEMM operand. With a single chunk
 // (batch 1) the GEMMs run outside a parallel region, so BLAS threads them.
-// bfloat16 (where ATen has oneDNN's brgemm micro-kernel: x86-64 with AVX-512, oneDNN enabled) runs
-// the same tiles on cpublas::brgemm, bfloat16 x bfloat16 -> float32, one call per tile inside the
-// thread's loop: forward gathers the tile straight into the VNNI layout the kernel reads B in (row
-// pairs interleaved; the gather widens nothing, it only interleaves, 16 pairs per AVX-512 step) and
-// the epilogue adds the bias on the float32 tile and rounds once into y; dgrad packs the tile of dy
-// in VNNI, gets col' in float32 and scatters it into float32 padded planes, rounded once per chunk
-// into dx; wgrad gathers col row-major, packs dy^T in VNNI and accumulates dW^T (CRS x K) in float32
-// per chunk. float16 (oneDNN's float16 micro-kernel needs AVX512-FP16) and bfloat16 without the
-// micro-kernel take the widening path: float32 copies of x, w (and dy) through the float32
-// kernels, each output rounded once.
+// bfloat16 (where ATen has oneDNN's brgemm micro-kernel: x86-64 with AVX-512, oneDNN enabled) runs on
+// cpublas::brgemm, bfloat16 x bfloat16 -> float32, one call per tile (and tap) inside the thread's
+// loop, B in the VNNI layout (row pairs interleaved):
+//   stride 1 and >= 8 channels per group: gather-free ("direct") passes, see the section below:
+//     the input (dy for dgrad) repacked once into channel-pair planes on its padded grid, each of
+//     the R S taps one call whose B is a pointer offset into them, accumulating one float32 tile;
+//     outputs computed on the padded grid's width, the extra columns discarded;
+//   otherwise the tiles above: forward gathers each tile straight into VNNI (the gather only
+//     interleaves, 16 pairs per AVX-512 step), dgrad packs the dy tile in VNNI and scatters the
+//     float32 col' into float32 padded planes, wgrad gathers col and packs dy^T in VNNI.
+// Bias / ReLU run on the float32 tile; every output is rounded to bfloat16 once. The direct passes'
+// repacked images live in per-thread scratch reused across calls (fresh multi-MiB buffers page-
+// faulted on every call). float16 (oneDNN's float16 micro-kernel needs AVX512-FP16) and bfloat16
+// without the micro-kernel take the widening path: float32 copies of x, w (and dy) through the
+// float32 kernels, each output rounded once.
 //
 // Traffic (float32): forward reads x once (plus the padded copy: one more read + write of x), the
 // gathered tiles live in L2 (R S times the input's bytes pass through L2, not memory), w is read
 // once per tile from L2, y written once: ~4 (2 N C H W + N K P Q) bytes from memory. torch's
 // unfused im2col path (slow_conv2d) materialises col per sample (4 P Q CRS bytes written and read
-// back); oneDNN's direct convolution (the baseline) gathers nothing.
+// back); oneDNN's direct convolution (the baseline) gathers nothing. bfloat16 direct passes: 2 bytes
+// per element, the input (or dy) read once and its grid image written once and read R S times from
+// L2 (one sample's image per tile), no gather; wgrad also writes dy^T once.
 //
 // Numerics. Accumulation in the input dtype through BLAS (float32 / float64); float32 for float16 /
 // bfloat16 (the micro-kernel's float32 C, or the float32 kernels on widened copies): y, dx, dW and db
@@ -52,7 +59,8 @@
 // contributions of each pixel in (c, r, s, p, q) order, dW sums over samples in chunk order.
 // Scratch: two tile buffers per thread (<= max(kColBudget, CRS x (kMinCols + Q)) + Kg x tile
 // columns) and, with padding, the padded input (and dx) of the thread's chunk: O(input), never
-// O(N P Q CRS).
+// O(N P Q CRS). The bfloat16 direct passes keep O(input + dy) grid images per calling thread
+// between calls (the largest seen).
 //
 // Preconditions (check_conv2d_args): 4-D x and w of the same floating dtype and device, groups
 // divides C and K, w.size(1) == C / groups, positive stride/dilation, non-negative padding, P, Q >= 1.
@@ -72,6 +80,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -610,7 +619,7 @@ void conv2d_fwd_brgemm(const Conv2dGeometry& g, const at::Tensor& x, const at::T
 //          chunk order, transposed and rounded once;
 //   db:    sum_{n, p, q} dy in float32 per chunk, then across chunks, rounded once.
 void conv2d_bwd_brgemm(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
-                       at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+                       at::Tensor* dx, at::Tensor* dw) {
   using S = c10::BFloat16;
   const S* xp = x.const_data_ptr<S>();
   const S* dyp = dy.const_data_ptr<S>();
@@ -629,7 +638,6 @@ void conv2d_bwd_brgemm(const Conv2dGeometry& g, const at::Tensor& dy, const at::
     }
   }
   std::vector<std::vector<float>> dwt_part(dw ? chunks : 0);  // dW^T (CRS x K) per chunk
-  std::vector<std::vector<float>> db_part(db ? chunks : 0);
   for_each_sample_chunk(g.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
     const int64_t rows = tile_rows(g, n1 - n0), Lmax = rows * g.Q, Lpmax = round_up2(Lmax);
     std::unique_ptr<S[]> dyt(new S[size_t(g.Kg * Lpmax)]);  // dy tile, row-major, ld Lp
@@ -670,20 +678,6 @@ void conv2d_bwd_brgemm(const Conv2dGeometry& g, const at::Tensor& dy, const at::
       });
     }
     if (dx) dx_planes->copy_interior_to(g, n1, dx->mutable_data_ptr<S>());
-    if (db) {
-      db_part[chunk].assign(static_cast<size_t>(g.K), 0.f);
-      constexpr int64_t V = Vectorized<float>::size();
-      for (int64_t n = n0; n < n1; ++n) {
-        for (int64_t k = 0; k < g.K; ++k) {
-          const S* src = dyp + (n * g.K + k) * PQ;
-          Vectorized<float> sum(0.f);
-          int64_t i = 0;
-          for (; i + V <= PQ; i += V) sum = sum + load_wide(src + i);
-          if (i < PQ) sum = sum + load_wide(src + i, PQ - i);
-          db_part[chunk][k] += at::vec::vec_reduce_all<float>([](auto a, auto b) { return a + b; }, sum);
-        }
-      }
-    }
     at::native::cpublas::brgemm_release(true);
   });
   if (dw) {
@@ -697,12 +691,345 @@ void conv2d_bwd_brgemm(const Conv2dGeometry& g, const at::Tensor& dy, const at::
       for (int64_t i = 0; i < CRS; ++i) dwp[k * CRS + i] = static_cast<S>(acc[i * g.K + k]);
     }
   }
-  if (db) {
-    S* dbp = db->mutable_data_ptr<S>();
-    for (int64_t k = 0; k < g.K; ++k) {
-      float s = 0;
-      for (int64_t c = 0; c < chunks; ++c) s += db_part[c][k];
-      dbp[k] = static_cast<S>(s);
+}
+
+// db[k] = sum_{n, p, q} dy[n, k, p, q] for bfloat16 dy: float32 sums (16 lanes, then across
+// samples in order), rounded once; channels split over threads.
+void conv2d_bias_grad_bf16(const Conv2dGeometry& g, const at::Tensor& dy, at::Tensor& db) {
+  using S = c10::BFloat16;
+  const S* dyp = dy.const_data_ptr<S>();
+  S* dbp = db.mutable_data_ptr<S>();
+  const int64_t PQ = g.pq();
+  constexpr int64_t V = Vectorized<float>::size();
+  at::parallel_for(0, g.K, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, g.N * PQ)),
+                   [&](int64_t k0, int64_t k1) {
+                     for (int64_t k = k0; k < k1; ++k) {
+                       float total = 0.f;
+                       for (int64_t n = 0; n < g.N; ++n) {
+                         const S* src = dyp + (n * g.K + k) * PQ;
+                         Vectorized<float> sum(0.f);
+                         int64_t i = 0;
+                         for (; i + V <= PQ; i += V) sum = sum + load_wide(src + i);
+                         if (i < PQ) sum = sum + load_wide(src + i, PQ - i);
+                         total += at::vec::vec_reduce_all<float>([](auto a, auto b) { return a + b; }, sum);
+                       }
+                       dbp[k] = static_cast<S>(total);
+                     }
+                   });
+}
+
+// Scratch reused across calls: per calling thread, one grow-only buffer per slot. A fresh multi-MiB
+// buffer costs a page fault per 4 KiB on every call (glibc hands large freed blocks back to the OS):
+// measured 20% of a bfloat16 conv backward (N8 C128 H28). Kept: the largest size each slot has seen.
+enum ScratchSlot { kImage, kTaps, kGrid, kGridT, kAcc, kSlots };
+
+template <typename T>
+T* scratch(ScratchSlot slot, int64_t n) {
+  struct Buffer {
+    std::unique_ptr<T[]> data;
+    int64_t size = 0;
+  };
+  thread_local Buffer buffers[kSlots];
+  Buffer& b = buffers[slot];
+  if (b.size < n) {
+    b.data.reset(new T[size_t(n)]);  // uninitialised: callers write what they read
+    b.size = n;
+  }
+  return b.data.get();
+}
+
+// ---- bfloat16, stride 1: gather-free passes on the same micro-kernel --------------------------------
+//
+// With stride 1, tap (r, s) of the outputs in a tile of whole rows reads one contiguous run of the
+// input laid out on its padded grid (Hs rows of Wp pixels, Wp even). Computing those outputs on the
+// grid too (Wp - Q discarded columns per row) makes each tap one GEMM over the channels whose B is a
+// strided view of the input: no im2col gather, the R S taps accumulate into one float32 tile:
+//   forward: Y (Kg x L) = sum_{r, s} W_rs (Kg x Cg) X_grid[off(r, s) ..] (Cg x L), off = r dh Wp + s dw,
+//            X repacked once into channel-pair VNNI planes, W_rs once per call;
+//   dgrad:   the same on dy zero-extended by the kernel's reach, with the taps flipped and W_rs^T:
+//            dX (Cg x L) = sum W_flip_rs^T (Cg x Kg) DY_grid[off ..];
+//   wgrad:   dW_rs^T (Cg x Kg) += X_grid[off ..] (Cg x L) DY_grid^T (L x Kg): A is x on its grid as
+//            plain rows (any tap offset is a pointer offset), B is dy on x's grid (zero in the
+//            discarded columns) transposed once into pixel-pair VNNI.
+// Each brgemm call reduces over Cg (forward), Kg (dgrad) or a tile's L pixels (wgrad); measured
+// here at ~500 GFLOP/s single-thread in cache for M, N >= 16 and K >= 64 (AVX512-BF16).
+// Exactness: every product a kept output sums is one the tiled kernel forms too (input zeros from
+// padding included), except dgrad's W x 0 beyond dy's edges and wgrad's 0 x x in the discarded
+// columns: exact zeros when W (dgrad) and x (wgrad) are finite, so those passes check that first and
+// leave non-finite operands to the tiled kernel (NaN where torch has NaN, nowhere else).
+
+// Whether every element is finite (no inf / NaN exponent).
+bool all_finite_bf16(const at::Tensor& t) {
+  const c10::BFloat16* p = t.const_data_ptr<c10::BFloat16>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, t.numel(), int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
+    uint32_t any = 0;
+    for (int64_t i = i0; i < i1; ++i) any |= uint32_t((p[i].x & 0x7f80) == 0x7f80);
+    if (any) bad = true;
+  });
+  return !bad;
+}
+
+// Below this many channels in a tap's reduction, the per-tap GEMMs are too short (K = 2, 4) and the
+// tiled kernel's single GEMM over C R S wins (measured: N8 C3 H32 K16 3x3).
+constexpr int64_t kDirectMinChannels = 8;
+
+bool direct_fwd_applies(const Conv2dGeometry& g) { return g.sh == 1 && g.sw == 1 && g.Cg >= kDirectMinChannels; }
+bool direct_dgrad_applies(const Conv2dGeometry& g, const at::Tensor& w) {
+  return g.sh == 1 && g.sw == 1 && g.Kg >= kDirectMinChannels && all_finite_bf16(w);
+}
+bool direct_wgrad_applies(const Conv2dGeometry& g, const at::Tensor& x) {
+  return g.sh == 1 && g.sw == 1 && g.Cg >= kDirectMinChannels && all_finite_bf16(x);
+}
+
+// Pixels per tile on a grid of `cols` columns: whole rows, about `target` output columns (forward and
+// dgrad: the N of each call, whose float32 tile takes the R S taps; wgrad: the reduction length of
+// one call). Measured on N8 C64 H56 and C128 H28 3x3: 512 beat 128 (per-call overhead; 64-column
+// sub-blocks kept in L1 did not help) and 1024.
+constexpr int64_t kDirectCols = 512, kDirectWgradCols = 256;
+inline int64_t direct_tile_rows(int64_t cols, int64_t total_rows, int64_t target = kDirectCols) {
+  return std::clamp<int64_t>(target / std::max<int64_t>(cols, 1), 1, std::max<int64_t>(total_rows, 1));
+}
+
+// One image's channels [0, nc) (Hsrc x Wsrc each, contiguous) on a grid of rows x cols pixels, placed
+// at (oh, ow) (cropped where outside, zero elsewhere), as channel-pair VNNI planes: element (c, j)
+// at (c / 2) 2 plane + 2 j + c % 2; the pad channel of an odd nc is zero.
+void pack_channel_pairs(const c10::BFloat16* src, int64_t nc, int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow,
+                        int64_t rows, int64_t cols, c10::BFloat16* dst) {
+  using S = c10::BFloat16;
+  const int64_t plane = rows * cols, j0 = std::clamp<int64_t>(ow, 0, cols),
+                j1 = std::clamp<int64_t>(ow + Wsrc, 0, cols);
+  for (int64_t c = 0; c < nc; c += 2) {
+    const S* a = src + c * Hsrc * Wsrc;
+    const S* b = c + 1 < nc ? a + Hsrc * Wsrc : nullptr;
+    S* d = dst + c * plane;
+    for (int64_t i = 0; i < rows; ++i) {
+      S* row = d + 2 * i * cols;
+      const int64_t h = i - oh;
+      if (h < 0 || h >= Hsrc || j1 <= j0) {
+        std::fill(row, row + 2 * cols, S(0.f));
+        continue;
+      }
+      std::fill(row, row + 2 * j0, S(0.f));
+      interleave_pair(a + h * Wsrc + (j0 - ow), b ? b + h * Wsrc + (j0 - ow) : nullptr, row + 2 * j0, j1 - j0);
+      std::fill(row + 2 * j1, row + 2 * cols, S(0.f));
+    }
+  }
+}
+
+// W_rs per tap and group: out[((r S + s) G + gi) M Np + m Np + n] = W[gi Kg + k][c][r][s] with
+// (m, n) = (k, c) (forward: Kg x Cgp) or, transposed and flipped, (m, n) = (c, k) at tap
+// (R-1-r, S-1-s) (dgrad: Cg x Kgp); zero pad columns.
+const c10::BFloat16* pack_tap_weights(const Conv2dGeometry& g, const c10::BFloat16* w, bool dgrad) {
+  const int64_t RS = g.R * g.S, M = dgrad ? g.Cg : g.Kg, Np = round_up2(dgrad ? g.Kg : g.Cg);
+  c10::BFloat16* out = scratch<c10::BFloat16>(kTaps, RS * g.G * M * Np);
+  std::fill(out, out + RS * g.G * M * Np, c10::BFloat16(0.f));
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    for (int64_t k = 0; k < g.Kg; ++k) {
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        for (int64_t t = 0; t < RS; ++t) {
+          const c10::BFloat16 v = w[((gi * g.Kg + k) * g.Cg + c) * RS + t];
+          const int64_t tap = dgrad ? RS - 1 - t : t;  // (R-1-r) S + (S-1-s) = RS - 1 - (r S + s)
+          out[((tap * g.G + gi) * M + (dgrad ? c : k)) * Np + (dgrad ? k : c)] = v;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// C (M x N, float32, ldc) (+)= A (M x K, lda) B, B in VNNI with leading dimension ldb (>= N): the
+// general form of brgemm_bf16 (B's row pairs ldb pixels apart: one plane of a channel-pair image).
+inline void brgemm_bf16_ldb(int64_t M, int64_t N, int64_t K, const c10::BFloat16* a, int64_t lda,
+                            const c10::BFloat16* b, int64_t ldb, float* c, int64_t ldc, bool add_c) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add_c, a, b, c, /*is_vnni=*/true);
+}
+
+// The shared skeleton of the direct forward and dgrad: an output (N, G Mo, Ho, Wo) from the
+// channel-pair image `in` (N, G, Kp / 2, rows x cols, 2) and the tap weights (RS, G, Mo, Kp); each
+// work item is one sample's tile of output rows, contiguous runs of items per thread;
+// epilogue(n, gi, h, m, src) stores output row h of channel m from the float32 row src (cols values,
+// the first Wo kept).
+template <typename Epilogue>
+void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, int64_t rows, int64_t cols,
+                 const c10::BFloat16* taps, int64_t Mo, int64_t Ho, const Epilogue& epilogue) {
+  const int64_t plane = rows * cols, RS = g.R * g.S, tile = direct_tile_rows(cols, Ho);
+  const int64_t tiles = (Ho + tile - 1) / tile, items = g.N * tiles;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
+  float* const accs = scratch<float>(kAcc, chunks * Mo * tile * cols);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      float* const acc = accs + chunk * Mo * tile * cols;
+      for (int64_t item = items * chunk / chunks; item < items * (chunk + 1) / chunks; ++item) {
+        const int64_t n = item / tiles, h0 = (item % tiles) * tile, h1 = std::min(Ho, h0 + tile);
+        const int64_t L = (h1 - h0) * cols;
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const c10::BFloat16* b = in + (n * g.G + gi) * Kp * plane;
+          for (int64_t t = 0; t < RS; ++t) {
+            const int64_t off = (h0 + (t / g.S) * g.dh) * cols + (t % g.S) * g.dw;
+            brgemm_bf16_ldb(Mo, L, Kp, taps + (t * g.G + gi) * Mo * Kp, Kp, b + 2 * off, plane, acc, L, t > 0);
+          }
+          for (int64_t h = h0; h < h1; ++h) {
+            for (int64_t m = 0; m < Mo; ++m) epilogue(n, gi, h, m, acc + m * L + (h - h0) * cols);
+          }
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+}
+
+// dst[0, n) = narrow(src + b), then max(., 0) when relu.
+inline void bias_act_store(const float* src, float b, bool relu, c10::BFloat16* dst, int64_t n) {
+  constexpr int64_t V = Vectorized<float>::size();
+  const Vectorized<float> vb(b), zero(0.f);
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    const Vectorized<float> v = Vectorized<float>::loadu(src + i) + vb;
+    store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i);
+  }
+  if (i < n) {
+    const Vectorized<float> v = Vectorized<float>::loadu(src + i, n - i) + vb;
+    store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i, n - i);
+  }
+}
+
+// The input's grid: Hs = H + 2 ph rows of Wp = W + 2 pw pixels rounded up to even.
+struct InputGrid {
+  int64_t rows, cols;
+  explicit InputGrid(const Conv2dGeometry& g) : rows(g.H + 2 * g.ph), cols(round_up2(g.W + 2 * g.pw)) {}
+  int64_t plane() const { return rows * cols; }
+};
+
+// The channel-pair image (N, G, Cgrp rounded up to even / 2, rows x cols, 2) of src (N, Csrc, Hsrc,
+// Wsrc; groups of Cgrp channels) placed at (oh, ow) on the grid, plus zeros for the (S-1) dw pixels
+// the last tile's discarded columns read past the end. In scratch slot kImage.
+const c10::BFloat16* pack_image(const Conv2dGeometry& g, const c10::BFloat16* src, int64_t Csrc, int64_t Cgrp,
+                                int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow, int64_t rows, int64_t cols) {
+  const int64_t Cp = round_up2(Cgrp), block = Cp * rows * cols, slack = 2 * ((g.S - 1) * g.dw + 1);
+  c10::BFloat16* out = scratch<c10::BFloat16>(kImage, g.N * g.G * block + slack);
+  std::fill(out + g.N * g.G * block, out + g.N * g.G * block + slack, c10::BFloat16(0.f));
+  at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / g.G, gi = i % g.G;
+      pack_channel_pairs(src + (n * Csrc + gi * Cgrp) * Hsrc * Wsrc, Cgrp, Hsrc, Wsrc, oh, ow, rows, cols,
+                         out + i * block);
+    }
+  });
+  return out;
+}
+
+void conv2d_fwd_direct(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                       bool relu, at::Tensor& y) {
+  using S = c10::BFloat16;
+  const InputGrid grid(g);
+  const S* xv = pack_image(g, x.const_data_ptr<S>(), g.C, g.Cg, g.H, g.W, g.ph, g.pw, grid.rows, grid.cols);
+  const S* taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/false);
+  std::vector<float> b32(static_cast<size_t>(g.K), 0.f);
+  if (bias.defined()) convert_n(bias.const_data_ptr<S>(), b32.data(), g.K);
+  S* yp = y.mutable_data_ptr<S>();
+  direct_pass(g, xv, round_up2(g.Cg), grid.rows, grid.cols, taps, g.Kg, g.P,
+              [&](int64_t n, int64_t gi, int64_t p, int64_t k, const float* src) {
+                const int64_t kk = gi * g.Kg + k;
+                bias_act_store(src, b32[kk], relu, yp + ((n * g.K + kk) * g.P + p) * g.Q, g.Q);
+              });
+}
+
+// dx(h, w) = sum_{r', s', k} W[k][c][R-1-r'][S-1-s'] dy_ext[k][h + r' dh][w + s' dw] with dy_ext = dy
+// placed at ((R-1) dh - ph, (S-1) dw - pw) on a grid of H + (R-1) dh rows of W + (S-1) dw pixels
+// (rounded up to even), zero elsewhere (cropped where the padding exceeds the kernel's reach).
+void conv2d_dgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx) {
+  using S = c10::BFloat16;
+  const int64_t rows = g.H + (g.R - 1) * g.dh, cols = round_up2(g.W + (g.S - 1) * g.dw);
+  const S* dyv = pack_image(g, dy.const_data_ptr<S>(), g.K, g.Kg, g.P, g.Q, (g.R - 1) * g.dh - g.ph,
+                            (g.S - 1) * g.dw - g.pw, rows, cols);
+  const S* taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/true);
+  S* dxp = dx.mutable_data_ptr<S>();
+  direct_pass(g, dyv, round_up2(g.Kg), rows, cols, taps, g.Cg, g.H,
+              [&](int64_t n, int64_t gi, int64_t h, int64_t c, const float* src) {
+                convert_n(src, dxp + ((n * g.C + gi * g.Cg + c) * g.H + h) * g.W, g.W);
+              });
+}
+
+// dW_rs^T (Cg x Kg) = sum over samples and tiles of X_grid[off ..] (Cg x L) DY_grid^T (L x Kg): A is x
+// on its grid, plain rows (any tap offset is a plain pointer offset), B is dy on x's grid (rows of Wp
+// pixels, zero in the discarded columns) transposed into pixel-pair VNNI: element (j, k) at
+// (j / 2) 2 Kg + 2 k + j % 2, one 32-bit word per (pixel pair, k). One float32 partial (RS, G, Cg, Kg)
+// per thread chunk, summed in chunk order, rounded once into dW.
+void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw) {
+  using S = c10::BFloat16;
+  const InputGrid grid(g);
+  const int64_t plane = grid.plane(), cols = grid.cols, RS = g.R * g.S, PW = g.P * cols;
+  const S* xp = x.const_data_ptr<S>();
+  const S* dyp = dy.const_data_ptr<S>();
+  // x on its grid: [n][c][plane], zero padding, plus what the last tap's discarded columns read past the end.
+  const int64_t slack = (g.S - 1) * g.dw + 1;
+  S* const xg = scratch<S>(kGrid, g.N * g.C * plane + slack);
+  std::fill(xg + g.N * g.C * plane, xg + g.N * g.C * plane + slack, S(0.f));
+  // dy^T on the grid: [n][gi][PW / 2][Kg][2] (PW is even: cols is).
+  S* const dyt = scratch<S>(kGridT, g.N * g.K * PW);
+  at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / g.G, gi = i % g.G;
+      for (int64_t c = gi * g.Cg; c < (gi + 1) * g.Cg; ++c) {
+        S* dst = xg + (n * g.C + c) * plane;
+        std::fill(dst, dst + g.ph * cols + g.pw, S(0.f));  // top rows, and the left border of the first
+        for (int64_t h = 0; h < g.H; ++h) {
+          S* row = dst + (h + g.ph) * cols + g.pw;
+          std::memcpy(row, xp + ((n * g.C + c) * g.H + h) * g.W, sizeof(S) * g.W);
+          // right border of this row and left border of the next
+          std::fill(row + g.W, row + cols, S(0.f));
+        }
+        std::fill(dst + (g.H + g.ph) * cols + g.pw, dst + plane, S(0.f));  // bottom rows
+      }
+      S* d = dyt + (n * g.G + gi) * g.Kg * PW;
+      for (int64_t p = 0; p < g.P; ++p) {
+        for (int64_t k = 0; k < g.Kg; ++k) {
+          const S* src = dyp + ((n * g.K + gi * g.Kg + k) * g.P + p) * g.Q;
+          S* o = d + (p * cols / 2 * g.Kg + k) * 2;
+          int64_t q = 0;
+          for (; q + 1 < g.Q; q += 2, o += 2 * g.Kg) std::memcpy(o, src + q, 2 * sizeof(S));
+          for (; q < cols; q += 2, o += 2 * g.Kg) {  // the last odd column, then the discarded ones
+            o[0] = q < g.Q ? src[q] : S(0.f);
+            o[1] = S(0.f);
+          }
+        }
+      }
+    }
+  });
+  const int64_t tile = direct_tile_rows(cols, g.P, kDirectWgradCols), tiles = (g.P + tile - 1) / tile;
+  const int64_t items = g.N * tiles, chunks = std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
+  const int64_t part_size = RS * g.K * g.Cg;
+  float* const part = scratch<float>(kAcc, chunks * part_size);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      float* const acc = part + chunk * part_size;
+      std::fill(acc, acc + part_size, 0.f);
+      for (int64_t item = items * chunk / chunks; item < items * (chunk + 1) / chunks; ++item) {
+        const int64_t n = item / tiles, p0 = (item % tiles) * tile, p1 = std::min(g.P, p0 + tile);
+        const int64_t L = (p1 - p0) * cols;  // even: cols is
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const S* b = dyt + (n * g.G + gi) * g.Kg * PW + p0 * cols * g.Kg;
+          for (int64_t t = 0; t < RS; ++t) {
+            const int64_t off = (p0 + (t / g.S) * g.dh) * cols + (t % g.S) * g.dw;
+            const S* a = xg + (n * g.C + gi * g.Cg) * plane + off;
+            brgemm_bf16_ldb(g.Cg, g.Kg, L, a, plane, b, g.Kg, acc + (t * g.G + gi) * g.Cg * g.Kg, g.Kg, true);
+          }
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+  for (int64_t c = 1; c < chunks; ++c) {
+    at::vec::map2<float>([](auto a, auto b) { return a + b; }, part, part, part + c * part_size, part_size);
+  }
+  S* dwp = dw.mutable_data_ptr<S>();
+  for (int64_t t = 0; t < RS; ++t) {
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        const float* src = part + ((t * g.G + gi) * g.Cg + c) * g.Kg;
+        for (int64_t k = 0; k < g.Kg; ++k) dwp[((gi * g.Kg + k) * g.Cg + c) * RS + t] = static_cast<S>(src[k]);
+      }
     }
   }
 }
@@ -729,7 +1056,11 @@ at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std:
     if (bias.defined()) y.add_(bias.view({1, g.K, 1, 1}));
     if (relu) y.clamp_min_(0);
   } else if (y.numel() > 0 && dt == at::kBFloat16 && bf16_brgemm_usable()) {
-    conv2d_fwd_brgemm(g, x, w, bias, relu, y);
+    if (direct_fwd_applies(g)) {
+      conv2d_fwd_direct(g, x, w, bias, relu, y);
+    } else {
+      conv2d_fwd_brgemm(g, x, w, bias, relu, y);
+    }
   } else if (y.numel() > 0 && (dt == at::kHalf || dt == at::kBFloat16)) {
     // Widening path: float32 copies through the float32 kernel, the output rounded once.
     const at::Tensor b32 = bias.defined() ? bias.to(at::kFloat) : at::Tensor();
@@ -766,7 +1097,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
     }
     if (mask[2] && g.N > 0) db.copy_(dy.sum({0, 2, 3}));
   } else if (dt == at::kBFloat16 && bf16_brgemm_usable()) {
-    conv2d_bwd_brgemm(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr, mask[2] ? &db : nullptr);
+    // Gather-free passes where they apply (stride 1; finite inputs where they read padding, see
+    // above), the tiled gather kernel for the rest.
+    bool dx_done = !mask[0], dw_done = !mask[1];
+    if (!dx_done && direct_dgrad_applies(g, w)) {
+      conv2d_dgrad_direct(g, dy, w, dx);
+      dx_done = true;
+    }
+    if (!dw_done && direct_wgrad_applies(g, x)) {
+      conv2d_wgrad_direct(g, dy, x, dw);
+      dw_done = true;
+    }
+    if (!dx_done || !dw_done) conv2d_bwd_brgemm(g, dy, x, w, dx_done ? nullptr : &dx, dw_done ? nullptr : &dw);
+    if (mask[2]) conv2d_bias_grad_bf16(g, dy, db);
   } else if (dt == at::kHalf || dt == at::kBFloat16) {
     // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
     const auto f32 = opts.dtype(at::kFloat);
