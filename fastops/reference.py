@@ -55,8 +55,9 @@ def cross_entropy(
         if reduction == "mean":
             return (loss.sum() / loss.numel()).to(input.dtype)
     else:
+        target = target.long()  # uint8 indices compared with a negative ignore_index would wrap
         valid = target != ignore_index
-        y = torch.where(valid, target.long(), 0)
+        y = torch.where(valid, target, 0)
         nll = -logp.gather(cdim, y.unsqueeze(cdim)).squeeze(cdim)
         w_y = torch.ones_like(nll) if weight is None else weight.to(x.dtype)[y]
         # Only with smoothing: masked (-inf) logits make this sum infinite, as in torch.

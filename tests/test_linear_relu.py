@@ -330,7 +330,8 @@ def test_raw_ops_reject_bad_input(device, backend):
         ns.linear_relu_bwd(out, x, w, out.double())
 
 
-def test_backend_resolution():
+def test_backend_resolution(monkeypatch):
+    monkeypatch.setattr(fastops._backend, "_WARNED", set())  # the warning is once per process
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         assert fastops._backend.resolve("linear_relu", "auto", "cpu", dtype) == "native"
     unsupported = torch.float8_e4m3fn  # a floating dtype no kernel takes

@@ -265,7 +265,9 @@ T row_loss(const Args<S>& a, int64_t r, const RowSums<T>& rs, T x_y) {
   if (!a.t && a.y[r] == a.ignore_index) return 0;
   if (!std::isfinite(rs.m)) return std::numeric_limits<T>::quiet_NaN();
   const A smooth = e > 0 ? e / C * (A(a.wsum) * rs.ls - rs.sxr) : A(0);
-  if (a.t) return static_cast<T>((1 - e) * (rs.swt * rs.ls - rs.swtxr) + smooth);
+  // e == 1: the (1 - e) term is dropped, not multiplied by 0: a probability on a -inf logit makes it
+  // +inf, and torch's weights (1 - e) t + e / C = 1 / C give +inf, not 0 * inf = NaN.
+  if (a.t) return static_cast<T>((e < 1 ? (1 - e) * (rs.swt * rs.ls - rs.swtxr) : A(0)) + smooth);
   const A wy = a.w ? a.w[a.y[r]] : T(1);
   return static_cast<T>((1 - e) * wy * ((A(rs.m) - A(x_y)) + rs.ls) + smooth);
 }

@@ -272,7 +272,9 @@ __device__ __forceinline__ void finish_fwd_row(const CeArgs<T, A>& a, int64_t r,
   stats[a.rows + r] = ls;
   const A smooth = e > 0 ? e / C * (W * ls - acc.sxr) : A(0);
   if (a.t != nullptr) {
-    loss[r] = finite ? (1 - e) * (acc.swt * ls - acc.swtxr) + smooth : nan_acc<A>();
+    // e == 1: the (1 - e) term is dropped, not multiplied by 0 (a probability on a -inf logit makes it
+    // +inf; torch's weights (1 - e) t + e / C = 1 / C give +inf, not NaN)
+    loss[r] = finite ? (e < 1 ? (1 - e) * (acc.swt * ls - acc.swtxr) : A(0)) + smooth : nan_acc<A>();
     return;
   }
   const int64_t y = a.y[r];

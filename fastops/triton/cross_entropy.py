@@ -172,8 +172,8 @@ def cross_entropy_fwd_online_lse_kernel(
         W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Cf
     if PROBS:
         loss = swt * ls - swtxr  # sum_c w_c t_c ((m - x_c) + ls): terms >= 0
-        if SMOOTHING:
-            loss = (1.0 - eps) * loss + eps / Cf * (W * ls - sxr)
+        if SMOOTHING:  # e == 1 drops the first term (not 0 * inf = NaN for a probability on a -inf logit)
+            loss = tl.where(eps < 1.0, (1.0 - eps) * loss, 0.0) + eps / Cf * (W * ls - sxr)
         loss = tl.where(finite, loss, float("nan"))
     else:
         y = tl.load(tgt_ptr + r)
