@@ -881,16 +881,17 @@ void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, i
 
 // dst[0, n) = narrow(src + b), then max(., 0) when relu.
 inline void bias_act_store(const float* src, float b, bool relu, c10::BFloat16* dst, int64_t n) {
-  constexpr int64_t V = Vectorized<float>::size();
-  const Vectorized<float> vb(b), zero(0.f);
-  int64_t i = 0;
-  for (; i + V <= n; i += V) {
-    const Vectorized<float> v = Vectorized<float>::loadu(src + i) + vb;
-    store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i);
-  }
-  if (i < n) {
-    const Vectorized<float> v = Vectorized<float>::loadu(src + i, n - i) + vb;
-    store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i, n - i);
+  using V = Vectorized<float>;
+  constexpr int64_t L = V::size();
+  const V vb(b), zero(0.f);
+  const auto at = [&](int64_t i, int64_t k) {  // elements [i, i + k), k <= L
+    if (k <= 0) return zero;
+    const V v = V::loadu(src + i, k) + vb;
+    return relu ? at::vec::maximum(v, zero) : v;
+  };
+  for (int64_t i = 0; i < n; i += 2 * L) {  // two vectors per narrowing conversion
+    const int64_t k = std::min<int64_t>(2 * L, n - i);
+    cpu::store_narrow2(at(i, std::min<int64_t>(L, k)), at(i + L, k - L), dst + i, k);
   }
 }
 
