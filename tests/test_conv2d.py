@@ -157,6 +157,14 @@ def test_cpu_bfloat16_direct_passes(case):
     _check_against_reference("native", x, w, b, kw, "bfloat16")
 
 
+@pytest.mark.slow
+def test_cpu_bfloat16_direct_passes_large_images():
+    # Repacked images above 16 MiB are the call's own buffers, not the per-thread scratch kept between
+    # calls (csrc/cpu/conv2d.cpp, Scratch): x on its padded grid is 2 x 64 x 262 x 260 x 2 bytes here.
+    x, w, b, kw = _make(((2, 64, 260, 258), (8, 64, 3, 3), 1, 1, 1, 1, True, False), torch.bfloat16, "cpu")
+    _check_against_reference("native", x, w, b, kw, "large images")
+
+
 def test_cpu_bfloat16_direct_passes_nonfinite():
     # The direct passes multiply zeros (dy's extension beyond its edges, the discarded grid columns)
     # by weights (dgrad) or inputs (wgrad): exact only for finite values, so a non-finite weight or

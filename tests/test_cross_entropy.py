@@ -187,8 +187,12 @@ def test_noncontiguous_and_expanded_inputs(device, backend):
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
 def test_inplace_backward(device, backend):
-    for dtype in [torch.float64, *_low_precision_native_cpu(device, backend)]:
-        x, target, weight = _make_case((13, 301), False, True, dtype, device)
+    # float16 / bfloat16 on the native CPU kernels, also on the spatial (lane-parallel) path: the target
+    # class's element is recomputed after the sweep, from the logit read before the buffer is overwritten.
+    low = _low_precision_native_cpu(device, backend)
+    for dtype, shape in [(torch.float64, (13, 301)), *((dt, s) for dt in low for s in ((13, 301), (3, 301, 7)))]:
+        x, target, weight = _make_case(shape, False, True, dtype, device)
+        target.view(-1)[::2] = x.argmax(1).view(-1)[::2]  # large p_y: the target's own term matters
         ref = x.detach().clone().requires_grad_()
         (g_ref,) = torch.autograd.grad(FF.cross_entropy(ref, target, weight, backend=backend), ref)
         leaf = x.detach().clone().requires_grad_()

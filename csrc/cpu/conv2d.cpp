@@ -59,8 +59,8 @@
 // contributions of each pixel in (c, r, s, p, q) order, dW sums over samples in chunk order.
 // Scratch: two tile buffers per thread (<= max(kColBudget, CRS x (kMinCols + Q)) + Kg x tile
 // columns) and, with padding, the padded input (and dx) of the thread's chunk: O(input), never
-// O(N P Q CRS). The bfloat16 direct passes keep O(input + dy) grid images per calling thread
-// between calls (the largest seen).
+// O(N P Q CRS). The bfloat16 direct passes repack the input and dy once (O(input + dy)); buffers up
+// to 16 MiB are kept per calling thread between calls (Scratch).
 //
 // Preconditions (check_conv2d_args): 4-D x and w of the same floating dtype and device, groups
 // divides C and K, w.size(1) == C / groups, positive stride/dilation, non-negative padding, P, Q >= 1.
@@ -718,25 +718,43 @@ void conv2d_bias_grad_bf16(const Conv2dGeometry& g, const at::Tensor& dy, at::Te
                    });
 }
 
-// Scratch reused across calls: per calling thread, one grow-only buffer per slot. A fresh multi-MiB
-// buffer costs a page fault per 4 KiB on every call (glibc hands large freed blocks back to the OS):
-// measured 20% of a bfloat16 conv backward (N8 C128 H28). Kept: the largest size each slot has seen.
+// Scratch for the direct passes, reused across calls: per calling thread, one grow-only buffer per
+// slot. A fresh multi-MiB buffer costs a page fault per 4 KiB on every call (glibc hands large freed
+// blocks back to the OS): measured 20% of a bfloat16 conv backward (N8 C128 H28). Only buffers up to
+// kRetainBytes are kept (at most kSlots x that per calling thread); a larger one is the call's own,
+// with transparent huge pages advised (512x fewer faults where THP is on).
 enum ScratchSlot { kImage, kTaps, kGrid, kGridT, kAcc, kSlots };
+constexpr int64_t kRetainBytes = int64_t(16) << 20;
 
 template <typename T>
-T* scratch(ScratchSlot slot, int64_t n) {
-  struct Buffer {
-    std::unique_ptr<T[]> data;
-    int64_t size = 0;
-  };
-  thread_local Buffer buffers[kSlots];
-  Buffer& b = buffers[slot];
-  if (b.size < n) {
-    b.data.reset(new T[size_t(n)]);  // uninitialised: callers write what they read
-    b.size = n;
+class Scratch {
+ public:
+  Scratch(ScratchSlot slot, int64_t n) {
+    const int64_t bytes = n * int64_t(sizeof(T));
+    if (bytes > kRetainBytes) {
+      own_ = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+      advise_huge_pages(own_);
+      ptr_ = static_cast<T*>(own_.data_ptr());
+      return;
+    }
+    struct Retained {
+      std::unique_ptr<T[]> data;
+      int64_t size = 0;
+    };
+    thread_local Retained retained[kSlots];
+    Retained& r = retained[slot];
+    if (r.size < n) {
+      r.data.reset(new T[size_t(n)]);  // uninitialised: callers write what they read
+      r.size = n;
+    }
+    ptr_ = r.data.get();
   }
-  return b.data.get();
-}
+  T* get() const { return ptr_; }
+
+ private:
+  at::Tensor own_;
+  T* ptr_ = nullptr;
+};
 
 // ---- bfloat16, stride 1: gather-free passes on the same micro-kernel --------------------------------
 //
@@ -820,9 +838,10 @@ void pack_channel_pairs(const c10::BFloat16* src, int64_t nc, int64_t Hsrc, int6
 // W_rs per tap and group: out[((r S + s) G + gi) M Np + m Np + n] = W[gi Kg + k][c][r][s] with
 // (m, n) = (k, c) (forward: Kg x Cgp) or, transposed and flipped, (m, n) = (c, k) at tap
 // (R-1-r, S-1-s) (dgrad: Cg x Kgp); zero pad columns.
-const c10::BFloat16* pack_tap_weights(const Conv2dGeometry& g, const c10::BFloat16* w, bool dgrad) {
+Scratch<c10::BFloat16> pack_tap_weights(const Conv2dGeometry& g, const c10::BFloat16* w, bool dgrad) {
   const int64_t RS = g.R * g.S, M = dgrad ? g.Cg : g.Kg, Np = round_up2(dgrad ? g.Kg : g.Cg);
-  c10::BFloat16* out = scratch<c10::BFloat16>(kTaps, RS * g.G * M * Np);
+  Scratch<c10::BFloat16> buf(kTaps, RS * g.G * M * Np);
+  c10::BFloat16* const out = buf.get();
   std::fill(out, out + RS * g.G * M * Np, c10::BFloat16(0.f));
   for (int64_t gi = 0; gi < g.G; ++gi) {
     for (int64_t k = 0; k < g.Kg; ++k) {
@@ -835,7 +854,7 @@ const c10::BFloat16* pack_tap_weights(const Conv2dGeometry& g, const c10::BFloat
       }
     }
   }
-  return out;
+  return buf;
 }
 
 // C (M x N, float32, ldc) (+)= A (M x K, lda) B, B in VNNI with leading dimension ldb (>= N): the
@@ -856,7 +875,8 @@ void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, i
   const int64_t plane = rows * cols, RS = g.R * g.S, tile = direct_tile_rows(cols, Ho);
   const int64_t tiles = (Ho + tile - 1) / tile, items = g.N * tiles;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
-  float* const accs = scratch<float>(kAcc, chunks * Mo * tile * cols);
+  const Scratch<float> acc_buf(kAcc, chunks * Mo * tile * cols);
+  float* const accs = acc_buf.get();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       float* const acc = accs + chunk * Mo * tile * cols;
@@ -881,16 +901,17 @@ void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, i
 
 // dst[0, n) = narrow(src + b), then max(., 0) when relu.
 inline void bias_act_store(const float* src, float b, bool relu, c10::BFloat16* dst, int64_t n) {
-  constexpr int64_t V = Vectorized<float>::size();
-  const Vectorized<float> vb(b), zero(0.f);
-  int64_t i = 0;
-  for (; i + V <= n; i += V) {
-    const Vectorized<float> v = Vectorized<float>::loadu(src + i) + vb;
-    store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i);
-  }
-  if (i < n) {
-    const Vectorized<float> v = Vectorized<float>::loadu(src + i, n - i) + vb;
-    store_narrow(relu ? at::vec::maximum(v, zero) : v, dst + i, n - i);
+  using V = Vectorized<float>;
+  constexpr int64_t L = V::size();
+  const V vb(b), zero(0.f);
+  const auto at = [&](int64_t i, int64_t k) {  // elements [i, i + k), k <= L
+    if (k <= 0) return zero;
+    const V v = V::loadu(src + i, k) + vb;
+    return relu ? at::vec::maximum(v, zero) : v;
+  };
+  for (int64_t i = 0; i < n; i += 2 * L) {  // two vectors per narrowing conversion
+    const int64_t k = std::min<int64_t>(2 * L, n - i);
+    cpu::store_narrow2(at(i, std::min<int64_t>(L, k)), at(i + L, k - L), dst + i, k);
   }
 }
 
@@ -904,10 +925,11 @@ struct InputGrid {
 // The channel-pair image (N, G, Cgrp rounded up to even / 2, rows x cols, 2) of src (N, Csrc, Hsrc,
 // Wsrc; groups of Cgrp channels) placed at (oh, ow) on the grid, plus zeros for the (S-1) dw pixels
 // the last tile's discarded columns read past the end. In scratch slot kImage.
-const c10::BFloat16* pack_image(const Conv2dGeometry& g, const c10::BFloat16* src, int64_t Csrc, int64_t Cgrp,
-                                int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow, int64_t rows, int64_t cols) {
+Scratch<c10::BFloat16> pack_image(const Conv2dGeometry& g, const c10::BFloat16* src, int64_t Csrc, int64_t Cgrp,
+                                  int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow, int64_t rows, int64_t cols) {
   const int64_t Cp = round_up2(Cgrp), block = Cp * rows * cols, slack = 2 * ((g.S - 1) * g.dw + 1);
-  c10::BFloat16* out = scratch<c10::BFloat16>(kImage, g.N * g.G * block + slack);
+  Scratch<c10::BFloat16> buf(kImage, g.N * g.G * block + slack);
+  c10::BFloat16* const out = buf.get();
   std::fill(out + g.N * g.G * block, out + g.N * g.G * block + slack, c10::BFloat16(0.f));
   at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -916,19 +938,19 @@ const c10::BFloat16* pack_image(const Conv2dGeometry& g, const c10::BFloat16* sr
                          out + i * block);
     }
   });
-  return out;
+  return buf;
 }
 
 void conv2d_fwd_direct(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                        bool relu, at::Tensor& y) {
   using S = c10::BFloat16;
   const InputGrid grid(g);
-  const S* xv = pack_image(g, x.const_data_ptr<S>(), g.C, g.Cg, g.H, g.W, g.ph, g.pw, grid.rows, grid.cols);
-  const S* taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/false);
+  const auto xv = pack_image(g, x.const_data_ptr<S>(), g.C, g.Cg, g.H, g.W, g.ph, g.pw, grid.rows, grid.cols);
+  const auto taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/false);
   std::vector<float> b32(static_cast<size_t>(g.K), 0.f);
   if (bias.defined()) convert_n(bias.const_data_ptr<S>(), b32.data(), g.K);
   S* yp = y.mutable_data_ptr<S>();
-  direct_pass(g, xv, round_up2(g.Cg), grid.rows, grid.cols, taps, g.Kg, g.P,
+  direct_pass(g, xv.get(), round_up2(g.Cg), grid.rows, grid.cols, taps.get(), g.Kg, g.P,
               [&](int64_t n, int64_t gi, int64_t p, int64_t k, const float* src) {
                 const int64_t kk = gi * g.Kg + k;
                 bias_act_store(src, b32[kk], relu, yp + ((n * g.K + kk) * g.P + p) * g.Q, g.Q);
@@ -941,11 +963,11 @@ void conv2d_fwd_direct(const Conv2dGeometry& g, const at::Tensor& x, const at::T
 void conv2d_dgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx) {
   using S = c10::BFloat16;
   const int64_t rows = g.H + (g.R - 1) * g.dh, cols = round_up2(g.W + (g.S - 1) * g.dw);
-  const S* dyv = pack_image(g, dy.const_data_ptr<S>(), g.K, g.Kg, g.P, g.Q, (g.R - 1) * g.dh - g.ph,
-                            (g.S - 1) * g.dw - g.pw, rows, cols);
-  const S* taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/true);
+  const auto dyv = pack_image(g, dy.const_data_ptr<S>(), g.K, g.Kg, g.P, g.Q, (g.R - 1) * g.dh - g.ph,
+                              (g.S - 1) * g.dw - g.pw, rows, cols);
+  const auto taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/true);
   S* dxp = dx.mutable_data_ptr<S>();
-  direct_pass(g, dyv, round_up2(g.Kg), rows, cols, taps, g.Cg, g.H,
+  direct_pass(g, dyv.get(), round_up2(g.Kg), rows, cols, taps.get(), g.Cg, g.H,
               [&](int64_t n, int64_t gi, int64_t h, int64_t c, const float* src) {
                 convert_n(src, dxp + ((n * g.C + gi * g.Cg + c) * g.H + h) * g.W, g.W);
               });
@@ -964,10 +986,12 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
   const S* dyp = dy.const_data_ptr<S>();
   // x on its grid: [n][c][plane], zero padding, plus what the last tap's discarded columns read past the end.
   const int64_t slack = (g.S - 1) * g.dw + 1;
-  S* const xg = scratch<S>(kGrid, g.N * g.C * plane + slack);
+  const Scratch<S> xg_buf(kGrid, g.N * g.C * plane + slack);
+  S* const xg = xg_buf.get();
   std::fill(xg + g.N * g.C * plane, xg + g.N * g.C * plane + slack, S(0.f));
   // dy^T on the grid: [n][gi][PW / 2][Kg][2] (PW is even: cols is).
-  S* const dyt = scratch<S>(kGridT, g.N * g.K * PW);
+  const Scratch<S> dyt_buf(kGridT, g.N * g.K * PW);
+  S* const dyt = dyt_buf.get();
   at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / g.G, gi = i % g.G;
@@ -1000,7 +1024,8 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
   const int64_t tile = direct_tile_rows(cols, g.P, kDirectWgradCols), tiles = (g.P + tile - 1) / tile;
   const int64_t items = g.N * tiles, chunks = std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
   const int64_t part_size = RS * g.K * g.Cg;
-  float* const part = scratch<float>(kAcc, chunks * part_size);
+  const Scratch<float> part_buf(kAcc, chunks * part_size);
+  float* const part = part_buf.get();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       float* const acc = part + chunk * part_size;

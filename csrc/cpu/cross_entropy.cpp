@@ -20,8 +20,10 @@
 // needs (relative to the block-updated max, re-based by (m_old - m_new) * partial sum when the max
 // moves), all from L1. D > 1 ((N, C, d1..dk)): a row is strided by D, so the SIMD lanes run over
 // D consecutive rows instead (contiguous loads along d) with a per-lane online max/sum-exp.
-// float16 / bfloat16 logits: the row path widens each block (and the target-probability block) to
-// float32 in L1 first, then runs the float32 block code on it; the lane path widens each load.
+// float16 / bfloat16 logits: the forward's row path widens each block to float32 in L1 in the same
+// sweep that finds the block's max (and the target-probability block), then runs the float32 block
+// code on it; the backward's row path is one sweep that widens each vector and rounds each result
+// once as it stores it; the lane path widens each load and narrows each store.
 //
 // Traffic (s = bytes per logit: 4 for float32, 2 for float16 / bfloat16; N x C logits): forward
 // reads N*C*s bytes once and writes 3 accumulation-type numbers per row; backward reads the
@@ -72,6 +74,7 @@ using cpu::convert_n;
 using cpu::is_reduced_v;
 using cpu::load_wide;
 using cpu::store_narrow;
+using cpu::store_narrow2;
 using cpu::widen;
 
 template <typename T>
@@ -175,6 +178,28 @@ inline T sum_shift(T m) {
   return m == -std::numeric_limits<T>::infinity() ? T(0) : m;
 }
 
+// The block's max, and the block itself in compute_t<S> (x, or x widened into buf in the same sweep).
+template <typename S, typename T = compute_t<S>>
+const T* widen_max(const S* x, int64_t n, T* buf, T& max) {
+  using V = Vectorized<T>;
+  const auto vmax = [](const V& a, const V& b) { return at::vec::maximum(a, b); };
+  if constexpr (!is_reduced_v<S>) {
+    max = at::vec::reduce_all<T>(vmax, x, n);
+    return x;
+  } else {
+    const V ninf(-std::numeric_limits<T>::infinity());
+    V m = ninf;
+    for (int64_t i = 0; i < n; i += V::size()) {
+      const int64_t k = std::min<int64_t>(V::size(), n - i);
+      const V v = load_wide(x + i, k);
+      v.store(buf + i, k);
+      m = vmax(m, k == V::size() ? v : V::set(ninf, v, k));
+    }
+    max = at::vec::vec_reduce_all<T>(vmax, m);
+    return buf;
+  }
+}
+
 // scratch: 2 kBlock<T> elements, used when S is narrower than T (the widened x and t blocks).
 // A term t_c (x_c - m) of swtxr. With label smoothing e > 0 every class carries target weight
 // (1 - e) t_c + e / C > 0, as torch computes it: a class with t_c = 0 and x_c = -inf then adds
@@ -197,7 +222,6 @@ inline T smooth_term(T v, T e) {
 template <typename S, typename T = compute_t<S>>
 RowSums<T> row_sums(const S* x, const S* t, const T* w, int64_t C, bool need_sx, T* scratch) {
   using V = Vectorized<T>;
-  const auto vmax = [](const V& a, const V& b) { return at::vec::maximum(a, b); };
   const auto vadd = [](const V& a, const V& b) { return a + b; };
   const auto vmul = [](const V& a, const V& b) { return a * b; };
   using A = acc_t<T>;
@@ -207,8 +231,8 @@ RowSums<T> row_sums(const S* x, const S* t, const T* w, int64_t C, bool need_sx,
   RowSums<T> out{0, 0, 0, 0, 0};
   for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
     const int64_t n = std::min(kBlock<T>, C - c0);
-    const T* xb = widen(x + c0, n, scratch);
-    const T bm = at::vec::reduce_all<T>(vmax, xb, n);
+    T bm;
+    const T* xb = widen_max(x + c0, n, scratch, bm);
     const T shift_old = sum_shift(m);
     if (std::isnan(bm)) {
       m = bm;
@@ -301,33 +325,34 @@ void fwd_rows(const Args<S>& a, T* loss, T* stats) {
   });
 }
 
+// o[i] = f(x[i], t[i] (0 without t), w[i] (1 without w)) for i < n, x and t widened per vector and
+// the result rounded to S once per element: the float16 / bfloat16 backward's one sweep.
+template <typename S, typename T, typename F>
+void map_row_narrow(const S* x, const S* t, const T* w, S* o, int64_t n, const F& f) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const V zero(T(0)), one(T(1));
+  const auto at = [&](int64_t i, int64_t k) {  // f of elements [i, i + k), k <= L
+    if (k <= 0) return zero;
+    return f(load_wide(x + i, k), t ? load_wide(t + i, k) : zero, w ? V::loadu(w + i, k) : one);
+  };
+  for (int64_t i = 0; i < n; i += 2 * L) {  // two vectors per narrowing conversion
+    const int64_t k = std::min<int64_t>(2 * L, n - i);
+    store_narrow2(at(i, std::min<int64_t>(L, k)), at(i + L, k - L), o + i, k);
+  }
+}
+
 // p_c = exp((x_c - m) - ls): x_c - m is exact for x_c within a factor 2 of m (Sterbenz), so the
 // probabilities of the classes near the max keep full relative precision at any logit offset.
-// The row is swept in L1 blocks; a float16 / bfloat16 block is widened, computed in float32
-// (the target's term included) and rounded once when stored.
+// float32 / float64 rows are swept in place; a float16 / bfloat16 row in one sweep that widens each
+// vector of logits (and targets), computes in float32 and rounds once when storing; the target's
+// element, whose -(1-e) w_y term the sweep leaves out, is then recomputed in float32 and rounded once.
 template <typename S, typename T = compute_t<S>>
 void bwd_rows(const Args<S>& a, const T* grad, const T* stats, S* out) {
   using V = Vectorized<T>;
   const T e = a.eps, C = static_cast<T>(a.C);
   at::parallel_for(0, a.B, std::max<int64_t>(1, at::internal::GRAIN_SIZE / a.C), [&](int64_t r0, int64_t r1) {
-    std::vector<T> scratch = block_scratch<S>(3);  // widened x block, t block, and the gradient block
-    T* const xbuf = scratch.data();
-    T* const tbuf = xbuf + (scratch.empty() ? 0 : kBlock<T>);
-    T* const obuf = tbuf + (scratch.empty() ? 0 : kBlock<T>);
-    // f(c0, n, x block, t block or null, gradient block), then the block is stored.
-    const auto for_each_block = [&](const S* x, const S* t, S* o, const auto& f) {
-      for (int64_t c0 = 0; c0 < a.C; c0 += kBlock<T>) {
-        const int64_t n = std::min(kBlock<T>, a.C - c0);
-        const T* xb = widen(x + c0, n, xbuf);
-        const T* tb = t ? widen(t + c0, n, tbuf) : nullptr;
-        if constexpr (is_reduced_v<S>) {
-          f(c0, n, xb, tb, obuf);
-          convert_n(obuf, o + c0, n);
-        } else {
-          f(c0, n, xb, tb, o + c0);
-        }
-      }
-    };
+    std::vector<T> tbuf = block_scratch<S>(1);  // a widened block of probability targets (for sum w t)
     for (int64_t r = r0; r < r1; ++r) {
       const S* x = a.x + r * a.C;
       S* o = out + r * a.C;
@@ -346,20 +371,19 @@ void bwd_rows(const Args<S>& a, const T* grad, const T* stats, S* out) {
         T swt = 0;
         for (int64_t c0 = 0; c0 < a.C; c0 += kBlock<T>) {
           const int64_t n = std::min(kBlock<T>, a.C - c0);
-          const T* tb = widen(t + c0, n, tbuf);
+          const T* tb = widen(t + c0, n, tbuf.data());
           swt += a.w ? at::vec::map2_reduce_all<T>([](V u, V v) { return u * v; }, vadd, tb, a.w + c0, n)
                      : at::vec::reduce_all<T>(vadd, tb, n);
         }
         const V coef(g * (1 - e) * swt + smooth_term(g * e / C * a.wsum, e)), g1(g * (1 - e)),
             g0(smooth_term(g * e / C, e));
-        for_each_block(x, t, o, [&](int64_t c0, int64_t n, const T* xb, const T* tb, T* ob) {
-          if (a.w) {
-            at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; }, ob, xb, tb,
-                             a.w + c0, n);
-          } else {
-            at::vec::map2<T>([&](V xv, V tv) { return coef * p(xv) - (g1 * tv + g0); }, ob, xb, tb, n);
-          }
-        });
+        if constexpr (is_reduced_v<S>) {
+          map_row_narrow(x, t, a.w, o, a.C, [&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; });
+        } else if (a.w) {
+          at::vec::map3<T>([&](V xv, V tv, V wv) { return coef * p(xv) - (g1 * tv + g0) * wv; }, o, x, t, a.w, a.C);
+        } else {
+          at::vec::map2<T>([&](V xv, V tv) { return coef * p(xv) - (g1 * tv + g0); }, o, x, t, a.C);
+        }
         continue;
       }
       const int64_t yv = a.y[r];
@@ -373,15 +397,23 @@ void bwd_rows(const Args<S>& a, const T* grad, const T* stats, S* out) {
         continue;
       }
       const T wy = a.w ? a.w[yv] : T(1);
-      const V coef(g * (1 - e) * wy + smooth_term(g * e / C * a.wsum, e)), g0(smooth_term(g * e / C, e));
-      for_each_block(x, nullptr, o, [&](int64_t c0, int64_t n, const T* xb, const T*, T* ob) {
-        if (a.w && e > 0) {
-          at::vec::map2<T>([&](V xv, V wv) { return coef * p(xv) - g0 * wv; }, ob, xb, a.w + c0, n);
+      const T coef_s = g * (1 - e) * wy + smooth_term(g * e / C * a.wsum, e), g0_s = smooth_term(g * e / C, e);
+      const V coef(coef_s), g0(g0_s);
+      const T* w_smooth = a.w && e > 0 ? a.w : nullptr;  // the weights enter only through smoothing
+      if constexpr (is_reduced_v<S>) {
+        const T x_y = static_cast<T>(x[yv]);  // read before the sweep: in place, o is x
+        map_row_narrow(x, static_cast<const S*>(nullptr), w_smooth, o, a.C,
+                       [&](V xv, V, V wv) { return coef * p(xv) - g0 * wv; });
+        const T p_y = std::exp((x_y - stats[r]) - stats[a.B + r]);
+        o[yv] = static_cast<S>(coef_s * p_y - g0_s * (w_smooth ? w_smooth[yv] : T(1)) - g * (1 - e) * wy);
+      } else {
+        if (w_smooth) {
+          at::vec::map2<T>([&](V xv, V wv) { return coef * p(xv) - g0 * wv; }, o, x, w_smooth, a.C);
         } else {
-          at::vec::map<T>([&](V xv) { return coef * p(xv) - g0; }, ob, xb, n);
+          at::vec::map<T>([&](V xv) { return coef * p(xv) - g0; }, o, x, a.C);
         }
-        if (yv >= c0 && yv < c0 + n) ob[yv - c0] -= g * (1 - e) * wy;
-      });
+        o[yv] -= g * (1 - e) * wy;
+      }
     }
   });
 }
@@ -468,7 +500,7 @@ void bwd_cols(const Args<S>& a, const T* grad, const T* stats, S* out) {
   const T e = a.eps, C = static_cast<T>(a.C);
   at::parallel_for(0, a.B * chunks, std::max<int64_t>(1, at::internal::GRAIN_SIZE / (a.C * L)), [&](int64_t i0,
                                                                                                       int64_t i1) {
-    T coef_[L], g1_[L], g0_[L];
+    T coef_[L], g1_[L], g0_[L], xy_[L];
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / chunks, d0 = (i % chunks) * L, n = std::min(L, a.D - d0);
       const int64_t base = b * a.C * a.D + d0, r0 = b * a.D + d0;
@@ -500,6 +532,7 @@ void bwd_cols(const Args<S>& a, const T* grad, const T* stats, S* out) {
         coef_[j] = grad[r] * (1 - e) * wy + smooth_term(grad[r] * e / C * a.wsum, e);
         g1_[j] = grad[r] * (1 - e) * wy;
         g0_[j] = smooth_term(grad[r] * e / C, e);
+        xy_[j] = static_cast<T>(xb[yv * a.D + j]);  // read before the sweep: in place, ob is xb
       }
       const V g0 = V::loadu(g0_, n);
       const V coef = V::loadu(coef_, n);
@@ -514,7 +547,7 @@ void bwd_cols(const Args<S>& a, const T* grad, const T* stats, S* out) {
         if (yv == a.ignore_index) continue;
         S& o = ob[yv * a.D + j];
         if constexpr (is_reduced_v<S>) {
-          const T pj = std::exp((static_cast<T>(xb[yv * a.D + j]) - stats[r]) - stats[rows + r]);
+          const T pj = std::exp((xy_[j] - stats[r]) - stats[rows + r]);
           o = static_cast<S>(coef_[j] * pj - g0_[j] * (a.w ? a.w[yv] : T(1)) - g1_[j]);
         } else {
           o -= g1_[j];

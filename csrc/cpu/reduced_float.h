@@ -55,6 +55,15 @@ inline void store_narrow(const Vectorized<compute_t<S>>& v, S* p, int64_t n = Ve
   }
 }
 
+// The first n (<= 2 Vectorized<float>::size()) lanes of (lo, hi) rounded to S and stored at p: one
+// conversion for both halves (store_narrow converts a vector twice to fill one Vectorized<S>).
+template <typename S>
+inline void store_narrow2(const Vectorized<float>& lo, const Vectorized<float>& hi, S* p,
+                          int64_t n = 2 * Vectorized<float>::size()) {
+  static_assert(is_reduced_v<S>);
+  at::vec::convert_from_float<S>(lo, hi).store(p, n);
+}
+
 // dst[0, n) = src[0, n) converted (widened exactly, or narrowed with one rounding).
 template <typename From, typename To>
 inline void convert_n(const From* src, To* dst, int64_t n) {
@@ -66,10 +75,15 @@ inline void convert_n(const From* src, To* dst, int64_t n) {
     for (; i + L <= n; i += L) load_wide(src + i).store(dst + i);
     if (i < n) load_wide(src + i, n - i).store(dst + i, n - i);
   } else if constexpr (std::is_same_v<From, float> && is_reduced_v<To>) {
-    constexpr int64_t L = Vectorized<float>::size();
+    using V = Vectorized<float>;
+    constexpr int64_t L = V::size();
     int64_t i = 0;
-    for (; i + L <= n; i += L) store_narrow(Vectorized<float>::loadu(src + i), dst + i);
-    if (i < n) store_narrow(Vectorized<float>::loadu(src + i, n - i), dst + i, n - i);
+    for (; i + 2 * L <= n; i += 2 * L) store_narrow2(V::loadu(src + i), V::loadu(src + i + L), dst + i);
+    if (i + L < n) {
+      store_narrow2(V::loadu(src + i), V::loadu(src + i + L, n - i - L), dst + i, n - i);
+    } else if (i < n) {
+      store_narrow(V::loadu(src + i, n - i), dst + i, n - i);
+    }
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
   }
