@@ -83,10 +83,15 @@ else
 fi
 # Native (C++) kernels only: no Triton interpreter, no torch-backend cases, no GPU, no torch.compile
 # (Inductor runs a compiler with libasan preloaded, slowly, for code that is not the extension's).
+# Not test_adam's 50-step float32 trajectory against torch's float32 one at the tight bound: its
+# rounding depends on the instruction set and optimisation level, and this build is the plain ISA at
+# -O1 (one seed gave 3.5e-5 relative on one element against 2e-5 allowed). It runs in the main pytest
+# on the optimised build; here the other Adam tests (dtypes, GradScaler, state_dict, bad inputs,
+# fuzz) exercise the same kernel for memory errors.
 set +e
 LD_PRELOAD="$libasan $libstdcxx" "$PYTHON" -m pytest -s -q -p no:cacheprovider --rootdir "$ROOT" \
   -m "not triton and not gpu and not slow" \
-  -k "not triton and not torch_compile and not cpu-torch and not -torch-" \
+  -k "not triton and not torch_compile and not cpu-torch and not -torch- and not matches_torch_every_combination" \
   "${tests[@]}" "$@" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
