@@ -33,8 +33,7 @@ def cross_entropy(
 
     Args:
         input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; float16, bfloat16, float32
-            or float64 (the native CPU kernel takes float32/float64; ``auto`` falls back to the
-            torch composition for the others on CPU).
+            or float64 on every backend (float16/bfloat16 accumulate in float32).
         target: class indices, int64 (or uint8), of ``input``'s shape without dim 1 (``()`` for
             unbatched input); or class probabilities, floating, of ``input``'s shape.
         weight: ``(C,)`` class weights in ``input``'s dtype, or None.
@@ -93,8 +92,9 @@ def conv2d(
     """2-D convolution (cross-correlation), a drop-in for ``torch.nn.functional.conv2d``.
 
     Args:
-        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; float32 / float64 (native CPU and Triton
-            interpreter), also float16 / bfloat16 on CUDA. Contiguous or channels_last.
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; float16, bfloat16, float32 or float64
+            (native CPU and CUDA, Triton on CUDA; the Triton interpreter takes float32 / float64).
+            Contiguous or channels_last.
         weight: ``(K, C / groups, R, S)``, input's dtype and device.
         bias: ``(K,)`` or None.
         stride, dilation: int or ``(sh, sw)`` / ``(dh, dw)``, >= 1.
@@ -139,9 +139,9 @@ def linear_relu(
     """Fused ``relu(torch.nn.functional.linear(x, weight, bias))``.
 
     Args:
-        x: ``(*, K)`` input (any number of leading dims, possibly zero-size), float32 or float64
-            (float16 / bfloat16 on the GPU backends; ``auto`` falls back to the torch composition
-            for them on CPU). Any strides.
+        x: ``(*, K)`` input (any number of leading dims, possibly zero-size), float16, bfloat16,
+            float32 or float64 (native CPU and CUDA, Triton on CUDA; the Triton interpreter takes
+            float32 / float64). Any strides.
         weight: ``(N, K)`` in ``x``'s dtype and device; any strides (a transposed view is fine).
         bias: ``(N,)`` or None.
         backend: which implementation runs.
