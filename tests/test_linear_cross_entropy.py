@@ -245,6 +245,24 @@ def test_raw_bwd_op_double_backward_nonzero(device, backend):
     assert hx.abs().sum() > 0
 
 
+@pytest.mark.parametrize("device,backend", ALL)
+def test_retain_graph_second_backward_same_gradients(device, backend):
+    """The first backward scales the forward's precomputed gradients in place; a second one through
+    the same graph (retain_graph) must recompute, not scale them again."""
+    if device == "cuda":
+        pytest.skip("CPU shapes")
+    x, w, b, t = _inputs(13, 6, 29, torch.float64)
+    leaves = [v.requires_grad_() for v in (x, w, b)]
+    loss = FF.linear_cross_entropy(x, w, t, b, softcap=4.0, chunk_rows=5, backend=backend) * 3.0
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, c in zip(first, second):
+        torch.testing.assert_close(a, c)
+    want = torch.autograd.grad(reference.linear_cross_entropy(x, w, t, b, softcap=4.0) * 3.0, leaves)
+    for a, e in zip(first, want):
+        torch.testing.assert_close(a, e)
+
+
 def _namespace(backend):
     if backend == "native":
         return torch.ops.fastops

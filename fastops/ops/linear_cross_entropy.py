@@ -7,6 +7,11 @@ reduced loss from the same sweep. ``linear_cross_entropy_bwd`` recomputes the ch
 the gradients of ``sum(grad_loss * loss)``. :func:`register` is the one place that knows both passes,
 for each backend's namespace (the Triton module calls it for ``torch.ops.fastops_triton``).
 
+The first backward through a forward that precomputed its gradients scales the op's grad_x /
+grad_weight / grad_bias outputs in place by grad_loss and returns them (the functional never hands
+them out; a raw-op caller who keeps them sees them scaled). Later backwards (retain_graph) and
+double backward go through ``linear_cross_entropy_bwd``.
+
 Shared with the Triton backend: :func:`fwd_fake`, :func:`bwd_fake`, :func:`check_op_args` (the op
 argument contract, the same messages as csrc/fastops.h's check_linear_cross_entropy_args),
 :func:`chunk_rows_for` and the compositions.
@@ -415,16 +420,24 @@ def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
         x, weight, bias, target, class_weight, *config = inputs
         _, stats, gx, gw, gb = output
         ctx.mark_non_differentiable(stats, gx, gw, gb)
-        ctx.save_for_backward(x, weight, bias, target, class_weight, stats, gx, gw, gb)
+        ctx.save_for_backward(x, weight, bias, target, class_weight, stats)
         ctx.config = tuple(config[:-1])  # ignore_index .. chunk_rows
-        ctx.precomputed = bool(config[-1]) and config[-3] != 0
         ctx.has_bias = bias is not None
+        # The gradients the forward computed, used once by the first backward. Held as attributes, not
+        # saved tensors: that backward scales them in place (no second V x H buffer at the peak), which
+        # would trip the saved-tensor version check of a later backward (retain_graph), which
+        # recomputes through the _bwd op instead. Non-differentiable outputs have no grad_fn: no cycle.
+        ctx.precomputed = [gx, gw, gb] if bool(config[-1]) and config[-3] != 0 else None
 
     def backward(ctx, grad_loss: torch.Tensor, *_: Any):  # noqa: ANN001, ANN202
-        x, weight, bias, target, class_weight, stats, gx, gw, gb = ctx.saved_tensors
+        x, weight, bias, target, class_weight, stats = ctx.saved_tensors
         need = ctx.needs_input_grad
-        if ctx.precomputed and not torch.is_grad_enabled():
-            gx, gw, gb = (t * grad_loss.to(t.dtype) for t in (gx, gw, gb))
+        pre, ctx.precomputed = ctx.precomputed, None
+        if pre is not None and not torch.is_grad_enabled():
+            # A plain tensor is scaled in place: the forward's buffers become the returned gradients.
+            # While tracing (torch.compile / opcheck: fake or functional tensors) out of place.
+            traced = torch.compiler.is_compiling() or any(type(t) is not torch.Tensor for t in pre)
+            gx, gw, gb = (t * grad_loss.to(t.dtype) if traced else t.mul_(grad_loss.to(t.dtype)) for t in pre)
         else:
             gx, gw, gb = namespace.linear_cross_entropy_bwd(
                 grad_loss.to(stats.dtype), x, weight, bias, target, class_weight, stats, *ctx.config
