@@ -34,14 +34,14 @@ def _skip_missing_triton(request):
         pytest.skip("fastops.triton.linear_cross_entropy is not there yet")
 
 
-def _inputs(n, h, v, dtype=torch.float64, *, bias=True, lead=None, ignore_frac=0.2, scale=1.0):
+def _inputs(n, h, v, dtype=torch.float64, *, bias=True, lead=None, ignore_frac=0.2, scale=1.0, device="cpu"):
     lead = lead or (n,)
-    x = make_tensor((*lead, h), dtype, scale=scale)
-    weight = make_tensor((v, h), dtype, scale=h**-0.5)
-    b = make_tensor((v,), dtype) if bias else None
+    x = make_tensor((*lead, h), dtype, device, scale=scale)
+    weight = make_tensor((v, h), dtype, device, scale=h**-0.5)
+    b = make_tensor((v,), dtype, device) if bias else None
     target = torch.randint(0, v, lead)
     target = torch.where(torch.rand(lead) < ignore_frac, torch.full_like(target, -100), target)
-    return x, weight, b, target
+    return x, weight, b, target.to(device)
 
 
 def _loss_and_grads(fn, x, weight, bias, target, g=None):
@@ -50,7 +50,7 @@ def _loss_and_grads(fn, x, weight, bias, target, g=None):
         leaves.append(bias.detach().requires_grad_())
     loss = fn(leaves[0], leaves[1], target, leaves[2] if bias is not None else None)
     if g is None:
-        g = torch.randn(loss.shape, dtype=torch.float64)
+        g = torch.randn(loss.shape, dtype=torch.float64, device=loss.device)
     grads = torch.autograd.grad(loss, leaves, g.to(loss.dtype))
     return loss.detach(), grads, g
 
@@ -94,10 +94,8 @@ def _check(backend, x, weight, bias, target, **kw):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_reference(device, backend, reduction, dtype):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
     # Odd sizes and 4 chunks of 10 rows with a ragged last one (37 = 3 * 10 + 7).
-    x, w, b, t = _inputs(37, 19, 131, dtype)
+    x, w, b, t = _inputs(37, 19, 131, dtype, device=device)
     _check(backend, x, w, b, t, reduction=reduction, chunk_rows=10)
 
 
@@ -117,12 +115,10 @@ def test_matches_reference(device, backend, reduction, dtype):
 )
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_options(device, backend, options, reduction):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, t = _inputs(29, 11, 67, torch.float64, scale=3.0)
+    x, w, b, t = _inputs(29, 11, 67, torch.float64, scale=3.0, device=device)
     kw = dict(options)
     if kw.get("weight_classes") == "random":
-        kw["weight_classes"] = torch.rand(67, dtype=torch.float64) + 0.1
+        kw["weight_classes"] = torch.rand(67, dtype=torch.float64, device=device) + 0.1
     if "ignore_index" in kw:
         t = torch.where(t == -100, 7, t)
         t[::3] = kw["ignore_index"]
@@ -131,9 +127,7 @@ def test_options(device, backend, options, reduction):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_no_bias_leading_dims_default_chunks(device, backend):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, _, t = _inputs(0, 13, 45, torch.float32, bias=False, lead=(3, 5, 7))
+    x, w, _, t = _inputs(0, 13, 45, torch.float32, bias=False, lead=(3, 5, 7), device=device)
     _check(backend, x, w, None, t, reduction="mean")
     _check(backend, x, w, None, t, reduction="none")
 
@@ -141,10 +135,8 @@ def test_no_bias_leading_dims_default_chunks(device, backend):
 @pytest.mark.parametrize("device,backend", ALL)
 def test_fp32_against_torch_composition(device, backend):
     """float32 against F.cross_entropy(F.linear(...)) in float32, by the 2x-torch rule."""
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, t = _inputs(53, 32, 301, torch.float32, scale=2.0)
-    wc = torch.rand(301) + 0.5
+    x, w, b, t = _inputs(53, 32, 301, torch.float32, scale=2.0, device=device)
+    wc = torch.rand(301, device=device) + 0.5
 
     def torch_fn(a, ww, tt, bb):
         return F.cross_entropy(F.linear(a, ww, bb), tt, weight=wc.to(a.dtype), label_smoothing=0.05)
@@ -165,10 +157,8 @@ def test_fp32_against_torch_composition(device, backend):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_all_ignored_mean_is_nan(device, backend):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, _ = _inputs(9, 5, 13, torch.float64)
-    t = torch.full((9,), -100)
+    x, w, b, _ = _inputs(9, 5, 13, torch.float64, device=device)
+    t = torch.full((9,), -100, device=device)
     x.requires_grad_()
     loss = FF.linear_cross_entropy(x, w, t, b, backend=backend)
     expected = F.cross_entropy(F.linear(x.detach(), w, b), t)
@@ -183,7 +173,7 @@ def test_low_precision_native_cpu(device, backend):
     if device == "cuda" or backend != "native":
         pytest.skip("native CPU bfloat16 / float16")
     for dtype in (torch.bfloat16, torch.float16):
-        x, w, b, t = _inputs(21, 16, 77, dtype)
+        x, w, b, t = _inputs(21, 16, 77, dtype, device=device)
         loss, grads, g = _loss_and_grads(
             lambda a, ww, tt, bb: FF.linear_cross_entropy(a, ww, tt, bb, chunk_rows=8, backend=backend), x, w, b, t
         )
@@ -205,10 +195,8 @@ def test_low_precision_native_cpu(device, backend):
 @pytest.mark.parametrize("device,backend", ALL)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck(device, backend, reduction):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, t = _inputs(7, 4, 9, torch.float64)
-    wc = torch.rand(9, dtype=torch.float64) + 0.1
+    x, w, b, t = _inputs(7, 4, 9, torch.float64, device=device)
+    wc = torch.rand(9, dtype=torch.float64, device=device) + 0.1
 
     def fn(a, ww, bb):
         return FF.linear_cross_entropy(
@@ -233,13 +221,11 @@ def test_gradcheck(device, backend, reduction):
 @pytest.mark.parametrize("device,backend", KERNELS)
 def test_raw_bwd_op_double_backward_nonzero(device, backend):
     """The _bwd op's own derivative is a real second derivative (never zero / None)."""
-    if device == "cuda":
-        pytest.skip("CPU shapes")
     ns = _namespace(backend)
-    x, w, b, t = _inputs(6, 4, 10, torch.float64)
+    x, w, b, t = _inputs(6, 4, 10, torch.float64, device=device)
     x.requires_grad_()
     loss, stats, *_ = ns.linear_cross_entropy_fwd(x.detach(), w, b, t, None, -100, 0.0, 0.0, 0.0, 0, 0, False)
-    g = torch.rand(6, dtype=torch.float64)
+    g = torch.rand(6, dtype=torch.float64, device=device)
     gx, _, _ = ns.linear_cross_entropy_bwd(g, x, w, b, t, None, stats, -100, 0.0, 0.0, 0.0, 0, 0)
     (hx,) = torch.autograd.grad(gx.sum(), x)
     assert hx.abs().sum() > 0
@@ -249,9 +235,7 @@ def test_raw_bwd_op_double_backward_nonzero(device, backend):
 def test_retain_graph_second_backward_same_gradients(device, backend):
     """The first backward scales the forward's precomputed gradients in place; a second one through
     the same graph (retain_graph) must recompute, not scale them again."""
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, t = _inputs(13, 6, 29, torch.float64)
+    x, w, b, t = _inputs(13, 6, 29, torch.float64, device=device)
     leaves = [v.requires_grad_() for v in (x, w, b)]
     loss = FF.linear_cross_entropy(x, w, t, b, softcap=4.0, chunk_rows=5, backend=backend) * 3.0
     first = torch.autograd.grad(loss, leaves, retain_graph=True)
@@ -273,16 +257,14 @@ def _namespace(backend):
 
 @pytest.mark.parametrize("device,backend", KERNELS)
 def test_opcheck(device, backend):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
     ns = _namespace(backend)
     for n, with_bias, wc, red, grad in (
         (9, True, True, 1, True),
         (8, False, False, 0, False),
         (0, True, False, 2, True),
     ):
-        x, w, b, t = _inputs(n, 6, 11, torch.float32, bias=with_bias, lead=(n,))
-        cw = torch.rand(11) if wc else None
+        x, w, b, t = _inputs(n, 6, 11, torch.float32, bias=with_bias, lead=(n,), device=device)
+        cw = torch.rand(11, device=device) if wc else None
         args = (x, w, b, t, cw, -100, 0.1, 2.0, 0.01, red, 4, grad)
         torch.library.opcheck(ns.linear_cross_entropy_fwd, args)
         loss, stats, *_ = ns.linear_cross_entropy_fwd(*args)
@@ -292,14 +274,12 @@ def test_opcheck(device, backend):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_torch_compile_fullgraph(device, backend):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
     torch._dynamo.reset()
 
     def step(x, w, b, t):
         return FF.linear_cross_entropy(x * 2.0, w, t, b, softcap=5.0, backend=backend) * 3.0
 
-    x, w, b, t = _inputs(0, 12, 23, torch.float32, lead=(2, 9))
+    x, w, b, t = _inputs(0, 12, 23, torch.float32, lead=(2, 9), device=device)
     counters = torch._dynamo.utils.counters
     counters.clear()
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if backend == "triton" else "inductor")
@@ -314,9 +294,7 @@ def test_torch_compile_fullgraph(device, backend):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_torch_func_grad(device, backend):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, t = _inputs(8, 5, 17, torch.float64)
+    x, w, b, t = _inputs(8, 5, 17, torch.float64, device=device)
 
     def fn(a, ww):
         return FF.linear_cross_entropy(a, ww, t, b, z_loss=0.1, label_smoothing=0.1, backend=backend)
@@ -332,10 +310,8 @@ def test_torch_func_grad(device, backend):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_module(device, backend):
-    if device == "cuda":
-        pytest.skip("CPU shapes")
-    x, w, b, t = _inputs(0, 8, 21, torch.float64, lead=(2, 5))
-    wc = torch.rand(21, dtype=torch.float64) + 0.5
+    x, w, b, t = _inputs(0, 8, 21, torch.float64, lead=(2, 5), device=device)
+    wc = torch.rand(21, dtype=torch.float64, device=device) + 0.5
     mod = fastops.nn.LinearCrossEntropyLoss(weight_classes=wc, label_smoothing=0.1, z_loss=1e-3, backend=backend)
     assert "weight_classes" in mod.state_dict()
     got = mod(x, w, t, b)
