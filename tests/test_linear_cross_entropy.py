@@ -247,6 +247,25 @@ def test_retain_graph_second_backward_same_gradients(device, backend):
         torch.testing.assert_close(a, e)
 
 
+def test_checker_rejects_a_missing_softcap_chain_rule():
+    """The comparison these tests use fails an implementation that forgets dz/dlogit = 1 - (z / c)^2."""
+    x, w, b, t = _inputs(11, 5, 23, torch.float64, scale=3.0)
+
+    def wrong(a, ww, tt, bb):
+        logits = F.linear(a, ww, bb)
+        z = logits + (4.0 * torch.tanh(logits / 4.0) - logits).detach()  # right values, uncapped gradient
+        return F.cross_entropy(z, tt)
+
+    def ref(a, ww, tt, bb):
+        return reference.linear_cross_entropy(a, ww, tt, bb, softcap=4.0)
+
+    loss, grads, g = _loss_and_grads(wrong, x, w, b, t)
+    rloss, rgrads, _ = _loss_and_grads(ref, x, w, b, t, g)
+    assert_close_to_reference(loss, rloss, what="loss")  # the values agree
+    with pytest.raises(AssertionError, match="grad_input"):
+        assert_close_to_reference(grads[0], rgrads[0], what="grad_input")
+
+
 def _namespace(backend):
     if backend == "native":
         return torch.ops.fastops
