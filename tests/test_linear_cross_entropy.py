@@ -15,7 +15,7 @@ from conftest import device_backend_params
 import fastops
 import fastops.functional as FF
 from fastops import reference
-from fastops.testing import assert_close_to_reference, make_tensor
+from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
 
 ALL = device_backend_params()
 KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
@@ -130,6 +130,17 @@ def test_no_bias_leading_dims_default_chunks(device, backend):
     x, w, _, t = _inputs(0, 13, 45, torch.float32, bias=False, lead=(3, 5, 7), device=device)
     _check(backend, x, w, None, t, reduction="mean")
     _check(backend, x, w, None, t, reduction="none")
+
+
+@pytest.mark.parametrize("device,backend", ALL)
+def test_noncontiguous_operands(device, backend):
+    """x strided, the weight a transposed view, target strided: the same result as contiguous ones."""
+    x, w, b, t = _inputs(0, 9, 33, torch.float64, lead=(4, 6), device=device)
+    xs = noncontiguous(x)
+    wt = w.t().contiguous().t()  # (V, H) with strides (1, V)
+    ts = noncontiguous(t)
+    assert not xs.is_contiguous() and not wt.is_contiguous() and not ts.is_contiguous()
+    _check(backend, xs, wt, b, ts, reduction="sum", chunk_rows=5, label_smoothing=0.1)
 
 
 @pytest.mark.parametrize("device,backend", ALL)
