@@ -13,6 +13,7 @@
 #include <c10/util/safe_numerics.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <utility>
@@ -331,6 +332,79 @@ inline void check_linear_relu_bwd_args(const char* op, const LinearReluGeometry&
                      ", got ", t.scalar_type());
     TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
   }
+}
+
+// ---- fused linear + cross-entropy ---------------------------------------------------------------
+
+// x (N, H), weight (V, H), bias (V,) or None, target (N,) int64, class_weight (V,) or None.
+struct LinearCrossEntropyGeometry {
+  int64_t N = 0, H = 0, V = 0;
+};
+
+// The one argument contract of linear_cross_entropy_fwd / _bwd (fastops/ops/linear_cross_entropy.py check_op_args
+// mirrors it message for message). Target values are checked by the kernels (IndexError).
+inline LinearCrossEntropyGeometry check_linear_cross_entropy_args(
+    const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& target, const std::optional<at::Tensor>& class_weight, double label_smoothing, double softcap,
+    double z_loss, int64_t reduction, int64_t chunk_rows) {
+  LinearCrossEntropyGeometry g;
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (N, H), got ", shape_str(x.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), op, ": weight must have shape (V, ", x.size(1),
+                    ") for x of shape ", shape_str(x.sizes()), ", got ", shape_str(weight.sizes()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
+                   ", got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
+                    x.device());
+  g.N = x.size(0), g.H = x.size(1), g.V = weight.size(0);
+  TORCH_CHECK_VALUE(g.V >= 1, op, ": weight must have at least one class (row), got shape ",
+                    shape_str(weight.sizes()));
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.V, op, ": bias must have shape (", g.V, ",), got ",
+                      shape_str(b.sizes()));
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
+                     ", got ", b.scalar_type());
+    TORCH_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
+  }
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == g.N, op, ": target must have shape (", g.N,
+                    ",) for x of shape ", shape_str(x.sizes()), ", got ", shape_str(target.sizes()));
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be int64 class indices, got ",
+                   target.scalar_type());
+  TORCH_CHECK_VALUE(target.device() == x.device(), op, ": target is on ", target.device(), " but x is on ",
+                    x.device());
+  if (class_weight.has_value()) {
+    const at::Tensor& w = *class_weight;
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.V, op, ": class_weight must have shape (", g.V, ",), got ",
+                      shape_str(w.sizes()));
+    TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op, ": class_weight must be floating, got ",
+                     w.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == x.device(), op, ": class_weight is on ", w.device(), " but x is on ",
+                      x.device());
+  }
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+                    ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
+  TORCH_CHECK_VALUE(softcap >= 0.0 && std::isfinite(softcap), op, ": softcap must be >= 0 and finite, got ",
+                    softcap);
+  TORCH_CHECK_VALUE(z_loss >= 0.0 && std::isfinite(z_loss), op, ": z_loss must be >= 0 and finite, got ", z_loss);
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+                    reduction);
+  TORCH_CHECK_VALUE(chunk_rows >= 0, op, ": chunk_rows must be >= 0, got ", chunk_rows);
+  return g;
+}
+
+// Rows per chunk when chunk_rows is 0: the chunk's logits hold about max(N H, V H) / 4 elements (the
+// size of the GEMM operands, so the chunk's memory is of the order of what the inputs already take),
+// never more than the (N, V) logits / 8 (the peak-memory target), at least min(N, 64) rows so each
+// GEMM stays efficient, rounded down to a multiple of 8.
+inline int64_t linear_cross_entropy_chunk_rows(int64_t N, int64_t H, int64_t V, int64_t chunk_rows) {
+  if (N == 0) return 1;
+  if (chunk_rows > 0) return std::min(chunk_rows, N);
+  int64_t rows = std::max(N * H, V * H) / 4 / std::max<int64_t>(V, 1);
+  rows = std::min(rows, (N + 7) / 8);
+  rows = std::max(rows, std::min<int64_t>(N, 64));
+  if (rows >= 8) rows -= rows % 8;
+  return std::clamp<int64_t>(rows, 1, N);
 }
 
 // ---- Adam / AdamW step ------------------------------------------------------------------------

@@ -53,6 +53,22 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "linear_relu_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor out) "
       "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // ---- fused linear + cross-entropy (the LM loss head) ------------------------------------------
+  // x (N, H), weight (V, H), bias (V,) or None, target (N,) int64, class_weight (V,) or None; logits
+  // z = softcap(x W^T + b) are formed chunk by chunk (no (N, V) tensor). reduction: 0 none, 1 mean,
+  // 2 sum. softcap 0.0: no cap. chunk_rows 0: chosen from the shapes. loss (N,) or () and stats
+  // (2, N) (row max, log sum exp(z - max)) in the accumulation dtype. compute_grad with a reduction:
+  // grad_x / grad_weight / grad_bias of the reduced loss from the same sweep, else empty (0,).
+  m.def(
+      "linear_cross_entropy_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor target, Tensor? class_weight, "
+      "int ignore_index, float label_smoothing, float softcap, float z_loss, int reduction, int chunk_rows, "
+      "bool compute_grad) -> (Tensor loss, Tensor stats, Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // grad_loss has loss's shape; returns d/dx, d/dweight, d/dbias ((0,) without bias) of sum(grad_loss * loss),
+  // recomputing the chunk logits.
+  m.def(
+      "linear_cross_entropy_bwd(Tensor grad_loss, Tensor x, Tensor weight, Tensor? bias, Tensor target, "
+      "Tensor? class_weight, Tensor stats, int ignore_index, float label_smoothing, float softcap, float z_loss, "
+      "int reduction, int chunk_rows) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   // ---- Adam / AdamW step ----------------------------------------------------------------------
   // One in-place step over lists of equally long lists (one entry per parameter, all on one device
   // and of one dtype; state in the parameter's dtype). max_exp_avg_sqs is empty unless amsgrad.

@@ -3,7 +3,9 @@
     import fastops
     import fastops.functional as FF
     FF.cross_entropy(logits, target)          # like torch.nn.functional.cross_entropy
+    FF.linear_cross_entropy(hidden, lm_head.weight, target)   # the LM loss head, no (N, V) logits
     fastops.nn.CrossEntropyLoss()             # like torch.nn.CrossEntropyLoss
+    fastops.nn.LinearCrossEntropyLoss()       # forward(hidden, lm_head.weight, target, bias=None)
     fastops.optim.AdamW(model.parameters())   # like torch.optim.AdamW, one fused step
     fastops.backends()                        # which backends run here, and why not
     torch.ops.fastops.*                       # the registered ops

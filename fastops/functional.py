@@ -13,6 +13,7 @@ from fastops import _backend, reference
 from fastops.ops import _autograd
 from fastops.ops import conv2d as _conv
 from fastops.ops import cross_entropy as _ce
+from fastops.ops import linear_cross_entropy as _lce
 from fastops.ops import linear_relu as _lr
 
 
@@ -157,6 +158,94 @@ def linear_relu(
     if name == "torch":
         return reference.linear_relu(x, weight, bias)
     return _lr.ops(name).linear_relu_fwd(x, weight, bias)
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight_classes: torch.Tensor | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    chunk_rows: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused ``F.cross_entropy(softcap(F.linear(input, weight, bias)), target) + z_loss * lse^2``, the
+    loss head of a language model, computed chunk by chunk over rows: no ``(N, V)`` logits tensor.
+
+    Args:
+        input: ``(*, H)`` hidden states, floating (float32 / float64; float16 / bfloat16 too).
+        weight: ``(V, H)`` (the lm_head weight), input's dtype and device.
+        target: ``(*)`` int64 (or uint8) class indices, input's leading shape. Probability targets
+            are refused (ValueError): they would be an ``(N, V)`` tensor.
+        bias: ``(V,)`` or None.
+        ignore_index: rows whose target equals it contribute no loss and no gradient.
+        reduction: ``"none"`` -> ``(*)``; ``"mean"`` / ``"sum"`` -> a scalar. ``"mean"`` divides by the
+            summed class weight of the non-ignored targets (NaN when that is 0, as torch).
+        label_smoothing: in [0, 1].
+        weight_classes: ``(V,)`` class weights (``F.cross_entropy``'s ``weight``) or None.
+        softcap: None, or > 0: ``z = softcap * tanh(logits / softcap)`` before the softmax (Gemma-2).
+        z_loss: >= 0; adds ``z_loss * logsumexp(z)^2`` to every non-ignored row's loss.
+        chunk_rows: rows per chunk; None chooses from the shapes.
+        backend: which implementation runs (see :func:`fastops.backends`).
+
+    Returns:
+        The loss in input's dtype (float32 under autocast, where the GEMMs run in the autocast dtype
+        and the softmax in float32). Gradients flow to input, weight and bias; a ``weight_classes``
+        that requires grad is differentiated through the torch composition.
+    """
+    out_dtype = None
+    if isinstance(input, torch.Tensor):  # torch's policy: linear in the autocast dtype, the loss in float32
+        dev = input.device.type
+        if _autograd.autocast_dtype(dev, False) is not None:
+            input, weight, bias = _autocast(dev, False, input, weight, bias)
+            out_dtype = torch.float32
+    x, t, args = _lce.prepare(
+        input,
+        weight,
+        target,
+        bias,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        weight_classes,
+        softcap,
+        z_loss,
+        chunk_rows,
+    )
+    out_dtype = out_dtype or input.dtype
+    name = _backend.resolve(_lce.OP, backend, x.device.type, x.dtype)
+    needs_extra_grads = torch.is_grad_enabled() and weight_classes is not None and weight_classes.requires_grad
+    if name == "torch" or needs_extra_grads:
+        _lce.check_target_range(_lce.OP, t, weight.shape[0], ignore_index)
+        acc = _lce.acc_dtype(x.dtype)
+        loss = reference.linear_cross_entropy(
+            input.to(acc),
+            weight.to(acc),
+            target,
+            None if bias is None else bias.to(acc),
+            ignore_index,
+            reduction,
+            label_smoothing,
+            weight_classes,
+            softcap,
+            z_loss,
+        )
+        return loss.to(out_dtype)
+    compute_grad = (
+        torch.is_grad_enabled()
+        and reduction != "none"
+        and any(a is not None and a.requires_grad for a in (x, weight, bias))
+    )
+    loss = _lce.ops(name).linear_cross_entropy_fwd(x, weight, bias, t, weight_classes, *args, compute_grad)[0]
+    if reduction == "none":
+        loss = loss.reshape(target.shape)
+    return loss.to(out_dtype)
 
 
 def _autocast(device: str, to_float32: bool, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -76,6 +76,57 @@ def cross_entropy(
     return loss.to(input.dtype)
 
 
+def linear_cross_entropy(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    weight_classes: torch.Tensor | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy of ``z = softcap(input @ weight.T + bias)`` plus ``z_loss * logsumexp(z)^2`` per row.
+
+    Args:
+        input: ``(*, H)`` hidden states, floating.
+        weight: ``(V, H)``; bias: ``(V,)`` or None.
+        target: class indices of ``input``'s leading shape ``(*)``.
+        ignore_index, reduction, label_smoothing: as :func:`cross_entropy`; ``weight_classes`` is its
+            ``weight`` (``(V,)`` or None).
+        softcap: None, or > 0: ``z = softcap * tanh(logits / softcap)`` before the softmax.
+        z_loss: coefficient of ``logsumexp(z)^2``, added to every non-ignored row's loss.
+
+    Returns:
+        The loss in ``input``'s dtype: ``(*)`` for ``"none"``, else a scalar. ``"mean"`` divides the
+        summed row losses (z-loss included) by the summed class weight of the non-ignored targets
+        (NaN when that is 0). Materialises the ``(N, V)`` logits (computed in float32 for float16 /
+        bfloat16).
+    """
+    dt = _compute_dtype(input.dtype)
+    x = input.reshape(-1, input.shape[-1]).to(dt)
+    logits = x @ weight.to(dt).transpose(0, 1)
+    if bias is not None:
+        logits = logits + bias.to(dt)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    t = target.reshape(-1).long()
+    valid = t != ignore_index
+    loss = cross_entropy(logits, t, weight_classes, ignore_index, "none", label_smoothing)
+    if z_loss:
+        lse = torch.logsumexp(logits, dim=-1)
+        loss = loss + torch.where(valid, z_loss * lse * lse, 0.0)
+    if reduction == "none":
+        return loss.reshape(target.shape).to(input.dtype)
+    if reduction == "sum":
+        return loss.sum().to(input.dtype)
+    w_y = torch.ones_like(loss) if weight_classes is None else weight_classes.to(dt)[torch.where(valid, t, 0)]
+    denom = torch.where(valid, w_y, 0.0).sum()
+    return torch.where(denom == 0, float("nan"), loss.sum() / denom).to(input.dtype)
+
+
 def _conv2d_pairs(value: int | tuple[int, ...] | list[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2:

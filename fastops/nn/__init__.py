@@ -2,6 +2,6 @@
 
 from fastops.nn.conv import Conv2d
 from fastops.nn.linear import LinearReLU
-from fastops.nn.loss import CrossEntropyLoss
+from fastops.nn.loss import CrossEntropyLoss, LinearCrossEntropyLoss
 
-__all__ = ["Conv2d", "CrossEntropyLoss", "LinearReLU"]
+__all__ = ["Conv2d", "CrossEntropyLoss", "LinearCrossEntropyLoss", "LinearReLU"]
