@@ -95,7 +95,7 @@ except ImportError:  # not merged yet: the raw ops work, without autograd
 
 __all__ = ["check_args", "linear_cross_entropy_bwd", "linear_cross_entropy_fwd"]
 
-OP = "linear_cross_entropy"
+OP_FWD, OP_BWD = "linear_cross_entropy_fwd", "linear_cross_entropy_bwd"
 MAX_BLOCK_V = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -249,13 +249,8 @@ def _shape(s: torch.Size | list[int] | tuple[int, ...]) -> str:
     return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
 
 
-def _check_scalar(name: str, value: float, lo: float, hi: float | None = None) -> None:
-    if not (math.isfinite(value) and value >= lo and (hi is None or value <= hi)):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f"finite and >= {lo}"
-        raise ValueError(f"{OP}: {name} must be {bound}, got {value}")
-
-
 def check_args(
+    op: str,
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -268,57 +263,71 @@ def check_args(
     reduction: int,
     chunk_rows: int,
 ) -> tuple[int, int, int]:
-    """The registered ops' argument contract; returns (N, H, V).
+    """The registered ops' argument contract (csrc/fastops.h check_linear_cross_entropy_args, message for
+    message); returns (N, H, V).
 
-    ValueError for shapes, values and devices, TypeError for dtypes, each naming the argument and the
-    expected vs given shape / dtype / device. Class index values are checked separately
+    ValueError for shapes, values and devices, TypeError for dtypes, each naming ``op``, the argument
+    and the expected vs given shape / dtype / device. Class index values are checked separately
     (:func:`check_class_indices`: it reads the data).
     """
     if x.dim() != 2:
-        raise ValueError(f"{OP}: x must be 2-D (N, H), got shape {_shape(x.shape)}")
+        raise ValueError(f"{op}: x must have shape (N, H), got {_shape(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{OP}: x must be a floating tensor, got {x.dtype}")
+        raise TypeError(f"{op}: x must be a floating tensor, got {x.dtype}")
     N, H = x.shape
     if weight.dim() != 2 or weight.shape[1] != H:
-        raise ValueError(f"{OP}: weight must have shape (V, {H}) (x's last dim), got {_shape(weight.shape)}")
+        raise ValueError(
+            f"{op}: weight must have shape (V, {H}) for x of shape {_shape(x.shape)}, got {_shape(weight.shape)}"
+        )
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
     V = weight.shape[0]
     if V < 1:
-        raise ValueError(f"{OP}: weight must have at least one row (class), got shape {_shape(weight.shape)}")
-    tensors = {"weight": weight, "bias": bias, "target": target, "class_weight": class_weight}
-    for name, t in tensors.items():
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{OP}: {name} is on {t.device} but x is on {x.device}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{OP}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if bias is not None and list(bias.shape) != [V]:
-        raise ValueError(f"{OP}: bias must have shape ({V},), got {_shape(bias.shape)}")
+        raise ValueError(f"{op}: weight must have at least one class (row), got shape {_shape(weight.shape)}")
+    if bias is not None:
+        if list(bias.shape) != [V]:
+            raise ValueError(f"{op}: bias must have shape ({V},), got {_shape(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have x's dtype {x.dtype}, got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
     if list(target.shape) != [N]:
-        raise ValueError(f"{OP}: target must have shape ({N},) (x's rows), got {_shape(target.shape)}")
+        raise ValueError(
+            f"{op}: target must have shape ({N},) for x of shape {_shape(x.shape)}, got {_shape(target.shape)}"
+        )
     if target.dtype != torch.int64:
-        raise TypeError(f"{OP}: target must be int64 class indices, got {target.dtype}")
+        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
+    if target.device != x.device:
+        raise ValueError(f"{op}: target is on {target.device} but x is on {x.device}")
     if class_weight is not None:
         if list(class_weight.shape) != [V]:
-            raise ValueError(f"{OP}: class_weight must have shape ({V},), got {_shape(class_weight.shape)}")
+            raise ValueError(f"{op}: class_weight must have shape ({V},), got {_shape(class_weight.shape)}")
         if not class_weight.is_floating_point():
-            raise TypeError(f"{OP}: class_weight must be a floating tensor, got {class_weight.dtype}")
+            raise TypeError(f"{op}: class_weight must be floating, got {class_weight.dtype}")
+        if class_weight.device != x.device:
+            raise ValueError(f"{op}: class_weight is on {class_weight.device} but x is on {x.device}")
     try:
         ii = operator.index(ignore_index)
     except TypeError:
-        raise TypeError(f"{OP}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
+        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
     if not INT64_MIN <= ii <= INT64_MAX:
-        raise ValueError(f"{OP}: ignore_index must fit in int64, got {ii}")
-    _check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    _check_scalar("softcap", softcap, 0.0)
-    _check_scalar("z_loss", z_loss, 0.0)
+        raise ValueError(f"{op}: ignore_index must fit in int64, got {ii}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if not (softcap >= 0.0 and math.isfinite(softcap)):
+        raise ValueError(f"{op}: softcap must be >= 0 and finite, got {softcap}")
+    if not (z_loss >= 0.0 and math.isfinite(z_loss)):
+        raise ValueError(f"{op}: z_loss must be >= 0 and finite, got {z_loss}")
     if reduction not in (0, 1, 2):
-        raise ValueError(f"{OP}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
+        raise ValueError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
     if chunk_rows < 0:
-        raise ValueError(f"{OP}: chunk_rows must be >= 0 (0: chosen from the shapes), got {chunk_rows}")
+        raise ValueError(f"{op}: chunk_rows must be >= 0, got {chunk_rows}")
     return N, H, V
 
 
-def check_class_indices(target: torch.Tensor, V: int, ignore_index: int) -> None:
+def check_class_indices(op: str, target: torch.Tensor, V: int, ignore_index: int) -> None:
     """IndexError for a class index outside [0, V) that is not ignore_index (a reduction and a sync)."""
     if torch.compiler.is_compiling() or is_fake(target):
         return  # traced: no data; the kernel writes NaN for such rows
@@ -326,21 +335,21 @@ def check_class_indices(target: torch.Tensor, V: int, ignore_index: int) -> None
     if bool(bad.any()):
         r = int(bad.nonzero()[0])
         raise IndexError(
-            f"{OP}: target[{r}] = {int(target[r])} is out of bounds for {V} classes "
+            f"{op}: target[{r}] = {int(target[r])} is out of bounds for {V} classes "
             f"(expected 0 <= target < {V}, or target == ignore_index {ignore_index})"
         )
 
 
-def _check_triton_input(x: torch.Tensor) -> None:
+def _check_triton_input(op: str, x: torch.Tensor) -> None:
     """A device the kernels run on and a dtype they take (the glue's support table, once merged,
     says the same: fp16/bf16/fp32/fp64 on CUDA and on CPU under the interpreter)."""
     if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
         raise ValueError(
-            f"{OP}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
+            f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
             f"got x on {x.device}"
         )
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{OP}: the Triton kernels take float16, bfloat16, float32 or float64 x, got {x.dtype}")
+        raise TypeError(f"{op}: the Triton kernels take float16, bfloat16, float32 or float64 x, got {x.dtype}")
 
 
 def fwd_fake(
@@ -360,9 +369,7 @@ def fwd_fake(
     """(loss, stats, grad_x, grad_weight, grad_bias): loss (N,) for reduction 0 else (), stats (2, N),
     both in the accumulation dtype; the grads (N, H), (V, H), (V,) (bias' dtype; (0,) without bias)
     when compute_grad and reduction != 0, else (0,) each."""
-    check_same_device(
-        "linear_cross_entropy_fwd", x=x, weight=weight, bias=bias, target=target, class_weight=class_weight
-    )
+    check_same_device(OP_FWD, x=x, weight=weight, bias=bias, target=target, class_weight=class_weight)
     acc = acc_dtype(x.dtype)
     N = x.shape[0]
     loss = x.new_empty((N,) if reduction == 0 else (), dtype=acc)
@@ -394,7 +401,7 @@ def bwd_fake(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x (N, H) x's dtype, grad_weight (V, H) weight's dtype, grad_bias (V,) bias' dtype, (0,) without bias)."""
     check_same_device(
-        "linear_cross_entropy_bwd",
+        OP_BWD,
         grad_loss=grad_loss,
         x=x,
         weight=weight,
@@ -421,10 +428,12 @@ def _f32_pair(v: float) -> tuple[float, float]:
 def _chunk_rows(N: int, H: int, V: int, chunk_rows: int) -> int:
     """Rows per chunk: chunk_rows when > 0; else logits of about max(N H, V H) / 4 elements, at most the
     (N, V) logits / 8, at least min(N, 64) rows, a multiple of 8 where possible (issue 13)."""
+    if N == 0:
+        return 1
     if chunk_rows > 0:
-        return min(chunk_rows, max(N, 1))
-    rows = max(N * H, V * H) // (4 * V)
-    rows = min(rows, N // 8)
+        return min(chunk_rows, N)
+    rows = max(N * H, V * H) // 4 // V
+    rows = min(rows, (N + 7) // 8)
     rows = max(rows, min(N, 64))
     if rows >= 8:
         rows -= rows % 8
@@ -521,6 +530,7 @@ def _over(value: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(
+    op: str,
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -535,10 +545,10 @@ def _prepare(
 ) -> tuple[int, int, int]:
     """Every check a launcher runs before its first kernel; returns (N, H, V)."""
     N, H, V = check_args(
-        x, weight, bias, target, class_weight, ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows
+        op, x, weight, bias, target, class_weight, ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows
     )
-    _check_triton_input(x)
-    check_class_indices(target, V, ignore_index)
+    _check_triton_input(op, x)
+    check_class_indices(op, target, V, ignore_index)
     return N, H, V
 
 
@@ -570,7 +580,7 @@ def linear_cross_entropy_fwd(
     """(loss, stats, grad_x, grad_weight, grad_bias); shapes as :func:`fwd_fake`. With compute_grad and a
     reduction, the grads are those of the reduced loss (mean's 1/denominator folded in)."""
     args = (weight, bias, target, class_weight, ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows)
-    N, _, V = _prepare(x, *args)
+    N, _, V = _prepare(OP_FWD, x, *args)
     acc = acc_dtype(x.dtype)
     loss_rows = new_output((N,), acc, x.device)
     stats = new_output((2, N), acc, x.device)
@@ -620,15 +630,15 @@ def linear_cross_entropy_bwd(
     """d/dx, d/dweight, d/dbias of sum(grad_loss * loss): grad_loss (N,) for reduction 0 else (),
     stats (2, N) from the forward; both in the accumulation dtype. Shapes as :func:`bwd_fake`."""
     args = (weight, bias, target, class_weight, ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows)
-    N, _, V = _prepare(x, *args)
+    N, _, V = _prepare(OP_BWD, x, *args)
     acc = acc_dtype(x.dtype)
     for name, t, shape in (("grad_loss", grad_loss, [N] if reduction == 0 else []), ("stats", stats, [2, N])):
         if list(t.shape) != shape:
-            raise ValueError(f"{OP}: {name} must have shape {_shape(shape)}, got {_shape(t.shape)}")
+            raise ValueError(f"{OP_BWD}: {name} must have shape {_shape(shape)}, got {_shape(t.shape)}")
         if t.dtype != acc:
-            raise TypeError(f"{OP}: {name} must be {acc} for {x.dtype} x, got {t.dtype}")
+            raise TypeError(f"{OP_BWD}: {name} must be {acc} for {x.dtype} x, got {t.dtype}")
         if t.device != x.device:
-            raise ValueError(f"{OP}: {name} is on {t.device} but x is on {x.device}")
+            raise ValueError(f"{OP_BWD}: {name} is on {t.device} but x is on {x.device}")
     g = grad_loss.contiguous()
     if reduction == 1:
         g = _over(g, _mean_denominator(target, class_weight, ignore_index, acc))
