@@ -16,7 +16,7 @@ from conftest import HAS_CUDA
 
 import fastops
 import fastops.triton
-from fastops.testing import assert_close_to_reference, make_tensor
+from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
 
 pytestmark = pytest.mark.triton
 
@@ -241,12 +241,26 @@ def test_empty_batch(device: str) -> None:
     assert loss.shape == (0,)
 
 
+def _triton_takes(device: str, dtype: torch.dtype) -> bool:
+    """Whether the support table (the glue's register_op) lists dtype for the Triton kernels on device;
+    without the glue the module's own check takes every floating dtype."""
+    if TLCE._stem_ops is None:
+        return True
+    return dtype in fastops._backend._SUPPORT["linear_cross_entropy"]["triton"].get(device, ())
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_low_precision_grads_accumulate_wide(device: str) -> None:
-    """bfloat16 inputs: the loss in float32, gradients in bfloat16 within 2x torch's own bf16 error."""
-    tensors, opts = _case("everything", torch.bfloat16, device)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_low_precision(device: str, dtype: torch.dtype) -> None:
+    """fp16 / bf16 inputs: the loss in float32, gradients in the input dtype within 2x torch's own error
+    (grad_weight / grad_bias summed over chunks in float32, rounded once)."""
+    tensors, opts = _case("everything", dtype, device)
+    if not _triton_takes(device, dtype):  # the raw op refuses what backend="triton" refuses
+        with pytest.raises(TypeError, match=f"take .* x, got {dtype}"):
+            _fwd(tensors, opts, 1, CHUNK, True)
+        return
     loss, stats, gx, gw, gb = _fwd(tensors, opts, 1, CHUNK, True)
-    assert loss.dtype == torch.float32 and (gx.dtype, gw.dtype, gb.dtype) == (torch.bfloat16,) * 3
+    assert loss.dtype == torch.float32 and (gx.dtype, gw.dtype, gb.dtype) == (dtype,) * 3
     ref_loss, ref_grads = _reference_loss_and_grads(tensors, opts, 1, torch.ones((), dtype=torch.float64))
     x, weight, bias, target, cw = tensors
     leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
@@ -255,13 +269,33 @@ def test_low_precision_grads_accumulate_wide(device: str) -> None:
         weight_classes=cw, softcap=3.0, z_loss=1e-3,
     )  # fmt: skip
     torch_grads = torch.autograd.grad(torch_loss, leaves)
-    # The loss is float32, computed from logits the GEMM rounded to bfloat16 (as F.linear does): the
-    # project's low-precision rule (2x torch's own error + one bf16 ulp of the value), not float32's.
+    # The loss is float32, computed from logits the GEMM rounded to the input dtype (as F.linear does):
+    # the project's low-precision rule (2x torch's own error + one ulp of the input dtype), not float32's.
     torch_err = (torch_loss.double() - ref_loss).abs().item()
-    floor = torch.finfo(torch.bfloat16).eps * max(1.0, ref_loss.abs().item())
+    floor = torch.finfo(dtype).eps * max(1.0, ref_loss.abs().item())
     assert (loss.double() - ref_loss).abs().item() <= 2 * torch_err + floor, (loss, ref_loss, torch_loss)
     for name, g, e, t in zip(("grad_x", "grad_weight", "grad_bias"), (gx, gw, gb), ref_grads, torch_grads):
         assert_close_to_reference(g, e, torch_same_dtype=t, what=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_inputs(device: str) -> None:
+    """Any strides: the same results as contiguous copies."""
+    tensors, opts = _case("everything", torch.float64, device)
+    strided = tuple(noncontiguous(t) if t is not None and t.is_floating_point() else t for t in tensors)
+    strided = (*strided[:3], noncontiguous(tensors[3]), strided[4])
+    assert not strided[0].is_contiguous() and not strided[3].is_contiguous()
+    for reduction in (0, 1):
+        expected = _fwd(tensors, opts, reduction, CHUNK, True)
+        got = _fwd(strided, opts, reduction, CHUNK, True)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        grad_loss = torch.ones_like(expected[0])
+        for a, b in zip(
+            _bwd(grad_loss, strided, expected[1], opts, reduction, CHUNK),
+            _bwd(grad_loss, tensors, expected[1], opts, reduction, CHUNK),
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 class _RawOpLoss(torch.autograd.Function):
@@ -328,6 +362,9 @@ def test_opcheck(device: str) -> None:
         (x, weight, bias, target, cw), opts = _case(config, torch.float64, device, n=11, h=5, v=13)
         scalars = (IGNORE, opts["label_smoothing"], opts["softcap"], opts["z_loss"], reduction, 4)
         torch.library.opcheck(OPS.linear_cross_entropy_fwd, (x, weight, bias, target, cw, *scalars, compute_grad))
+        if TLCE._stem_ops is not None:  # with the registered autograd: opcheck's backward checks too
+            leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+            torch.library.opcheck(OPS.linear_cross_entropy_fwd, (*leaves, target, cw, *scalars, compute_grad))
         loss, stats, *_ = OPS.linear_cross_entropy_fwd(x, weight, bias, target, cw, *scalars, False)
         grad = torch.randn_like(loss)
         torch.library.opcheck(OPS.linear_cross_entropy_bwd, (grad, x, weight, bias, target, cw, stats, *scalars))

@@ -86,7 +86,7 @@ from torch.library import wrap_triton
 
 from fastops.ops._devices import check_same_device
 from fastops.triton import interpreting
-from fastops.triton._register import new_output, triton_library_op
+from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
 try:  # the op's glue (autograd, vmap, autocast, the support table): issue 13's other half
     from fastops.ops import linear_cross_entropy as _stem_ops
@@ -341,8 +341,13 @@ def check_class_indices(op: str, target: torch.Tensor, V: int, ignore_index: int
 
 
 def _check_triton_input(op: str, x: torch.Tensor) -> None:
-    """A device the kernels run on and a dtype they take (the glue's support table, once merged,
-    says the same: fp16/bf16/fp32/fp64 on CUDA and on CPU under the interpreter)."""
+    """A device the kernels run on and a dtype they take there: the support table's row for the op
+    (``register_op`` in the glue module) when it is there, so the raw ops refuse exactly what
+    ``backend="triton"`` refuses; without the glue, CUDA tensors or CPU ones under the interpreter,
+    in any of the four floating dtypes (the kernel has no tl.dot, the interpreter's weak spot)."""
+    if _stem_ops is not None:
+        check_kernel_input(op, "linear_cross_entropy", x, "x")
+        return
     if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
         raise ValueError(
             f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
@@ -479,7 +484,7 @@ def _sweep(
     N, H = x.shape
     V = weight.shape[0]
     acc = stats.dtype
-    x, weight = x.contiguous(), weight.contiguous()
+    x, weight, target = x.contiguous(), weight.contiguous(), target.contiguous()  # the kernel reads target[r]
     want = g is not None
     if want:
         grad_x = new_output((N, H), x.dtype, x.device)
