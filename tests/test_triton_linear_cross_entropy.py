@@ -1,7 +1,7 @@
 """The Triton fused linear + cross-entropy ops (issue 13): ``fastops_triton::linear_cross_entropy_{fwd,bwd}``.
 
-Ground truth: a float64 composition of F.linear, the soft cap, F.cross_entropy and the z-loss
-(``fastops.reference.linear_cross_entropy`` when it exists). Shapes stay tiny (the CPU interpreter
+Ground truth: ``fastops.reference.linear_cross_entropy`` in float64 (itself checked against F.linear,
+the soft cap, F.cross_entropy and the z-loss). Shapes stay tiny (the CPU interpreter
 runs one numpy program per row): N=37, H=19, V=131 with 8-row chunks, so the last chunk is ragged.
 """
 
@@ -74,26 +74,39 @@ def reference(
     softcap: float | None,
     z_loss: float,
 ) -> torch.Tensor:
-    """The loss of issue 13's semantics, from torch's own ops (differentiable; run it in float64)."""
-    ref = getattr(fastops.reference, "linear_cross_entropy", None)
-    if ref is not None:
-        return ref(
-            x, weight, target, bias, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, weight_classes=weight_classes, softcap=softcap, z_loss=z_loss,
-        )  # fmt: skip
+    """The ground truth: fastops.reference.linear_cross_entropy (differentiable; run it in float64)."""
+    return fastops.reference.linear_cross_entropy(
+        x, weight, target, bias, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        weight_classes=weight_classes, softcap=softcap, z_loss=z_loss,
+    )  # fmt: skip
+
+
+def torch_composition(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    weight_classes: torch.Tensor | None,
+    softcap: float | None,
+    z_loss: float,
+) -> torch.Tensor:
+    """Issue 13's semantics spelled with torch's own ops: F.linear, the cap, F.cross_entropy, the z-loss."""
     logits = F.linear(x, weight, bias)
     z = softcap * torch.tanh(logits / softcap) if softcap else logits
     kw = {"weight": weight_classes, "ignore_index": ignore_index, "label_smoothing": label_smoothing}
-    ce = F.cross_entropy(z, target, reduction="none", **kw)
     valid = target != ignore_index
-    per_row = ce + z_loss * torch.logsumexp(z, 1) ** 2 * valid
+    per_row = F.cross_entropy(z, target, reduction="none", **kw) + z_loss * torch.logsumexp(z, 1) ** 2 * valid
     if reduction == "none":
         return per_row
     if reduction == "sum":
         return per_row.sum()
-    w_y = weight_classes[torch.where(valid, target, 0)] if weight_classes is not None else torch.ones_like(ce)
+    w_y = weight_classes[torch.where(valid, target, 0)] if weight_classes is not None else torch.ones_like(per_row)
     loss = per_row.sum() / (w_y * valid).sum()
-    if z_loss == 0:  # the formula's "mean" is torch's
+    if z_loss == 0:  # this "mean" is torch's
         torch.testing.assert_close(loss, F.cross_entropy(z, target, reduction="mean", **kw), rtol=1e-12, atol=1e-12)
     return loss
 
@@ -163,6 +176,21 @@ def _check_stats(stats: torch.Tensor, tensors: tuple[torch.Tensor, ...], softcap
     assert_close_to_reference(stats[1], torch.logsumexp(z - m[:, None], 1), what="stats[1] (log sum exp(z - m))")
 
 
+@pytest.mark.parametrize("reduction", [0, 1, 2], ids=list(REDUCTIONS.values()))
+def test_ground_truth_is_torch_composition(reduction: int) -> None:
+    """The reference the kernels are held to agrees with F.linear + F.cross_entropy + z-loss (no kernels run)."""
+    for config in CONFIGS:
+        (x, weight, bias, target, cw), opts = _case(config, torch.float64, "cpu")
+        kw = {
+            "ignore_index": IGNORE, "reduction": REDUCTIONS[reduction], "label_smoothing": opts["label_smoothing"],
+            "weight_classes": cw, "softcap": opts["softcap"] or None, "z_loss": opts["z_loss"],
+        }  # fmt: skip
+        torch.testing.assert_close(
+            reference(x, weight, target, bias, **kw), torch_composition(x, weight, target, bias, **kw),
+            rtol=1e-12, atol=1e-12,
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reduction", [0, 1, 2], ids=list(REDUCTIONS.values()))
@@ -207,14 +235,15 @@ def test_chunking_does_not_change_results(device: str) -> None:
 
 
 def test_chunk_rows_rule() -> None:
-    """Issue 13: about max(N H, V H) / 4 logits per chunk, at most N V / 8, at least min(N, 64) rows,
-    a multiple of 8 where possible; an explicit chunk_rows wins (clamped to N)."""
-    assert TLCE._chunk_rows(4096, 4096, 128256, 0) == 512  # an LM head: N/8 rows (the memory target)
-    assert TLCE._chunk_rows(65536, 4096, 32000, 0) == 2096  # N H / 4 / V = 2097.2, down to a multiple of 8
-    assert TLCE._chunk_rows(37, 19, 131, 0) == 32  # min(N, 64) rows, rounded down to a multiple of 8
-    assert TLCE._chunk_rows(5, 19, 131, 0) == 5
-    assert TLCE._chunk_rows(37, 19, 131, 100) == 37 and TLCE._chunk_rows(37, 19, 131, 8) == 8
-    assert TLCE._chunk_rows(0, 19, 131, 0) == 1
+    """The sweep's chunk size (the glue's chunk_rows_for, csrc's rule): about max(N H, V H) / 4 logits per
+    chunk, at most N V / 8, at least min(N, 64) rows, a multiple of 8 where possible; an explicit
+    chunk_rows wins (clamped to N)."""
+    assert TLCE.chunk_rows_for(4096, 4096, 128256, 0) == 512  # an LM head: N/8 rows (the memory target)
+    assert TLCE.chunk_rows_for(65536, 4096, 32000, 0) == 2096  # N H / 4 / V = 2097.2, down to a multiple of 8
+    assert TLCE.chunk_rows_for(37, 19, 131, 0) == 32  # min(N, 64) rows, rounded down to a multiple of 8
+    assert TLCE.chunk_rows_for(5, 19, 131, 0) == 5
+    assert TLCE.chunk_rows_for(37, 19, 131, 100) == 37 and TLCE.chunk_rows_for(37, 19, 131, 8) == 8
+    assert TLCE.chunk_rows_for(0, 19, 131, 0) == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -242,10 +271,7 @@ def test_empty_batch(device: str) -> None:
 
 
 def _triton_takes(device: str, dtype: torch.dtype) -> bool:
-    """Whether the support table (the glue's register_op) lists dtype for the Triton kernels on device;
-    without the glue the module's own check takes every floating dtype."""
-    if TLCE._stem_ops is None:
-        return True
+    """Whether the support table (the glue's register_op) lists dtype for the Triton kernels on device."""
     return dtype in fastops._backend._SUPPORT["linear_cross_entropy"]["triton"].get(device, ())
 
 
@@ -334,10 +360,6 @@ def test_gradcheck_float64(device: str, reduction: int) -> None:
         assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-8)
 
 
-_GLUE = getattr(TLCE, "_stem_ops", None)
-
-
-@pytest.mark.skipif(_GLUE is None, reason="fastops.ops.linear_cross_entropy (the op's autograd glue) not merged")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", [0, 1, 2], ids=list(REDUCTIONS.values()))
 def test_gradcheck_registered_autograd(device: str, reduction: int) -> None:
@@ -362,9 +384,9 @@ def test_opcheck(device: str) -> None:
         (x, weight, bias, target, cw), opts = _case(config, torch.float64, device, n=11, h=5, v=13)
         scalars = (IGNORE, opts["label_smoothing"], opts["softcap"], opts["z_loss"], reduction, 4)
         torch.library.opcheck(OPS.linear_cross_entropy_fwd, (x, weight, bias, target, cw, *scalars, compute_grad))
-        if TLCE._stem_ops is not None:  # with the registered autograd: opcheck's backward checks too
-            leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
-            torch.library.opcheck(OPS.linear_cross_entropy_fwd, (*leaves, target, cw, *scalars, compute_grad))
+        # with inputs that require grad: opcheck's autograd and aot_dispatch checks run the registered backward
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+        torch.library.opcheck(OPS.linear_cross_entropy_fwd, (*leaves, target, cw, *scalars, compute_grad))
         loss, stats, *_ = OPS.linear_cross_entropy_fwd(x, weight, bias, target, cw, *scalars, False)
         grad = torch.randn_like(loss)
         torch.library.opcheck(OPS.linear_cross_entropy_bwd, (grad, x, weight, bias, target, cw, stats, *scalars))

@@ -15,7 +15,7 @@
 #   dL = G (.) dloss/dl  (N, V);  grad_x = dL weight,  grad_weight = dL^T x,  grad_bias = sum_r dL.
 #
 # Decomposition (Liger-Kernel's chunked design). A Python driver sweeps the rows in chunks of R rows
-# (chunk_rows, else chosen from the shapes, see _chunk_rows): per chunk, cuBLAS computes the (R, V)
+# (chunk_rows, else the glue's chunk_rows_for, csrc's rule): per chunk, cuBLAS computes the (R, V)
 # logits (addmm), one Triton kernel turns each row of them into its loss and statistics and, when
 # gradients are wanted, overwrites the row in place with dL, then cuBLAS computes grad_x's rows
 # (dL weight, straight into grad_x) and adds dL^T x_chunk into a grad_weight accumulator. So the
@@ -37,8 +37,9 @@
 # (the second read from L2 for rows up to a few MB) and writes dL once: 3 R V s, against eager
 # torch's linear + cross_entropy + backward, which writes the logits, log_softmax, its gradient and
 # the logits' gradient (each N x V, about 8 N V s in all, N x V x (s + 4) bytes alive at once).
-# Peak extra memory here: one R x V chunk in x's dtype, grad_weight's (V, H) accumulator in the
-# accumulation dtype and R x V accumulation-dtype temporaries of bias' column sum.
+# Peak extra memory here: one R x V chunk in x's dtype and grad_weight's (V, H) accumulator in the
+# accumulation dtype; for fp16/bf16 the chunk's dL^T x product is a second (V, H) float32 temporary
+# (cuBLAS with out_dtype; on CPU the interpreter path widens the chunk and x_chunk first).
 #
 # Numerics. The kernel works in the accumulation dtype: float32 for fp16/bf16/fp32, float64 for
 # fp64 (read off stats_ptr's element type), with the sum of exponentials carried in float64 (a
@@ -54,7 +55,7 @@
 # accumulation dtype and rounded once at the end. Ignored rows give an exact 0 loss and gradient.
 # A row whose max is not finite (a NaN or inf logit) gets a NaN loss and gradient.
 #
-# Preconditions (check_args, the launchers): x (N, H), weight (V, H), bias (V,) one floating dtype
+# Preconditions (the glue's check_op_args, the launchers): x (N, H), weight (V, H), bias (V,) one floating dtype
 # on one CUDA device (CPU under TRITON_INTERPRET=1), V >= 1; target (N,) int64; class_weight (V,)
 # floating. Inputs are made contiguous (a copy when they are not). Class indices outside [0, V)
 # other than ignore_index raise IndexError before any kernel runs (a reduction and a device sync).
@@ -74,31 +75,28 @@ torch.library kind and why).
 
 from __future__ import annotations
 
-import math
-import operator
 import struct
 
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
-from fastops.ops._devices import check_same_device
-from fastops.triton import interpreting
+from fastops.ops import linear_cross_entropy as _stem_ops
+from fastops.ops.linear_cross_entropy import (
+    acc_dtype,
+    bwd_fake,
+    check_op_args,
+    check_target_range,
+    chunk_rows_for,
+    fwd_fake,
+)
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
-try:  # the op's glue (autograd, vmap, autocast, the support table): issue 13's other half
-    from fastops.ops import linear_cross_entropy as _stem_ops
-except ImportError:  # not merged yet: the raw ops work, without autograd
-    _stem_ops = None
-
-__all__ = ["check_args", "linear_cross_entropy_bwd", "linear_cross_entropy_fwd"]
+__all__ = ["linear_cross_entropy_bwd", "linear_cross_entropy_fwd"]
 
 OP_FWD, OP_BWD = "linear_cross_entropy_fwd", "linear_cross_entropy_bwd"
 MAX_BLOCK_V = 4096
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---- kernel -----------------------------------------------------------------------------------
@@ -237,188 +235,13 @@ def linear_cross_entropy_chunk_kernel(
             tl.store(zrow + c, grad.to(z_ptr.dtype.element_ty), mask=live)
 
 
-# ---- checks and shapes (the argument contract of issue 13) ------------------------------------
+# ---- checks -----------------------------------------------------------------------------------
+# The argument contract, the fake kernels and the chunk rule are the glue's (fastops.ops.linear_cross_entropy,
+# a mirror of csrc/fastops.h), so every backend rejects bad input with the same messages.
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _shape(s: torch.Size | list[int] | tuple[int, ...]) -> str:
+def _shape(s: torch.Size | list[int]) -> str:
     return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
-
-
-def check_args(
-    op: str,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    softcap: float,
-    z_loss: float,
-    reduction: int,
-    chunk_rows: int,
-) -> tuple[int, int, int]:
-    """The registered ops' argument contract (csrc/fastops.h check_linear_cross_entropy_args, message for
-    message); returns (N, H, V).
-
-    ValueError for shapes, values and devices, TypeError for dtypes, each naming ``op``, the argument
-    and the expected vs given shape / dtype / device. Class index values are checked separately
-    (:func:`check_class_indices`: it reads the data).
-    """
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must have shape (N, H), got {_shape(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be a floating tensor, got {x.dtype}")
-    N, H = x.shape
-    if weight.dim() != 2 or weight.shape[1] != H:
-        raise ValueError(
-            f"{op}: weight must have shape (V, {H}) for x of shape {_shape(x.shape)}, got {_shape(weight.shape)}"
-        )
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{op}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
-    V = weight.shape[0]
-    if V < 1:
-        raise ValueError(f"{op}: weight must have at least one class (row), got shape {_shape(weight.shape)}")
-    if bias is not None:
-        if list(bias.shape) != [V]:
-            raise ValueError(f"{op}: bias must have shape ({V},), got {_shape(bias.shape)}")
-        if bias.dtype != x.dtype:
-            raise TypeError(f"{op}: bias must have x's dtype {x.dtype}, got {bias.dtype}")
-        if bias.device != x.device:
-            raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
-    if list(target.shape) != [N]:
-        raise ValueError(
-            f"{op}: target must have shape ({N},) for x of shape {_shape(x.shape)}, got {_shape(target.shape)}"
-        )
-    if target.dtype != torch.int64:
-        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
-    if target.device != x.device:
-        raise ValueError(f"{op}: target is on {target.device} but x is on {x.device}")
-    if class_weight is not None:
-        if list(class_weight.shape) != [V]:
-            raise ValueError(f"{op}: class_weight must have shape ({V},), got {_shape(class_weight.shape)}")
-        if not class_weight.is_floating_point():
-            raise TypeError(f"{op}: class_weight must be floating, got {class_weight.dtype}")
-        if class_weight.device != x.device:
-            raise ValueError(f"{op}: class_weight is on {class_weight.device} but x is on {x.device}")
-    try:
-        ii = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
-    if not INT64_MIN <= ii <= INT64_MAX:
-        raise ValueError(f"{op}: ignore_index must fit in int64, got {ii}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
-    if not (softcap >= 0.0 and math.isfinite(softcap)):
-        raise ValueError(f"{op}: softcap must be >= 0 and finite, got {softcap}")
-    if not (z_loss >= 0.0 and math.isfinite(z_loss)):
-        raise ValueError(f"{op}: z_loss must be >= 0 and finite, got {z_loss}")
-    if reduction not in (0, 1, 2):
-        raise ValueError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
-    if chunk_rows < 0:
-        raise ValueError(f"{op}: chunk_rows must be >= 0, got {chunk_rows}")
-    return N, H, V
-
-
-def check_class_indices(op: str, target: torch.Tensor, V: int, ignore_index: int) -> None:
-    """IndexError for a class index outside [0, V) that is not ignore_index (a reduction and a sync)."""
-    if torch.compiler.is_compiling() or is_fake(target):
-        return  # traced: no data; the kernel writes NaN for such rows
-    bad = (target != ignore_index) & ((target < 0) | (target >= V))
-    if bool(bad.any()):
-        r = int(bad.nonzero()[0])
-        raise IndexError(
-            f"{op}: target[{r}] = {int(target[r])} is out of bounds for {V} classes "
-            f"(expected 0 <= target < {V}, or target == ignore_index {ignore_index})"
-        )
-
-
-def _check_triton_input(op: str, x: torch.Tensor) -> None:
-    """A device the kernels run on and a dtype they take there: the support table's row for the op
-    (``register_op`` in the glue module) when it is there, so the raw ops refuse exactly what
-    ``backend="triton"`` refuses; without the glue, CUDA tensors or CPU ones under the interpreter,
-    in any of the four floating dtypes (the kernel has no tl.dot, the interpreter's weak spot)."""
-    if _stem_ops is not None:
-        check_kernel_input(op, "linear_cross_entropy", x, "x")
-        return
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
-        raise ValueError(
-            f"{op}: the Triton kernels run on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), "
-            f"got x on {x.device}"
-        )
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: the Triton kernels take float16, bfloat16, float32 or float64 x, got {x.dtype}")
-
-
-def fwd_fake(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    softcap: float,
-    z_loss: float,
-    reduction: int,
-    chunk_rows: int,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, stats, grad_x, grad_weight, grad_bias): loss (N,) for reduction 0 else (), stats (2, N),
-    both in the accumulation dtype; the grads (N, H), (V, H), (V,) (bias' dtype; (0,) without bias)
-    when compute_grad and reduction != 0, else (0,) each."""
-    check_same_device(OP_FWD, x=x, weight=weight, bias=bias, target=target, class_weight=class_weight)
-    acc = acc_dtype(x.dtype)
-    N = x.shape[0]
-    loss = x.new_empty((N,) if reduction == 0 else (), dtype=acc)
-    stats = x.new_empty((2, N), dtype=acc)
-    bias_dtype = x.dtype if bias is None else bias.dtype
-    if compute_grad and reduction != 0:
-        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        gw = weight.new_empty(weight.shape)
-        gb = x.new_empty((weight.shape[0],) if bias is not None else (0,), dtype=bias_dtype)
-    else:
-        gx, gw, gb = (x.new_empty((0,), dtype=dt) for dt in (x.dtype, weight.dtype, bias_dtype))
-    return loss, stats, gx, gw, gb
-
-
-def bwd_fake(
-    grad_loss: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    class_weight: torch.Tensor | None,
-    stats: torch.Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    softcap: float,
-    z_loss: float,
-    reduction: int,
-    chunk_rows: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x (N, H) x's dtype, grad_weight (V, H) weight's dtype, grad_bias (V,) bias' dtype, (0,) without bias)."""
-    check_same_device(
-        OP_BWD,
-        grad_loss=grad_loss,
-        x=x,
-        weight=weight,
-        bias=bias,
-        target=target,
-        class_weight=class_weight,
-        stats=stats,
-    )
-    gx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    gw = weight.new_empty(weight.shape)
-    gb = x.new_empty((weight.shape[0],), dtype=bias.dtype) if bias is not None else x.new_empty((0,))
-    return gx, gw, gb
 
 
 # ---- launchers --------------------------------------------------------------------------------
@@ -428,21 +251,6 @@ def _f32_pair(v: float) -> tuple[float, float]:
     """v = hi + lo with hi, lo float32-representable: Triton passes Python floats as float32."""
     hi = struct.unpack("f", struct.pack("f", v))[0]
     return hi, float(v - hi)
-
-
-def _chunk_rows(N: int, H: int, V: int, chunk_rows: int) -> int:
-    """Rows per chunk: chunk_rows when > 0; else logits of about max(N H, V H) / 4 elements, at most the
-    (N, V) logits / 8, at least min(N, 64) rows, a multiple of 8 where possible (issue 13)."""
-    if N == 0:
-        return 1
-    if chunk_rows > 0:
-        return min(chunk_rows, N)
-    rows = max(N * H, V * H) // 4 // V
-    rows = min(rows, (N + 7) // 8)
-    rows = max(rows, min(N, 64))
-    if rows >= 8:
-        rows -= rows % 8
-    return max(1, min(rows, N))
 
 
 def _block_v(V: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -495,7 +303,7 @@ def _sweep(
     w = class_weight.to(acc).contiguous() if has_w else None
     wsum = w.sum() if has_w and smoothing else None  # 0-dim on the device: no sync
     block, warps = _block_v(V, x.dtype)
-    rows = _chunk_rows(N, H, V, chunk_rows)
+    rows = chunk_rows_for(N, H, V, chunk_rows)
     wt = weight.t()
     kernel = wrap_triton(linear_cross_entropy_chunk_kernel)
     for i0 in range(0, N, rows):
@@ -549,12 +357,14 @@ def _prepare(
     chunk_rows: int,
 ) -> tuple[int, int, int]:
     """Every check a launcher runs before its first kernel; returns (N, H, V)."""
-    N, H, V = check_args(
+    g = check_op_args(
         op, x, weight, bias, target, class_weight, ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows
     )
-    _check_triton_input(op, x)
-    check_class_indices(op, target, V, ignore_index)
-    return N, H, V
+    # a device the kernels run on and a dtype they take there: the support table's row (register_op
+    # in the glue), so the raw ops refuse exactly what backend="triton" refuses
+    check_kernel_input(op, "linear_cross_entropy", x, "x")
+    check_target_range(op, target, g.V, ignore_index)
+    return g.N, g.H, g.V
 
 
 # ---- registered ops (schemas identical to csrc/registration.cpp) -------------------------------
@@ -637,9 +447,11 @@ def linear_cross_entropy_bwd(
     args = (weight, bias, target, class_weight, ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows)
     N, _, V = _prepare(OP_BWD, x, *args)
     acc = acc_dtype(x.dtype)
+    # csrc/linear_cross_entropy_driver.h's order and messages: both shapes, then dtypes and devices
     for name, t, shape in (("grad_loss", grad_loss, [N] if reduction == 0 else []), ("stats", stats, [2, N])):
         if list(t.shape) != shape:
             raise ValueError(f"{OP_BWD}: {name} must have shape {_shape(shape)}, got {_shape(t.shape)}")
+    for name, t in (("grad_loss", grad_loss), ("stats", stats)):
         if t.dtype != acc:
             raise TypeError(f"{OP_BWD}: {name} must be {acc} for {x.dtype} x, got {t.dtype}")
         if t.device != x.device:
@@ -657,5 +469,4 @@ def linear_cross_entropy_bwd(
 
 # Autograd (double backward included), vmap and autocast of the ops above: the same registration as
 # the native ops', from the one place that knows both passes.
-if _stem_ops is not None:
-    _stem_ops.register(torch.ops.fastops_triton)
+_stem_ops.register(torch.ops.fastops_triton)
