@@ -97,8 +97,11 @@ def test_float64_loss_and_every_gradient_match_unpatched(kind, backend):
     model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend)
     ids, labels = batch()
 
+    head_calls = []
+    model.lm_head.register_forward_hook(lambda *_: head_calls.append(1))
     out, grads = loss_and_grads(model, ids, labels)
     ref_out, ref_grads = loss_and_grads(ref, ids, labels)
+    assert not head_calls, "the patched training forward ran lm_head: the logits were formed"
     assert out.logits is None and out.loss.dtype == torch.float64
     assert type(out) is type(ref_out)
     assert_close_to_reference(out.loss, ref_out.loss, what=f"{kind} loss")
@@ -258,18 +261,52 @@ def test_gemma2_final_logit_softcapping_maps_to_softcap(backend):
         assert_close_to_reference(g, ref_grads[name], what=f"grad {name}")
 
 
-def test_bfloat16_loss_is_float32_like_hf():
+def _low_precision_loss_check(got, hf, want, dtype):
+    # the decoder runs in low precision in both; the loss may be at most 2x as far as HF's (which
+    # rounds the logits to the low dtype before its float32 upcast) from float64, plus one ulp of it
+    assert got.dtype == hf.dtype == torch.float32
+    floor = torch.finfo(dtype).eps * max(1.0, abs(want.item()))
+    assert abs(got.item() - want.item()) <= 2 * abs(hf.item() - want.item()) + floor
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_model_loss_is_float32_like_hf(backend):
     stock = tiny("llama").to(torch.bfloat16)
     ref = reference64(stock)
-    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend="torch")
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend)
     ids, labels = batch()
     got, hf = model(input_ids=ids, labels=labels).loss, stock(input_ids=ids, labels=labels).loss
-    assert got.dtype == hf.dtype == torch.float32
-    want = ref(input_ids=ids, labels=labels).loss
-    # the decoder runs in bfloat16 in both; the loss head may be at most 2x as far as HF's (which rounds
-    # the logits to bfloat16 before its float32 upcast) from float64, plus bfloat16's floor
-    floor = torch.finfo(torch.bfloat16).eps * max(1.0, abs(want.item()))
-    assert abs(got.item() - want.item()) <= 2 * abs(hf.item() - want.item()) + floor
+    _low_precision_loss_check(got, hf, ref(input_ids=ids, labels=labels).loss, torch.bfloat16)
+    got.backward()
+    assert all(p.grad.dtype == torch.bfloat16 and p.grad.isfinite().all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_model_under_autocast(backend):
+    stock = tiny("qwen2")
+    ref = reference64(stock)
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend)
+    ids, labels = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, hf = model(input_ids=ids, labels=labels).loss, stock(input_ids=ids, labels=labels).loss
+    _low_precision_loss_check(got, hf, ref(input_ids=ids, labels=labels).loss, torch.bfloat16)
+    got.backward()
+    assert all(p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in model.parameters())
+
+
+def test_gradient_checkpointing():
+    stock = tiny("llama").double()
+    (
+        getattr(stock, "activation_checkpointing_enable", None) or stock.gradient_checkpointing_enable
+    )()  # 5.x name, else 4.x
+    ref = reference64(stock)
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend="auto")
+    ids, labels = batch()
+    out, grads = loss_and_grads(model, ids, labels, use_cache=False)
+    ref_out, ref_grads = loss_and_grads(ref, ids, labels, use_cache=False)
+    assert_close_to_reference(out.loss, ref_out.loss, what="loss")
+    for name, g in grads.items():
+        assert_close_to_reference(g, ref_grads[name], what=f"grad {name}")
 
 
 def test_patch_is_idempotent_undoable_and_keeps_the_signature():
