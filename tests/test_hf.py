@@ -43,6 +43,11 @@ def tiny(kind: str, **config):
             cfg, cls = transformers.LlamaConfig(**llama_like), transformers.LlamaForCausalLM
         elif kind == "qwen2":
             cfg, cls = transformers.Qwen2Config(**llama_like), transformers.Qwen2ForCausalLM
+        elif kind == "bloom":  # an older forward: a return_dict parameter, its own tuple form
+            cfg = transformers.BloomConfig(
+                hidden_size=H, n_layer=2, n_head=4, hidden_dropout=0.0, attention_dropout=0.0
+            )
+            cls = transformers.BloomForCausalLM
         elif kind == "gemma2":
             cfg = transformers.Gemma2Config(**llama_like, head_dim=8, final_logit_softcapping=3.0)
             cls = transformers.Gemma2ForCausalLM
@@ -236,7 +241,7 @@ def test_untied_head_with_bias(backend):
     stock = tiny("llama").double()
     stock.lm_head = torch.nn.Linear(H, V, bias=True, dtype=torch.float64)
     ref = reference64(stock)
-    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend)
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend, chunk_rows=5)  # 27 rows: 6 chunks
     ids, labels = batch()
     out, grads = loss_and_grads(model, ids, labels)
     ref_out, ref_grads = loss_and_grads(ref, ids, labels)
@@ -361,3 +366,20 @@ def test_swap_report_names_the_functional_loss():
     fastops.patch_causal_lm(model, backend="torch")
     (entry,) = [s for s in fastops.swap(model).skipped if s[1] == "LlamaForCausalLM"]
     assert "already patched" in entry[2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_older_forward_with_return_dict_parameter(backend):
+    stock = tiny("bloom").double()
+    ref = reference64(stock)
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend)
+    ids, labels = batch()
+    out, grads = loss_and_grads(model, ids, labels)
+    ref_out, ref_grads = loss_and_grads(ref, ids, labels)
+    assert out.logits is None and type(out) is type(ref_out)
+    assert_close_to_reference(out.loss, ref_out.loss, what="bloom loss")
+    for name, g in grads.items():
+        assert_close_to_reference(g, ref_grads[name], what=f"bloom grad {name}")
+    as_tuple = model(input_ids=ids, labels=labels, return_dict=False, use_cache=False)
+    assert isinstance(as_tuple, tuple)
+    assert_close_to_reference(as_tuple[0], ref_out.loss, what="bloom tuple loss")
