@@ -100,6 +100,24 @@ def _decorator_name(node: ast.expr) -> str:
     return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", ast.unparse(node))
 
 
+def _plain_loss_call(stmt: ast.stmt, varkw: str | None) -> bool:
+    """`loss = self.loss_function(logits, labels[, vocab size][, **kwargs])`, keywords allowed for
+    the same, plus pad_token_id (which ForCausalLMLoss ignores): nothing the fused loss would miss."""
+    call = stmt.value if isinstance(stmt, ast.Assign) else None
+    if not isinstance(call, ast.Call) or len(call.args) > 3:
+        return False
+    given = dict(zip(("logits", "labels", "vocab_size"), call.args))
+    for kw in call.keywords:
+        if kw.arg is None:
+            if varkw is None or _name(kw.value) != varkw:
+                return False
+        elif kw.arg in given or kw.arg not in ("logits", "labels", "vocab_size", "pad_token_id"):
+            return False
+        else:
+            given[kw.arg] = kw.value
+    return _name(given.get("logits")) in ("logits", "lm_logits") and _name(given.get("labels")) == "labels"
+
+
 def _plan(model: nn.Module) -> _Plan:
     """Read ``type(model).forward`` and check that the fused path computes what it computes."""
     cls = type(model)
@@ -182,7 +200,7 @@ def _plan(model: nn.Module) -> _Plan:
                 raise bad(stmt, "passes its decoder an argument the patch cannot evaluate")
             splat = True
         elif _name(kw.value) in names:
-            decoder_kwargs[kw.arg] = _name(kw.value)  # type: ignore[assignment]
+            decoder_kwargs[kw.arg] = _name(kw.value)
         else:
             raise bad(stmt, f"passes its decoder `{kw.arg}={ast.unparse(kw.value)}`, which the patch cannot evaluate")
     if any(a is None or a not in names for a in decoder_args):
@@ -225,7 +243,7 @@ def _plan(model: nn.Module) -> _Plan:
             continue
         if saw_head and isinstance(stmt, ast.If) and ast.unparse(stmt.test) == "labels is not None":
             inner_text = ast.unparse(stmt.body[0]) if len(stmt.body) == 1 and not stmt.orelse else ""
-            if not inner_text.startswith("loss = self.loss_function("):
+            if not inner_text.startswith("loss = self.loss_function(") or not _plain_loss_call(stmt.body[0], varkw):
                 raise bad(stmt, "computes its loss in a way the patch does not reproduce")
             saw_loss = True
             continue
@@ -253,7 +271,7 @@ def _plan(model: nn.Module) -> _Plan:
         signature=signature,
         varkw=varkw,
         decoder=decoder,
-        decoder_args=decoder_args,  # type: ignore[arg-type]
+        decoder_args=decoder_args,
         decoder_kwargs=decoder_kwargs,
         decoder_splat=splat,
         defaults=defaults,
@@ -344,9 +362,9 @@ class _CausalLMForward:
         fields = {}
         for name, (kind, key) in plan.output_fields.items():
             if kind == "attr":
-                fields[name] = getattr(outputs, key, None)  # type: ignore[arg-type]
+                fields[name] = getattr(outputs, key, None)
             else:
-                fields[name] = outputs[key] if len(outputs) > key else None  # type: ignore[operator]
+                fields[name] = outputs[key] if len(outputs) > key else None
         output = plan.output_cls(loss=loss, logits=None, **fields)
         return output if return_dict else output.to_tuple()
 
