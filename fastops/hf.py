@@ -12,9 +12,11 @@ What the patched forward reproduces is read off the model's own ``forward`` sour
 tree), never guessed: the decoder module it calls and with which arguments, how it takes the
 hidden state, every statement between the decoder and the loss, and the output it builds. A model
 whose ``forward`` does anything the fused loss does not reproduce (Cohere's ``logit_scale``,
-Granite's ``logits_scaling``, a mixture-of-experts auxiliary loss, a z-loss, an unknown decorator)
-is refused at patch time with the statement named, rather than trained on a wrong loss. Gemma-2's
-``final_logit_softcapping`` block maps to ``softcap=``.
+Granite's ``logits_scaling``, a z-loss, an unknown decorator) is refused at patch time with the
+statement named, rather than trained on a wrong loss. Gemma-2's ``final_logit_softcapping`` block
+maps to ``softcap=``. A mixture of experts whose forward adds the load-balancing loss only under
+``output_router_logits`` (Mixtral, Qwen-MoE, ...) is fused while that flag is off; with it on, the
+original forward runs, with a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +77,7 @@ class _Plan:
     deprecated: list[str]  # keyword names deprecate_kwarg renames
     output_cls: type
     output_fields: dict[str, tuple[str, str | int]]  # field -> ("attr", name) | ("index", i) on the decoder output
+    aux_flag: str | None = None  # MoE: `if output_router_logits:` adds an auxiliary loss (then: original forward)
     label_param: str = "labels"
     keep_param: str | None = "logits_to_keep"
     notes: list[str] = field(default_factory=list)
@@ -208,7 +212,8 @@ def _plan(model: nn.Module) -> _Plan:
 
     # 3. Decoder output -> lm_head, with the loss and nothing else between.
     hidden_index = hidden_to_head = softcap = False
-    saw_head = saw_loss = False
+    saw_head = saw_loss = saw_aux = False
+    aux_flag: str | None = None
     output_cls: type | None = None
     output_fields: dict[str, tuple[str, str | int]] = {}
     hidden_sources = {f"{out_name}.last_hidden_state": False, f"{out_name}[0]": True}
@@ -249,6 +254,14 @@ def _plan(model: nn.Module) -> _Plan:
             continue
         if saw_loss and isinstance(stmt, ast.If) and ast.unparse(stmt.test) == "not return_dict":
             continue  # the tuple form: the patched forward converts with to_tuple()
+        if saw_loss and text == "aux_loss = None":
+            saw_aux = True
+            continue
+        if saw_aux and aux_flag is None and isinstance(stmt, ast.If) and _name(stmt.test) in names:
+            # A mixture of experts' load-balancing loss, added only when this flag is on: the fused
+            # path runs when it is off, and the original forward (logits and all) when it is on.
+            aux_flag = _name(stmt.test)
+            continue
         if saw_loss and isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.Call):
             ret = stmt.value
             output_cls = inner.__globals__.get(_name(ret.func) or "")
@@ -256,6 +269,8 @@ def _plan(model: nn.Module) -> _Plan:
                 value = ast.unparse(kw.value)
                 if kw.arg in ("loss", "logits") and value in ("loss", "logits", "lm_logits"):
                     continue
+                if kw.arg == "aux_loss" and value == "aux_loss" and aux_flag is not None:
+                    continue  # None on the fused path, where the flag is off
                 if kw.arg and value.startswith(f"{out_name}.") and value[len(out_name) + 1 :].isidentifier():
                     output_fields[kw.arg] = ("attr", value[len(out_name) + 1 :])
                 elif kw.arg and value.startswith(f"{out_name}[") and value.endswith("]"):
@@ -282,6 +297,7 @@ def _plan(model: nn.Module) -> _Plan:
         deprecated=deprecated,
         output_cls=output_cls,
         output_fields=output_fields,
+        aux_flag=aux_flag,
         keep_param="logits_to_keep" if "logits_to_keep" in names else None,
     )
 
@@ -330,6 +346,13 @@ class _CausalLMForward:
         for var, attr in plan.defaults:
             if env.get(var) is None:
                 env[var] = getattr(model.config, attr)
+        if plan.aux_flag is not None and env.get(plan.aux_flag):
+            warnings.warn(
+                f"fastops.patch_causal_lm: {plan.aux_flag} is on, so {type(model).__name__} adds its auxiliary "
+                "loss: the original forward runs (the full logits are formed)",
+                stacklevel=2,
+            )
+            return self.original(*args, **kwargs)
         if plan.can_return_tuple:
             if return_dict is None:
                 return_dict = getattr(model.config, "return_dict", True)
@@ -443,7 +466,8 @@ def patch_causal_lm(model: nn.Module, *, backend: str = "auto", chunk_rows: int 
     set, the decoder's cache / hidden states / attentions as usual, and ``logits=None``: the point
     is that they never exist. Everything else runs the original forward unchanged: no ``labels``,
     ``torch.no_grad()`` / ``torch.inference_mode()`` (evaluation and ``generate``, which need the
-    logits; HF's own loss then), a nonzero ``logits_to_keep``, a deprecated keyword argument.
+    logits; HF's own loss then), a nonzero ``logits_to_keep``, a deprecated keyword argument, a
+    mixture of experts' ``output_router_logits`` on (its auxiliary loss is not fused; a warning says so).
 
     The loss is HF's ``ForCausalLMLoss``: labels shifted left by one (padded with ``ignore_index``,
     default -100, or ``shift_labels`` when passed), the mean over non-ignored tokens, or the sum

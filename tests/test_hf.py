@@ -48,6 +48,10 @@ def tiny(kind: str, **config):
                 hidden_size=H, n_layer=2, n_head=4, hidden_dropout=0.0, attention_dropout=0.0
             )
             cls = transformers.BloomForCausalLM
+        elif kind == "mixtral":
+            cfg = transformers.MixtralConfig(**llama_like, num_local_experts=4, num_experts_per_tok=2)
+            cfg._experts_implementation = "eager"  # the grouped-GEMM default has no float64
+            cls = transformers.MixtralForCausalLM
         elif kind == "gemma2":
             cfg = transformers.Gemma2Config(**llama_like, head_dim=8, final_logit_softcapping=3.0)
             cls = transformers.Gemma2ForCausalLM
@@ -337,7 +341,8 @@ def test_refuses_what_it_would_compute_wrong():
     cases = [
         (transformers.CohereForCausalLM(transformers.CohereConfig(**small)), "logit_scale"),
         (transformers.GraniteForCausalLM(transformers.GraniteConfig(**small)), "logits_scaling"),
-        (transformers.MixtralForCausalLM(transformers.MixtralConfig(**small, num_local_experts=2)), "aux_loss"),
+        (transformers.HyperCLOVAXForCausalLM(transformers.HyperCLOVAXConfig(**small)), "logits_scaling"),
+        (transformers.MiniCPM3ForCausalLM(transformers.MiniCPM3Config(**small)), "logits_scaling"),
     ]
     for model, quoted in cases:
         with pytest.raises(fastops.UnsupportedModelError, match=quoted):
@@ -383,3 +388,23 @@ def test_older_forward_with_return_dict_parameter(backend):
     as_tuple = model(input_ids=ids, labels=labels, return_dict=False, use_cache=False)
     assert isinstance(as_tuple, tuple)
     assert_close_to_reference(as_tuple[0], ref_out.loss, what="bloom tuple loss")
+
+
+def test_mixture_of_experts_fused_unless_router_logits_are_on():
+    stock = tiny("mixtral").double()
+    assert not stock.config.output_router_logits
+    ref = reference64(stock)
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend="auto")
+    ids, labels = batch()
+    out, grads = loss_and_grads(model, ids, labels)
+    ref_out, ref_grads = loss_and_grads(ref, ids, labels)
+    assert out.logits is None and out.aux_loss is None and type(out) is type(ref_out)
+    assert_close_to_reference(out.loss, ref_out.loss, what="mixtral loss")
+    for name, g in grads.items():
+        assert_close_to_reference(g, ref_grads[name], what=f"mixtral grad {name}")
+    # the load-balancing loss joins the loss: not fused, the original forward runs, and says so
+    with pytest.warns(UserWarning, match="output_router_logits is on"):
+        got = model(input_ids=ids, labels=labels, output_router_logits=True)
+    want = stock(input_ids=ids, labels=labels, output_router_logits=True)
+    assert got.logits is not None and got.aux_loss is not None
+    assert torch.equal(got.loss, want.loss) and torch.equal(got.aux_loss, want.aux_loss)
