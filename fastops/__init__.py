@@ -19,6 +19,9 @@ from fastops import nn as nn
 from fastops import optim as optim
 from fastops import reference as reference
 from fastops._backend import backends
+from fastops.hf import UnsupportedModelError as UnsupportedModelError
+from fastops.hf import patch_causal_lm as patch_causal_lm
+from fastops.hf import unpatch_causal_lm as unpatch_causal_lm
 from fastops.swap import SwapReport, swap
 
 __version__ = "0.1.0"

@@ -153,4 +153,30 @@ def swap(
             continue
         _convert(module, targets[cls], backend)
         report.replaced.append((name, cls.__name__, targets[cls].__name__))
+    report.skipped += _functional_losses(model, include, exclude)
     return report
+
+
+# Issue 13.5: what swap cannot reach. A Hugging Face causal LM computes its loss in forward
+# (self.loss_function(self.lm_head(hidden), labels)), not in a module, so no class swap touches it;
+# the report says so and names the tool that does.
+def _functional_losses(
+    model: nn.Module, include: Iterable[type | str] | None, exclude: Iterable[type | str] | None
+) -> list[tuple[str, str, str]]:
+    """(name, class, why) for every module whose loss is computed functionally, not by a module."""
+    from fastops.hf import is_patched
+
+    found = []
+    for name, module in model.named_modules():
+        if not (hasattr(type(module), "loss_function") and isinstance(getattr(module, "lm_head", None), nn.Linear)):
+            continue
+        if not _selected(name, module, include, exclude):
+            continue
+        why = (
+            "its loss is computed functionally (self.loss_function on the lm_head logits), which no module swap "
+            "reaches; fastops.patch_causal_lm(model) computes it with the fused linear_cross_entropy"
+        )
+        if is_patched(module):
+            why = "its loss is computed functionally; already patched by fastops.patch_causal_lm (fused loss)"
+        found.append((name, type(module).__name__, why))
+    return found
