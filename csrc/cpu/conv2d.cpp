@@ -86,6 +86,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/conv2d_depthwise.h"
 #include "cpu/reduced_float.h"
 #include "fastops.h"
 
@@ -1100,6 +1101,44 @@ void check_cpu_dtype(const char* op, const at::Tensor& x) {
                    ": the CPU kernels take float16, bfloat16, float32 or float64 input, got ", dt);
 }
 
+// The backward of the GEMM-based kernels (bfloat16 micro-kernel passes, the float16 / bfloat16
+// widening path, float32 / float64 tiles) for the gradients asked for (null: not wanted).
+void conv2d_bwd_general(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                        at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+  const auto dt = x.scalar_type();
+  const auto opts = x.options();
+  if (dt == at::kBFloat16 && bf16_brgemm_usable()) {
+    // Gather-free passes where they apply (stride 1; finite inputs where they read padding, see
+    // above), the tiled gather kernel for the rest.
+    bool dx_done = dx == nullptr, dw_done = dw == nullptr;
+    if (!dx_done && direct_dgrad_applies(g, w)) {
+      conv2d_dgrad_direct(g, dy, w, *dx);
+      dx_done = true;
+    }
+    if (!dw_done && direct_wgrad_applies(g, x)) {
+      conv2d_wgrad_direct(g, dy, x, *dw);
+      dw_done = true;
+    }
+    if (!dx_done || !dw_done) conv2d_bwd_brgemm(g, dy, x, w, dx_done ? nullptr : dx, dw_done ? nullptr : dw);
+    if (db) conv2d_bias_grad_bf16(g, dy, *db);
+  } else if (dt == at::kHalf || dt == at::kBFloat16) {
+    // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
+    const auto f32 = opts.dtype(at::kFloat);
+    at::Tensor dx32 = dx ? at::empty(x.sizes(), f32) : at::Tensor();
+    at::Tensor dw32 = dw ? at::empty(w.sizes(), f32) : at::Tensor();
+    at::Tensor db32 = db ? at::empty({g.K}, f32) : at::Tensor();
+    conv2d_bwd_kernel<float>(g, dy.to(at::kFloat), x.to(at::kFloat), w.to(at::kFloat), dx ? &dx32 : nullptr,
+                             dw ? &dw32 : nullptr, db ? &db32 : nullptr);
+    if (dx) dx->copy_(dx32);
+    if (dw) dw->copy_(dw32);
+    if (db) db->copy_(db32);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(dt, "conv2d_bwd_cpu", [&] {
+      conv2d_bwd_kernel<scalar_t>(g, dy, x, w, dx, dw, db);
+    });
+  }
+}
+
 at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& bias_,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           bool relu) {
@@ -1115,6 +1154,8 @@ at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std:
     y.zero_();
     if (bias.defined()) y.add_(bias.view({1, g.K, 1, 1}));
     if (relu) y.clamp_min_(0);
+  } else if (y.numel() > 0 && cpu::conv2d_direct_grouped_applies(g)) {
+    cpu::conv2d_fwd_direct_grouped(g, x, w, bias, relu, y);  // depthwise / few channels per group
   } else if (y.numel() > 0 && dt == at::kBFloat16 && bf16_brgemm_usable()) {
     if (direct_fwd_applies(g)) {
       conv2d_fwd_direct(g, x, w, bias, relu, y);
@@ -1146,7 +1187,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
   check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
   check_cpu_dtype("conv2d_bwd", x_);
   const at::Tensor x = x_.contiguous(), w = w_.contiguous(), dy = dy_.contiguous();
-  const auto dt = x.scalar_type();
   const auto opts = x.options();
   at::Tensor dx = mask[0] ? new_output(x.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dw = mask[1] ? new_output(w.sizes(), opts) : at::empty({0}, opts);
@@ -1156,36 +1196,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
       if (mask[i]) (i == 0 ? dx : i == 1 ? dw : db).zero_();
     }
     if (mask[2] && g.N > 0) db.copy_(dy.sum({0, 2, 3}));
-  } else if (dt == at::kBFloat16 && bf16_brgemm_usable()) {
-    // Gather-free passes where they apply (stride 1; finite inputs where they read padding, see
-    // above), the tiled gather kernel for the rest.
-    bool dx_done = !mask[0], dw_done = !mask[1];
-    if (!dx_done && direct_dgrad_applies(g, w)) {
-      conv2d_dgrad_direct(g, dy, w, dx);
-      dx_done = true;
-    }
-    if (!dw_done && direct_wgrad_applies(g, x)) {
-      conv2d_wgrad_direct(g, dy, x, dw);
-      dw_done = true;
-    }
-    if (!dx_done || !dw_done) conv2d_bwd_brgemm(g, dy, x, w, dx_done ? nullptr : &dx, dw_done ? nullptr : &dw);
-    if (mask[2]) conv2d_bias_grad_bf16(g, dy, db);
-  } else if (dt == at::kHalf || dt == at::kBFloat16) {
-    // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
-    const auto f32 = opts.dtype(at::kFloat);
-    at::Tensor dx32 = mask[0] ? at::empty(x.sizes(), f32) : at::Tensor();
-    at::Tensor dw32 = mask[1] ? at::empty(w.sizes(), f32) : at::Tensor();
-    at::Tensor db32 = mask[2] ? at::empty({g.K}, f32) : at::Tensor();
-    conv2d_bwd_kernel<float>(g, dy.to(at::kFloat), x.to(at::kFloat), w.to(at::kFloat), mask[0] ? &dx32 : nullptr,
-                             mask[1] ? &dw32 : nullptr, mask[2] ? &db32 : nullptr);
-    if (mask[0]) dx.copy_(dx32);
-    if (mask[1]) dw.copy_(dw32);
-    if (mask[2]) db.copy_(db32);
+  } else if (cpu::conv2d_direct_grouped_applies(g)) {
+    // Depthwise / few channels per group: the direct kernel. Its dgrad multiplies the zero border
+    // around dy by w, so a non-finite w's dgrad takes the GEMM path (NaN only where torch has NaN).
+    const bool dx_direct = mask[0] && cpu::weight_all_finite(w);
+    cpu::conv2d_bwd_direct_grouped(g, dy, x, w, dx_direct ? &dx : nullptr, mask[1] ? &dw : nullptr,
+                                   mask[2] ? &db : nullptr);
+    if (mask[0] && !dx_direct) conv2d_bwd_general(g, dy, x, w, &dx, nullptr, nullptr);
   } else {
-    AT_DISPATCH_FLOATING_TYPES(dt, "conv2d_bwd_cpu", [&] {
-      conv2d_bwd_kernel<scalar_t>(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr,
-                                  mask[2] ? &db : nullptr);
-    });
+    conv2d_bwd_general(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr, mask[2] ? &db : nullptr);
   }
   const at::MemoryFormat out_format = conv_memory_format(x_, w_);
   if (mask[0]) dx = dx.contiguous(out_format);
