@@ -86,6 +86,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/conv2d_depthwise.h"
 #include "cpu/reduced_float.h"
 #include "fastops.h"
 
@@ -339,107 +340,142 @@ void conv2d_fwd_kernel(const Conv2dGeometry& g, const at::Tensor& x, const at::T
   });
 }
 
+// dy of one tile, group gi, as a Kg x L matrix: a strided view of dy when the tile lies in one
+// sample, else the per-sample pieces copied into `buf` (Kg x L, contiguous).
 template <typename T>
-void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
-                       at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
-  const auto opts = x.options();
-  const T* xp = x.const_data_ptr<T>();
-  const T* dyp = dy.const_data_ptr<T>();
-  const T* wp = w.const_data_ptr<T>();
-  T* dxp = dx ? dx->mutable_data_ptr<T>() : nullptr;
-  const int64_t CRS = g.crs(), PQ = g.pq(), HW = g.hw();
-  const int64_t chunks = sample_chunks(g.N);
-  // One partial dW (K x CRS) and db (K) per chunk, summed in chunk order below.
-  std::vector<at::Tensor> dw_part(dw ? chunks : 0);
-  std::vector<std::vector<T>> db_part(db ? chunks : 0);
-  for_each_sample_chunk(g.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
-    const bool direct = g.pointwise();
-    const int64_t rows = tile_rows(g, n1 - n0);
-    std::unique_ptr<T[]> col(direct ? nullptr : new T[size_t(CRS * rows * g.Q)]);
-    std::unique_ptr<T[]> dyt(direct ? nullptr : new T[size_t(g.Kg * rows * g.Q)]);  // dy of a tile spanning samples
-    at::Tensor dwc;
-    if (dw) dwc = dw_part[chunk] = at::zeros({g.K, CRS}, opts);
-    if (db) db_part[chunk].assign(g.K, T(0));
-    const PaddedPlanes<T> planes(g, n0, direct || !dw ? n0 : n1, xp);
-    // col2im accumulates into zeroed (padded) planes; a pointwise dx is written whole by the GEMM.
-    std::optional<PaddedPlanes<T>> dx_planes;
-    if (dx && !direct) {
-      if (g.ph == 0 && g.pw == 0) {
-        std::fill(dxp + n0 * g.C * HW, dxp + n1 * g.C * HW, T(0));
-        dx_planes.emplace(g, n0, n1, dxp);  // scatters straight into dx
-      } else {
-        dx_planes.emplace(g, n0, n1, nullptr);
-      }
-    }
-    for (int64_t gi = 0; gi < g.G; ++gi) {
-      const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
-      at::Tensor dwg = dw ? dwc.narrow(0, gi * g.Kg, g.Kg) : at::Tensor();
-      for_each_tile(g, n0, n1, rows, [&](const Tile& t) {
-        const int64_t L = t.cols(g), n_first = t.r0 / g.P, p_first = t.r0 % g.P;
-        // Both planes share the sample stride (C Hs Ws), so one row table serves the gather and the scatter.
-        std::optional<TileRows> tile_rows_table;
-        auto rows_of = [&](const Tile& tt) -> const TileRows& {
-          if (!tile_rows_table) tile_rows_table.emplace(g, tt, dx_planes ? *dx_planes : planes);
-          return *tile_rows_table;
-        };
-        at::Tensor dyv;
-        if (t.one_sample(g)) {
-          dyv = mat(dyp + (n_first * g.K + gi * g.Kg) * PQ + p_first * g.Q, g.Kg, L, PQ, opts);
-        } else {
-          for_each_sample_segment(g, t, [&](int64_t n, int64_t p0, int64_t p1, int64_t off) {
-            for (int64_t k = 0; k < g.Kg; ++k) {
-              std::memcpy(dyt.get() + k * L + off, dyp + (n * g.K + gi * g.Kg + k) * PQ + p0 * g.Q,
-                          sizeof(T) * (p1 - p0) * g.Q);
-            }
-          });
-          dyv = mat(dyt.get(), g.Kg, L, L, opts);
-        }
-        const T* x_first = xp + (n_first * g.C + gi * g.Cg) * HW + p_first * g.Q;  // pointwise operand
-        if (dw) {
-          at::Tensor colv;
-          if (direct) {
-            colv = mat(x_first, CRS, L, HW, opts);
-          } else {
-            im2col_tile(g, planes, gi, t, rows_of(t), col.get(), L);
-            colv = mat(col.get(), CRS, L, L, opts);
-          }
-          dwg.addmm_(dyv, colv.t());
-        }
-        if (dx) {
-          if (direct) {
-            at::Tensor dxv = mat(dxp + (n_first * g.C + gi * g.Cg) * HW + p_first * g.Q, CRS, L, HW, opts);
-            at::mm_out(dxv, wg.t(), dyv);
-          } else {
-            at::Tensor colv = mat(col.get(), CRS, L, L, opts);
-            at::mm_out(colv, wg.t(), dyv);
-            col2im_tile_add(g, col.get(), gi, t, rows_of(t), *dx_planes);
-          }
-        }
-      });
-    }
-    if (dx_planes && dx_planes->padded()) dx_planes->copy_interior_to(g, n1, dxp);
-    if (db) {
-      for (int64_t n = n0; n < n1; ++n) {
-        for (int64_t k = 0; k < g.K; ++k) {
-          db_part[chunk][k] += at::vec::reduce_all<T>([](Vectorized<T> a, Vectorized<T> b) { return a + b; },
-                                                      dyp + (n * g.K + k) * PQ, PQ);
-        }
-      }
+at::Tensor dy_tile_view(const Conv2dGeometry& g, const T* dyp, int64_t gi, const Tile& t, T* buf,
+                        const at::TensorOptions& opts) {
+  const int64_t L = t.cols(g), PQ = g.pq(), n_first = t.r0 / g.P, p_first = t.r0 % g.P;
+  if (t.one_sample(g)) return mat(dyp + (n_first * g.K + gi * g.Kg) * PQ + p_first * g.Q, g.Kg, L, PQ, opts);
+  for_each_sample_segment(g, t, [&](int64_t n, int64_t p0, int64_t p1, int64_t off) {
+    for (int64_t k = 0; k < g.Kg; ++k) {
+      std::memcpy(buf + k * L + off, dyp + (n * g.K + gi * g.Kg + k) * PQ + p0 * g.Q, sizeof(T) * (p1 - p0) * g.Q);
     }
   });
+  return mat(buf, g.Kg, L, L, opts);
+}
+
+// wgrad of one tile, group gi: dW_g (Kg x CRS) += dy_tile (Kg x L) col^T, col gathered into `col`
+// (left there for nothing else: dgrad overwrites it), or x itself for a pointwise conv.
+template <typename T>
+void wgrad_tile(const Conv2dGeometry& g, const T* xp, const PaddedPlanes<T>& planes, int64_t gi, const Tile& t,
+                const TileRows* tr, const at::Tensor& dyv, T* col, at::Tensor& dwg, const at::TensorOptions& opts) {
+  const int64_t L = t.cols(g), CRS = g.crs();
+  at::Tensor colv;
+  if (g.pointwise()) {
+    const int64_t n_first = t.r0 / g.P, p_first = t.r0 % g.P;
+    colv = mat(xp + (n_first * g.C + gi * g.Cg) * g.hw() + p_first * g.Q, CRS, L, g.hw(), opts);
+  } else {
+    im2col_tile(g, planes, gi, t, *tr, col, L);
+    colv = mat(col, CRS, L, L, opts);
+  }
+  dwg.addmm_(dyv, colv.t());
+}
+
+// dgrad of one tile, group gi: col' (CRS x L) = W_g^T dy_tile, scatter-added into the dx planes by
+// col2im; a pointwise conv writes its dx slab directly (every element once, no scatter).
+template <typename T>
+void dgrad_tile(const Conv2dGeometry& g, const at::Tensor& wg, int64_t gi, const Tile& t, const TileRows* tr,
+                const at::Tensor& dyv, T* col, T* dxp, PaddedPlanes<T>* dx_planes, const at::TensorOptions& opts) {
+  const int64_t L = t.cols(g), CRS = g.crs();
+  if (g.pointwise()) {
+    const int64_t n_first = t.r0 / g.P, p_first = t.r0 % g.P;
+    at::Tensor dxv = mat(dxp + (n_first * g.C + gi * g.Cg) * g.hw() + p_first * g.Q, CRS, L, g.hw(), opts);
+    at::mm_out(dxv, wg.t(), dyv);
+    return;
+  }
+  at::Tensor colv = mat(col, CRS, L, L, opts);
+  at::mm_out(colv, wg.t(), dyv);
+  col2im_tile_add(g, col, gi, t, *tr, *dx_planes);
+}
+
+// db_part[k] += sum over samples [n0, n1) and pixels of dy[n, k]: one chunk's partial bias gradient.
+template <typename T>
+void bias_grad_chunk(const Conv2dGeometry& g, const T* dyp, int64_t n0, int64_t n1, T* db_part) {
+  const int64_t PQ = g.pq();
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t k = 0; k < g.K; ++k) {
+      db_part[k] += at::vec::reduce_all<T>([](Vectorized<T> a, Vectorized<T> b) { return a + b; },
+                                           dyp + (n * g.K + k) * PQ, PQ);
+    }
+  }
+}
+
+// dW and db from the per-chunk partials, summed in chunk order (deterministic for a thread count).
+template <typename T>
+void reduce_chunk_partials(const Conv2dGeometry& g, std::vector<at::Tensor>& dw_part,
+                           const std::vector<std::vector<T>>& db_part, at::Tensor* dw, at::Tensor* db) {
   if (dw) {
     at::Tensor acc = dw_part[0];
-    for (int64_t c = 1; c < chunks; ++c) acc.add_(dw_part[c]);
-    dw->view({g.K, CRS}).copy_(acc);
+    for (size_t c = 1; c < dw_part.size(); ++c) acc.add_(dw_part[c]);
+    dw->view({g.K, g.crs()}).copy_(acc);
   }
   if (db) {
     T* dbp = db->mutable_data_ptr<T>();
     for (int64_t k = 0; k < g.K; ++k) {
       T s = 0;
-      for (int64_t c = 0; c < chunks; ++c) s += db_part[c][k];
+      for (const auto& part : db_part) s += part[k];
       dbp[k] = s;
     }
   }
+}
+
+// The backward over one chunk of samples [n0, n1): per group and tile, wgrad into the chunk's dW
+// partial, then dgrad into the chunk's dx slab (col2im into zeroed, possibly padded planes), then
+// the chunk's db partial.
+template <typename T>
+void conv2d_bwd_chunk(const Conv2dGeometry& g, const T* dyp, const T* xp, const T* wp, T* dxp, at::Tensor* dwc,
+                      T* db_part, int64_t n0, int64_t n1, const at::TensorOptions& opts) {
+  const bool pointwise = g.pointwise(), want_dx = dxp != nullptr, want_dw = dwc != nullptr;
+  const int64_t CRS = g.crs(), HW = g.hw(), rows = tile_rows(g, n1 - n0);
+  std::unique_ptr<T[]> col(pointwise ? nullptr : new T[size_t(CRS * rows * g.Q)]);
+  std::unique_ptr<T[]> dyt(pointwise ? nullptr : new T[size_t(g.Kg * rows * g.Q)]);  // dy of a tile spanning samples
+  const PaddedPlanes<T> planes(g, n0, pointwise || !want_dw ? n0 : n1, xp);
+  // col2im accumulates into zeroed (padded) planes; a pointwise dx is written whole by the GEMM.
+  std::optional<PaddedPlanes<T>> dx_planes;
+  if (want_dx && !pointwise) {
+    if (g.ph == 0 && g.pw == 0) {
+      std::fill(dxp + n0 * g.C * HW, dxp + n1 * g.C * HW, T(0));
+      dx_planes.emplace(g, n0, n1, dxp);  // scatters straight into dx
+    } else {
+      dx_planes.emplace(g, n0, n1, nullptr);
+    }
+  }
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    const at::Tensor wg = mat(wp + gi * g.Kg * CRS, g.Kg, CRS, CRS, opts);
+    at::Tensor dwg = want_dw ? dwc->narrow(0, gi * g.Kg, g.Kg) : at::Tensor();
+    for_each_tile(g, n0, n1, rows, [&](const Tile& t) {
+      const at::Tensor dyv = dy_tile_view(g, dyp, gi, t, dyt.get(), opts);
+      // Both planes share the sample stride (C Hs Ws), so one row table serves the gather and the scatter.
+      std::optional<TileRows> tr;
+      if (!pointwise) tr.emplace(g, t, dx_planes ? *dx_planes : planes);
+      if (want_dw) wgrad_tile(g, xp, planes, gi, t, tr ? &*tr : nullptr, dyv, col.get(), dwg, opts);
+      if (want_dx) {
+        dgrad_tile(g, wg, gi, t, tr ? &*tr : nullptr, dyv, col.get(), dxp, dx_planes ? &*dx_planes : nullptr, opts);
+      }
+    });
+  }
+  if (dx_planes && dx_planes->padded()) dx_planes->copy_interior_to(g, n1, dxp);
+  if (db_part) bias_grad_chunk(g, dyp, n0, n1, db_part);
+}
+
+// float32 / float64 backward: samples split into chunks over threads (conv2d_bwd_chunk), each with
+// its own dW / db partial, then reduce_chunk_partials.
+template <typename T>
+void conv2d_bwd_kernel(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                       at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+  const auto opts = x.options();
+  const int64_t chunks = sample_chunks(g.N);
+  std::vector<at::Tensor> dw_part(dw ? chunks : 0);  // K x CRS per chunk
+  std::vector<std::vector<T>> db_part(db ? chunks : 0);
+  for_each_sample_chunk(g.N, chunks, [&](int64_t chunk, int64_t n0, int64_t n1) {
+    if (dw) dw_part[chunk] = at::zeros({g.K, g.crs()}, opts);
+    if (db) db_part[chunk].assign(g.K, T(0));
+    conv2d_bwd_chunk<T>(g, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), w.const_data_ptr<T>(),
+                        dx ? dx->mutable_data_ptr<T>() : nullptr, dw ? &dw_part[chunk] : nullptr,
+                        db ? db_part[chunk].data() : nullptr, n0, n1, opts);
+  });
+  reduce_chunk_partials<T>(g, dw_part, db_part, dw, db);
 }
 
 // ---- bfloat16: oneDNN's brgemm micro-kernel, bfloat16 x bfloat16 -> float32 ------------------------
@@ -1065,6 +1101,44 @@ void check_cpu_dtype(const char* op, const at::Tensor& x) {
                    ": the CPU kernels take float16, bfloat16, float32 or float64 input, got ", dt);
 }
 
+// The backward of the GEMM-based kernels (bfloat16 micro-kernel passes, the float16 / bfloat16
+// widening path, float32 / float64 tiles) for the gradients asked for (null: not wanted).
+void conv2d_bwd_general(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                        at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+  const auto dt = x.scalar_type();
+  const auto opts = x.options();
+  if (dt == at::kBFloat16 && bf16_brgemm_usable()) {
+    // Gather-free passes where they apply (stride 1; finite inputs where they read padding, see
+    // above), the tiled gather kernel for the rest.
+    bool dx_done = dx == nullptr, dw_done = dw == nullptr;
+    if (!dx_done && direct_dgrad_applies(g, w)) {
+      conv2d_dgrad_direct(g, dy, w, *dx);
+      dx_done = true;
+    }
+    if (!dw_done && direct_wgrad_applies(g, x)) {
+      conv2d_wgrad_direct(g, dy, x, *dw);
+      dw_done = true;
+    }
+    if (!dx_done || !dw_done) conv2d_bwd_brgemm(g, dy, x, w, dx_done ? nullptr : dx, dw_done ? nullptr : dw);
+    if (db) conv2d_bias_grad_bf16(g, dy, *db);
+  } else if (dt == at::kHalf || dt == at::kBFloat16) {
+    // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
+    const auto f32 = opts.dtype(at::kFloat);
+    at::Tensor dx32 = dx ? at::empty(x.sizes(), f32) : at::Tensor();
+    at::Tensor dw32 = dw ? at::empty(w.sizes(), f32) : at::Tensor();
+    at::Tensor db32 = db ? at::empty({g.K}, f32) : at::Tensor();
+    conv2d_bwd_kernel<float>(g, dy.to(at::kFloat), x.to(at::kFloat), w.to(at::kFloat), dx ? &dx32 : nullptr,
+                             dw ? &dw32 : nullptr, db ? &db32 : nullptr);
+    if (dx) dx->copy_(dx32);
+    if (dw) dw->copy_(dw32);
+    if (db) db->copy_(db32);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(dt, "conv2d_bwd_cpu", [&] {
+      conv2d_bwd_kernel<scalar_t>(g, dy, x, w, dx, dw, db);
+    });
+  }
+}
+
 at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std::optional<at::Tensor>& bias_,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           bool relu) {
@@ -1080,6 +1154,8 @@ at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std:
     y.zero_();
     if (bias.defined()) y.add_(bias.view({1, g.K, 1, 1}));
     if (relu) y.clamp_min_(0);
+  } else if (y.numel() > 0 && cpu::conv2d_direct_grouped_applies(g)) {
+    cpu::conv2d_fwd_direct_grouped(g, x, w, bias, relu, y);  // depthwise / few channels per group
   } else if (y.numel() > 0 && dt == at::kBFloat16 && bf16_brgemm_usable()) {
     if (direct_fwd_applies(g)) {
       conv2d_fwd_direct(g, x, w, bias, relu, y);
@@ -1111,7 +1187,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
   check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
   check_cpu_dtype("conv2d_bwd", x_);
   const at::Tensor x = x_.contiguous(), w = w_.contiguous(), dy = dy_.contiguous();
-  const auto dt = x.scalar_type();
   const auto opts = x.options();
   at::Tensor dx = mask[0] ? new_output(x.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dw = mask[1] ? new_output(w.sizes(), opts) : at::empty({0}, opts);
@@ -1121,36 +1196,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
       if (mask[i]) (i == 0 ? dx : i == 1 ? dw : db).zero_();
     }
     if (mask[2] && g.N > 0) db.copy_(dy.sum({0, 2, 3}));
-  } else if (dt == at::kBFloat16 && bf16_brgemm_usable()) {
-    // Gather-free passes where they apply (stride 1; finite inputs where they read padding, see
-    // above), the tiled gather kernel for the rest.
-    bool dx_done = !mask[0], dw_done = !mask[1];
-    if (!dx_done && direct_dgrad_applies(g, w)) {
-      conv2d_dgrad_direct(g, dy, w, dx);
-      dx_done = true;
-    }
-    if (!dw_done && direct_wgrad_applies(g, x)) {
-      conv2d_wgrad_direct(g, dy, x, dw);
-      dw_done = true;
-    }
-    if (!dx_done || !dw_done) conv2d_bwd_brgemm(g, dy, x, w, dx_done ? nullptr : &dx, dw_done ? nullptr : &dw);
-    if (mask[2]) conv2d_bias_grad_bf16(g, dy, db);
-  } else if (dt == at::kHalf || dt == at::kBFloat16) {
-    // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
-    const auto f32 = opts.dtype(at::kFloat);
-    at::Tensor dx32 = mask[0] ? at::empty(x.sizes(), f32) : at::Tensor();
-    at::Tensor dw32 = mask[1] ? at::empty(w.sizes(), f32) : at::Tensor();
-    at::Tensor db32 = mask[2] ? at::empty({g.K}, f32) : at::Tensor();
-    conv2d_bwd_kernel<float>(g, dy.to(at::kFloat), x.to(at::kFloat), w.to(at::kFloat), mask[0] ? &dx32 : nullptr,
-                             mask[1] ? &dw32 : nullptr, mask[2] ? &db32 : nullptr);
-    if (mask[0]) dx.copy_(dx32);
-    if (mask[1]) dw.copy_(dw32);
-    if (mask[2]) db.copy_(db32);
+  } else if (cpu::conv2d_direct_grouped_applies(g)) {
+    // Depthwise / few channels per group: the direct kernel. Its dgrad multiplies the zero border
+    // around dy by w, so a non-finite w's dgrad takes the GEMM path (NaN only where torch has NaN).
+    const bool dx_direct = mask[0] && cpu::weight_all_finite(w);
+    cpu::conv2d_bwd_direct_grouped(g, dy, x, w, dx_direct ? &dx : nullptr, mask[1] ? &dw : nullptr,
+                                   mask[2] ? &db : nullptr);
+    if (mask[0] && !dx_direct) conv2d_bwd_general(g, dy, x, w, &dx, nullptr, nullptr);
   } else {
-    AT_DISPATCH_FLOATING_TYPES(dt, "conv2d_bwd_cpu", [&] {
-      conv2d_bwd_kernel<scalar_t>(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr,
-                                  mask[2] ? &db : nullptr);
-    });
+    conv2d_bwd_general(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr, mask[2] ? &db : nullptr);
   }
   const at::MemoryFormat out_format = conv_memory_format(x_, w_);
   if (mask[0]) dx = dx.contiguous(out_format);

@@ -1,0 +1,363 @@
+// Conv2d on CPU for depthwise and few-channel groups: direct row kernels vectorised along the output
+// width (NCHW), no im2col and no GEMM, for float32 and float64 (float16 / bfloat16 computed in float32).
+//
+// Math (x (N, C, H, W), w (K, Cg, R, S), Cg = C / G, Kg = K / G, y (N, K, P, Q); output channel
+// k = gi Kg + m reads input channels gi Cg + c; hi = p sh - ph + r dh, wi = q sw - pw + s dw):
+//   y[n, k, p, q]   = b[k] + sum_{c, r, s} w[k, c, r, s] x[n, gi Cg + c, hi, wi]   (then ReLU if asked)
+//   dx[n, gi Cg + c, h, w] = sum_{m, r, s} w[gi Kg + m, c, r, s] dy[n, gi Kg + m, p, q] over the (p, q)
+//                    with p sh - ph + r dh = h, q sw - pw + s dw = w
+//   dw[k, c, r, s]  = sum_{n, p, q} dy[n, k, p, q] x[n, gi Cg + c, hi, wi];   db[k] = sum_{n, p, q} dy[n, k, p, q]
+// FLOPs: 2 N K P Q Cg R S per pass. Depthwise (Cg = 1) does R S multiply-adds per output: as a GEMM
+// per group that is a (Kg x R S) x (R S x P Q) product whose reduction (9 for 3x3) is too short for
+// BLAS, and the im2col gather costs as much as the arithmetic. Here every pass is a sum of shifted
+// rows, one fused multiply-add per tap per vector of outputs.
+//
+// Row kernels. A source image (one sample, one group: Cg planes of x for the forward / wgrad, Kg
+// planes of dy for dgrad) is copied once into a zero-bordered grid, so that every tap of every output
+// row is a plain (unmasked) vector load at a fixed offset off[t] from the row's base:
+//   forward / wgrad: x on its padded grid (H + 2 ph rows), each row split into sw phases (columns
+//     j = sw i + phase stored at [phase][i]), so a stride-sw tap s reads phase (s dw) % sw at index
+//     q + (s dw) / sw: contiguous in q for any stride; output row p starts at row p sh;
+//   dgrad: dy placed at ((R-1) dh - ph + p sh, (S-1) dw - pw + q sw) on a grid of H + (R-1) dh rows of
+//     W + (S-1) dw columns (zeros between the samples of a strided dy, cropped where padding exceeds
+//     the kernel's reach), read with the flipped taps (R-1-r, S-1-s): dgrad is then a stride-1
+//     forward of that grid, summed over the Kg dy planes of the group.
+// Each phase row carries one vector of zero slack, so the last vector of a row may read past Q (the
+// extra lanes are computed and never stored). The grid's border is written zero once per thread and
+// every image placed in it overwrites the same interior, so it stays zero.
+//   forward / dgrad (gather_rows): 8 (then 4, 1) output rows x one vector of columns accumulate in
+//     registers over the taps (one broadcast weight, 8 independent FMA chains: the FMA latency is
+//     hidden), bias first, ReLU on the accumulator, one (rounded) store;
+//   wgrad (wgrad_taps): 8 (then 4, 1) taps' accumulators in registers sweep the dy plane: per vector
+//     of dy, one FMA per tap with the shifted x row. Tail vectors load x masked (zero lanes), so
+//     dy's zero lanes never multiply an x value the output does not use (0 x inf would be NaN).
+// Decomposition: forward over (n, group) items, split across threads; backward over groups, each
+// thread summing its groups' dw / db over the samples in order (deterministic, no partials to add).
+//
+// Traffic: x (or dy) read once into the grid (one write of a slightly larger grid, L1/L2-resident per
+// image), y / dx written once, w read from L1: ~ (2 N C H W + N K P Q) elements per pass, versus the
+// GEMM path's R S-fold gathered tile for depthwise. torch's CPU depthwise (oneDNN's direct kernels)
+// gathers nothing either.
+//
+// Numerics: accumulation in the compute type (float32 for float16 / bfloat16 / float32, float64),
+// one fused multiply-add per tap in (c, r, s) order (forward), (m, r, s) order (dgrad); dw and db sum
+// over samples in order, then across the vector lanes. Each output rounded to its dtype once; ReLU
+// on the accumulator (commutes with rounding). Non-finite values: the forward multiplies the zero
+// padding by w (as the im2col path does); dgrad also multiplies the zero border around dy by w, so the
+// caller sends a non-finite w's dgrad to the GEMM path (weight_all_finite).
+//
+// Preconditions: contiguous NCHW x / dy / outputs and KCRS w of one dtype, G >= 2, checked geometry
+// (check_conv2d_args), N, P, Q >= 1. Scratch: per thread, one grid image (Cg or Kg planes).
+#include "cpu/conv2d_depthwise.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/all.h>
+#include <ATen/ops/isfinite.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu/reduced_float.h"
+
+namespace fastops::cpu {
+namespace {
+
+// Up to this many input and output channels per group, the direct kernel beats the tiled GEMM
+// (whose reduction C R S is then <= 36 for 3x3).
+constexpr int64_t kDirectGroupMaxChannels = 4;
+
+// The layout of a grid image: `planes` planes of `rows` rows; each row holds `phases` segments of
+// phase_len elements (ceil(cols / phases) columns plus one vector of zero slack).
+struct GridShape {
+  int64_t rows, cols, phases, phase_len, planes;
+  GridShape(int64_t rows_, int64_t cols_, int64_t phases_, int64_t planes_, int64_t lanes)
+      : rows(rows_), cols(cols_), phases(phases_), phase_len((cols_ + phases_ - 1) / phases_ + lanes),
+        planes(planes_) {}
+  int64_t row_stride() const { return phases * phase_len; }
+  int64_t plane() const { return rows * row_stride(); }
+  int64_t size() const { return planes * plane(); }
+  // Offset of grid (row h, column j) within a plane.
+  int64_t at(int64_t h, int64_t j) const { return h * row_stride() + (j % phases) * phase_len + j / phases; }
+};
+
+// Plane `dst` of the grid <- src (Hsrc x Wsrc) with element (h, w) at grid (oh + h step_h, ow + w
+// step_w), cropped to the grid. Either step_w or phases is 1 (dgrad spreads, the forward phases).
+template <typename S, typename T>
+void place(const GridShape& gs, const S* src, int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow, int64_t step_h,
+           int64_t step_w, T* dst) {
+  // Source columns whose grid column ow + w step_w lies in [0, cols).
+  const int64_t w0 = ow >= 0 ? 0 : (-ow + step_w - 1) / step_w;
+  const int64_t w1 = std::min<int64_t>(Wsrc, ow >= gs.cols ? 0 : (gs.cols - 1 - ow) / step_w + 1);
+  if (w1 <= w0) return;
+  for (int64_t h = 0; h < Hsrc; ++h) {
+    const int64_t gh = oh + h * step_h;
+    if (gh < 0 || gh >= gs.rows) continue;
+    const S* s = src + h * Wsrc;
+    T* row = dst + gh * gs.row_stride();
+    if (gs.phases == 1 && step_w == 1) {
+      convert_n(s + w0, row + ow + w0, w1 - w0);
+    } else if (gs.phases == 1) {
+      for (int64_t w = w0; w < w1; ++w) row[ow + w * step_w] = static_cast<T>(s[w]);
+    } else {
+      int64_t j = ow + w0, phase = j % gs.phases, idx = j / gs.phases;
+      for (int64_t w = w0; w < w1; ++w) {
+        row[phase * gs.phase_len + idx] = static_cast<T>(s[w]);
+        if (++phase == gs.phases) phase = 0, ++idx;
+      }
+    }
+  }
+}
+
+// NR output rows (row_step apart in the source) x one vector of columns: bias + sum_t wt[t]
+// src[off[t] ..], ReLU when asked, the first `count` lanes stored (rounded to S) at out + i ld.
+template <typename S, int NR>
+inline void gather_rows(const compute_t<S>* src, int64_t row_step, const int64_t* off, const compute_t<S>* wt,
+                        int64_t ntaps, compute_t<S> bias, bool relu, S* out, int64_t ld, int64_t count) {
+  using T = compute_t<S>;
+  using V = Vectorized<T>;
+  V acc[NR];
+  for (int i = 0; i < NR; ++i) acc[i] = V(bias);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const V wv(wt[t]);
+    const T* p = src + off[t];
+    for (int i = 0; i < NR; ++i) acc[i] = at::vec::fmadd(wv, V::loadu(p + i * row_step), acc[i]);
+  }
+  const V zero(T(0));
+  for (int i = 0; i < NR; ++i) store_narrow(relu ? at::vec::maximum(acc[i], zero) : acc[i], out + i * ld, count);
+}
+
+// One output plane (P x Q, contiguous) from the grid image at src: output row p starts at
+// src + p row_step, tap t at off[t] from there.
+template <typename S>
+void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off, const compute_t<S>* wt,
+                  int64_t ntaps, compute_t<S> bias, bool relu, S* out, int64_t P, int64_t Q) {
+  constexpr int64_t L = Vectorized<compute_t<S>>::size();
+  for (int64_t q0 = 0; q0 < Q; q0 += L) {
+    const int64_t n = std::min(L, Q - q0);
+    int64_t p = 0;
+    for (; p + 8 <= P; p += 8) {
+      gather_rows<S, 8>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
+    }
+    for (; p + 4 <= P; p += 4) {
+      gather_rows<S, 4>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
+    }
+    for (; p < P; ++p) {
+      gather_rows<S, 1>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
+    }
+  }
+}
+
+// acc[j] += sum_{p, q} dy[p, q] src[p row_step + off[j] + q] for NT taps, lane-wise (the caller sums
+// the lanes once at the end).
+template <typename T, int NT>
+inline void wgrad_taps(const T* src, int64_t row_step, const int64_t* off, const T* dy, int64_t P, int64_t Q,
+                       Vectorized<T>* acc) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  V a[NT];
+  for (int j = 0; j < NT; ++j) a[j] = acc[j];
+  for (int64_t p = 0; p < P; ++p) {
+    const T* base = src + p * row_step;
+    const T* d = dy + p * Q;
+    int64_t q0 = 0;
+    for (; q0 + L <= Q; q0 += L) {
+      const V dv = V::loadu(d + q0);
+      for (int j = 0; j < NT; ++j) a[j] = at::vec::fmadd(dv, V::loadu(base + off[j] + q0), a[j]);
+    }
+    if (q0 < Q) {
+      const int64_t n = Q - q0;
+      const V dv = V::loadu(d + q0, n);
+      for (int j = 0; j < NT; ++j) a[j] = at::vec::fmadd(dv, V::loadu(base + off[j] + q0, n), a[j]);
+    }
+  }
+  for (int j = 0; j < NT; ++j) acc[j] = a[j];
+}
+
+template <typename T>
+void wgrad_plane(const T* src, int64_t row_step, const int64_t* off, int64_t ntaps, const T* dy, int64_t P,
+                 int64_t Q, Vectorized<T>* acc) {
+  int64_t t = 0;
+  for (; t + 8 <= ntaps; t += 8) wgrad_taps<T, 8>(src, row_step, off + t, dy, P, Q, acc + t);
+  for (; t + 4 <= ntaps; t += 4) wgrad_taps<T, 4>(src, row_step, off + t, dy, P, Q, acc + t);
+  for (; t < ntaps; ++t) wgrad_taps<T, 1>(src, row_step, off + t, dy, P, Q, acc + t);
+}
+
+// The forward / wgrad grid of one (sample, group): Cg planes of x on the padded grid, sw phases.
+GridShape input_grid(const Conv2dGeometry& g, int64_t lanes) {
+  return GridShape(g.H + 2 * g.ph, g.W + 2 * g.pw, g.sw, g.Cg, lanes);
+}
+
+// off[(c R + r) S + s]: tap (c, r, s) relative to an output row's start on the input grid.
+std::vector<int64_t> input_taps(const Conv2dGeometry& g, const GridShape& gs) {
+  std::vector<int64_t> off(static_cast<size_t>(g.crs()));
+  for (int64_t c = 0; c < g.Cg; ++c) {
+    for (int64_t r = 0; r < g.R; ++r) {
+      for (int64_t s = 0; s < g.S; ++s) off[(c * g.R + r) * g.S + s] = c * gs.plane() + gs.at(r * g.dh, s * g.dw);
+    }
+  }
+  return off;
+}
+
+template <typename S>
+void fwd_impl(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool relu,
+              at::Tensor& y) {
+  using T = compute_t<S>;
+  const int64_t ntaps = g.crs(), PQ = g.pq(), HW = g.hw();
+  std::vector<T> wt(static_cast<size_t>(g.K * ntaps)), bt(static_cast<size_t>(g.K), T(0));
+  convert_n(w.const_data_ptr<S>(), wt.data(), g.K * ntaps);
+  if (bias.defined()) convert_n(bias.const_data_ptr<S>(), bt.data(), g.K);
+  const GridShape gs = input_grid(g, Vectorized<T>::size());
+  const std::vector<int64_t> off = input_taps(g, gs);
+  const S* xp = x.const_data_ptr<S>();
+  S* yp = y.mutable_data_ptr<S>();
+  at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> grid(static_cast<size_t>(gs.size()), T(0));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / g.G, gi = i % g.G;
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        place(gs, xp + (n * g.C + gi * g.Cg + c) * HW, g.H, g.W, g.ph, g.pw, 1, 1, grid.data() + c * gs.plane());
+      }
+      for (int64_t k = gi * g.Kg; k < (gi + 1) * g.Kg; ++k) {
+        gather_plane<S>(grid.data(), g.sh * gs.row_stride(), off.data(), wt.data() + k * ntaps, ntaps, bt[k], relu,
+                        yp + (n * g.K + k) * PQ, g.P, g.Q);
+      }
+    }
+  });
+}
+
+template <typename S>
+void bwd_impl(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w, at::Tensor* dx,
+              at::Tensor* dw, at::Tensor* db) {
+  using T = compute_t<S>;
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t RS = g.R * g.S, ntaps = g.crs(), PQ = g.pq(), HW = g.hw();
+  const S* dyp = dy.const_data_ptr<S>();
+  const S* xp = x.const_data_ptr<S>();
+  const S* wp = w.const_data_ptr<S>();
+  // wgrad: x's forward grid and taps.
+  const GridShape xs = input_grid(g, L);
+  const std::vector<int64_t> xoff = input_taps(g, xs);
+  // dgrad: dy's grid (stride 1 over dx), taps (m, r', s') and per input channel the flipped weights
+  // wd[(gi Cg + c) Kg R S + (m R + r') S + s'] = w[gi Kg + m, c, R-1-r', S-1-s'].
+  const GridShape ds(g.H + (g.R - 1) * g.dh, g.W + (g.S - 1) * g.dw, 1, g.Kg, L);
+  const int64_t dtaps = g.Kg * RS;
+  std::vector<int64_t> doff(static_cast<size_t>(dtaps));
+  std::vector<T> wd;
+  if (dx) {
+    for (int64_t m = 0; m < g.Kg; ++m) {
+      for (int64_t r = 0; r < g.R; ++r) {
+        for (int64_t s = 0; s < g.S; ++s) doff[(m * g.R + r) * g.S + s] = m * ds.plane() + ds.at(r * g.dh, s * g.dw);
+      }
+    }
+    wd.resize(static_cast<size_t>(g.C * dtaps));
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        for (int64_t m = 0; m < g.Kg; ++m) {
+          for (int64_t t = 0; t < RS; ++t) {
+            wd[(gi * g.Cg + c) * dtaps + m * RS + (RS - 1 - t)] =
+                static_cast<T>(wp[((gi * g.Kg + m) * g.Cg + c) * RS + t]);
+          }
+        }
+      }
+    }
+  }
+  const int64_t oh = (g.R - 1) * g.dh - g.ph, ow = (g.S - 1) * g.dw - g.pw;
+  S* dxp = dx ? dx->mutable_data_ptr<S>() : nullptr;
+  S* dwp = dw ? dw->mutable_data_ptr<S>() : nullptr;
+  S* dbp = db ? db->mutable_data_ptr<S>() : nullptr;
+  at::parallel_for(0, g.G, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<T> dgrid(dx ? static_cast<size_t>(ds.size()) : 0, T(0));
+    std::vector<T> xgrid(dw ? static_cast<size_t>(xs.size()) : 0, T(0));
+    std::vector<T> dy_wide(is_reduced_v<S> && dw ? static_cast<size_t>(PQ) : 0);
+    std::vector<V> acc(dw ? static_cast<size_t>(g.Kg * ntaps) : 0);
+    std::vector<V> bsum(db ? static_cast<size_t>(g.Kg) : 0);
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      std::fill(acc.begin(), acc.end(), V(T(0)));
+      std::fill(bsum.begin(), bsum.end(), V(T(0)));
+      for (int64_t n = 0; n < g.N; ++n) {
+        const S* dyg = dyp + (n * g.K + gi * g.Kg) * PQ;  // the group's Kg dy planes
+        if (dx) {
+          for (int64_t m = 0; m < g.Kg; ++m) {
+            place(ds, dyg + m * PQ, g.P, g.Q, oh, ow, g.sh, g.sw, dgrid.data() + m * ds.plane());
+          }
+          for (int64_t c = 0; c < g.Cg; ++c) {
+            gather_plane<S>(dgrid.data(), ds.row_stride(), doff.data(), wd.data() + (gi * g.Cg + c) * dtaps, dtaps,
+                            T(0), false, dxp + (n * g.C + gi * g.Cg + c) * HW, g.H, g.W);
+          }
+        }
+        if (dw) {
+          for (int64_t c = 0; c < g.Cg; ++c) {
+            place(xs, xp + (n * g.C + gi * g.Cg + c) * HW, g.H, g.W, g.ph, g.pw, 1, 1, xgrid.data() + c * xs.plane());
+          }
+          for (int64_t m = 0; m < g.Kg; ++m) {
+            const T* d = widen(dyg + m * PQ, PQ, dy_wide.data());
+            wgrad_plane(xgrid.data(), g.sh * xs.row_stride(), xoff.data(), ntaps, d, g.P, g.Q, acc.data() + m * ntaps);
+          }
+        }
+        if (db) {
+          for (int64_t m = 0; m < g.Kg; ++m) {
+            const S* d = dyg + m * PQ;
+            int64_t i = 0;
+            for (; i + L <= PQ; i += L) bsum[m] = bsum[m] + load_wide(d + i);
+            if (i < PQ) bsum[m] = bsum[m] + load_wide(d + i, PQ - i);
+          }
+        }
+      }
+      const auto lane_sum = [](const V& v) { return at::vec::vec_reduce_all<T>([](V a, V b) { return a + b; }, v); };
+      for (int64_t m = 0; m < g.Kg; ++m) {
+        const int64_t k = gi * g.Kg + m;
+        if (dw) {
+          for (int64_t t = 0; t < ntaps; ++t) dwp[k * ntaps + t] = static_cast<S>(lane_sum(acc[m * ntaps + t]));
+        }
+        if (db) dbp[k] = static_cast<S>(lane_sum(bsum[m]));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+bool conv2d_direct_grouped_applies(const Conv2dGeometry& g) {
+  return g.G >= 2 && (g.Cg == 1 || (g.Cg <= kDirectGroupMaxChannels && g.Kg <= kDirectGroupMaxChannels));
+}
+
+bool weight_all_finite(const at::Tensor& w) { return at::isfinite(w).all().item<bool>(); }
+
+void conv2d_fwd_direct_grouped(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w,
+                               const at::Tensor& bias, bool relu, at::Tensor& y) {
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      return fwd_impl<float>(g, x, w, bias, relu, y);
+    case at::kDouble:
+      return fwd_impl<double>(g, x, w, bias, relu, y);
+    case at::kBFloat16:
+      return fwd_impl<c10::BFloat16>(g, x, w, bias, relu, y);
+    case at::kHalf:
+      return fwd_impl<c10::Half>(g, x, w, bias, relu, y);
+    default:
+      TORCH_CHECK(false, "conv2d_fwd: no direct grouped kernel for ", x.scalar_type());
+  }
+}
+
+void conv2d_bwd_direct_grouped(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x,
+                               const at::Tensor& w, at::Tensor* dx, at::Tensor* dw, at::Tensor* db) {
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      return bwd_impl<float>(g, dy, x, w, dx, dw, db);
+    case at::kDouble:
+      return bwd_impl<double>(g, dy, x, w, dx, dw, db);
+    case at::kBFloat16:
+      return bwd_impl<c10::BFloat16>(g, dy, x, w, dx, dw, db);
+    case at::kHalf:
+      return bwd_impl<c10::Half>(g, dy, x, w, dx, dw, db);
+    default:
+      TORCH_CHECK(false, "conv2d_bwd: no direct grouped kernel for ", x.scalar_type());
+  }
+}
+
+}  // namespace fastops::cpu
