@@ -6,8 +6,8 @@ run the op benchmarks on the device that is here, print, write results.
     python -m bench --quick                 # tiny shapes, few repetitions (a smoke run, < 1 min on CPU)
     python -m bench --device cpu --dtype float32 --threads 1 --out /tmp/results
 
-Modules are discovered by file name (``bench_*.py`` in this package: :func:`discover`, the one
-registry of what is benchmarked) and must define ``OP`` and ``run(ctx) -> list[Row]``;
+Modules are discovered by file name (``bench_*.py`` in this package: :mod:`bench.registry`, the
+one list of what is benchmarked) and must define ``OP`` and ``run(ctx) -> list[Row]``;
 ``LEVEL = "model"`` modules (e.g. bench_model.py) run after the op modules. Results go to
 ``<out>/<device>-<date>[-quick].{json,csv,png}`` (default: bench/results in a checkout,
 ./fastops-bench-results for an installed package).
@@ -19,47 +19,17 @@ The run refuses (exit status 3, nothing written) when a fastops backend it is as
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 import traceback
-from pathlib import Path
-from types import ModuleType
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import common
+from .registry import discover, module_name
 from .report import console
 
-PACKAGE = __package__ or "bench"  # "bench" in a checkout, "fastops._bench" when installed
 EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND_MISSING = 1, 2, 3
-
-
-def discover() -> list[ModuleType]:
-    """The benchmark modules of this package, op-level first, then model-level, each by name."""
-    here = Path(__file__).resolve().parent
-    mods = []
-    for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda m: m.name):
-        if not info.name.startswith("bench_"):
-            continue
-        mod = importlib.import_module(f"{PACKAGE}.{info.name}")
-        if not hasattr(mod, "run"):
-            common.log(f"warning: {info.name}.py has no run(ctx); skipped")
-            continue
-        mods.append(mod)
-    return sorted(mods, key=lambda m: getattr(m, "LEVEL", "op") == "model")
-
-
-def module_name(mod: ModuleType) -> str:
-    """The name --op selects: the module's OP, else its file stem without "bench_"."""
-    return getattr(mod, "OP", mod.__name__.rsplit(".", 1)[-1].removeprefix("bench_"))
-
-
-def registered_ops() -> list[str]:
-    """The benchmarked ops, in run order: what tables and checks iterate over instead of a list
-    of names kept by hand."""
-    return [module_name(m) for m in discover()]
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m bench") -> argparse.Namespace:
