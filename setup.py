@@ -40,9 +40,9 @@ try:
     import torch  # noqa: F401
 except ImportError:  # pragma: no cover - exercised by a build in an environment without torch
     sys.exit(
-        f"fastops compiles against the PyTorch it will run with, and no torch is importable by "
-        f"{sys.executable} (the interpreter running this build, nor, under pip's build isolation, the "
-        "one that runs pip). Install torch first, then build against it:\n"
+        f"fastops compiles against the PyTorch it will run with, and {sys.executable} cannot import torch "
+        "(neither in this build's environment nor, under pip's build isolation, in its own). Install "
+        "torch first, then build against it:\n"
         "    pip install torch\n"
         "    pip install --no-build-isolation .        # or -e . for a development install"
     )
