@@ -15,9 +15,10 @@
 #
 # The venv reuses $PYTHON's packages (torch, numpy, rich, pandas, matplotlib, scikit-learn) through
 # a .pth line, and fastops is installed with --no-deps --ignore-installed so the base environment's
-# own fastops (an editable install) is never touched. The extension is built CPU-only by default
-# (FASTOPS_BUILD_CUDA=0): the CUDA sources are compiled by the main build, and nvcc would take this
-# check past its few minutes.
+# own fastops (an editable install) is never touched. The extension is built CPU-only
+# (FASTOPS_BUILD_CUDA=0, whatever the caller exported: .ci/run exports 1 for the main build) unless
+# INSTALL_CHECK_BUILD_CUDA=1: the CUDA sources are compiled by the main build, and nvcc would take
+# this check far past its few minutes.
 #
 #   PYTHON=.venv/bin/python bash scripts/install_check.sh        # WORK=/some/dir to keep the files
 set -euo pipefail
@@ -25,7 +26,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 PYTHON=$(command -v "$PYTHON")
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/fastops-install-check.XXXXXX")}
-export FASTOPS_BUILD_CUDA=${FASTOPS_BUILD_CUDA:-0}
+export FASTOPS_BUILD_CUDA=${INSTALL_CHECK_BUILD_CUDA:-0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 start=$SECONDS
 say() { echo "install_check [$((SECONDS - start)) s]: $*"; }
