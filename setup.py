@@ -12,6 +12,19 @@ Environment switches:
                            compile and link, -O1 -g; implies FASTOPS_BUILD_CUDA=0 and (unless set)
                            FASTOPS_CPU_ISA=default. Built out of tree by scripts/sanitize.sh (run
                            with libasan preloaded)
+
+What the build records (fastops/_build_info.py, written next to the built fastops._C by build_ext):
+the torch it compiled against, whether the CUDA kernels are in, and the source commit;
+fastops/_build_check.py compares it with the torch that imports fastops. The wheel's metadata
+pins the same torch (Requires-Dist: torch==<public version>), so pip keeps the two together.
+
+The benchmark suite, the repository's bench/ folder, is installed as the package fastops._bench
+(`python -m fastops.bench`, `fastops-bench`): no top-level package named `bench` goes into
+site-packages.
+
+Build isolation (plain `pip install .`): pip builds in a fresh environment without the torch the
+extension must be compiled against; buildsupport/fastops_build_backend.py (this project's PEP 517
+backend, setuptools' with one addition) puts the installing interpreter's torch on the build's path.
 """
 
 from __future__ import annotations
@@ -20,16 +33,18 @@ import glob
 import os
 import shutil
 import site
+import subprocess
 import sys
 
 try:
     import torch  # noqa: F401
-except ImportError:  # pragma: no cover - exercised by a plain `pip install .` without torch
+except ImportError:  # pragma: no cover - exercised by a build in an environment without torch
     sys.exit(
-        "fastops builds against the PyTorch you already have, so torch must be installed first:\n"
+        f"fastops compiles against the PyTorch it will run with, and {sys.executable} cannot import torch "
+        "(neither in this build's environment nor, under pip's build isolation, in its own). Install "
+        "torch first, then build against it:\n"
         "    pip install torch\n"
-        "    pip install --no-build-isolation -e .\n"
-        "(`--no-build-isolation` lets the build see that torch.)"
+        "    pip install --no-build-isolation .        # or -e . for a development install"
     )
 
 
@@ -154,9 +169,52 @@ def _extension():
     )
 
 
+def _git(*args: str) -> str | None:
+    try:
+        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def _build_info(cuda_kernels: bool) -> str:
+    """The text of fastops/_build_info.py for this build."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return (
+        '"""Written by setup.py when fastops._C was built; read by fastops/_build_check.py."""\n\n'
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"TORCH_CUDA_VERSION = {torch.version.cuda!r}\n"
+        f"CUDA_KERNELS = {cuda_kernels!r}\n"
+        f"GIT_COMMIT = {_git('rev-parse', 'HEAD')!r}\n"
+        f"GIT_DIRTY = {None if dirty is None else bool(dirty)!r}\n"
+    )
+
+
+class BuildExtWithInfo(BuildExtension):
+    """torch's BuildExtension (ninja), then fastops/_build_info.py beside the built _C: in the
+    source tree for --inplace and editable builds, in build_lib for wheels."""
+
+    def run(self) -> None:
+        super().run()
+        ext = self.extensions[0]
+        text = _build_info(any(s.endswith(".cu") for s in ext.sources))
+        # get_ext_fullpath follows --inplace, which editable installs set too
+        path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.py")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+
+
+# The public version only: 2.14.1 is satisfied by 2.14.1+cu130 and 2.14.1+cpu alike (the CUDA-vs-CPU
+# mismatch is _build_check's), and a wheel is never installed beside another torch release.
+TORCH_PIN = f"torch=={torch.__version__.split('+')[0]}"
+
 setup(
-    name="fastops",
-    packages=find_packages(include=["fastops", "fastops.*"]),
+    # The bench/ folder is the package fastops._bench: `python -m bench` in a checkout,
+    # `python -m fastops.bench` wherever fastops is installed, never a top-level `bench`.
+    packages=find_packages(include=["fastops", "fastops.*"]) + ["fastops._bench"],
+    package_dir={"fastops._bench": "bench"},
+    install_requires=["numpy", TORCH_PIN],
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtWithInfo.with_options(use_ninja=True)},
 )

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.common import EAGER, Context, ErrorMeter, Row, Work
+from .common import EAGER, Context, ErrorMeter, Row, Work
 
 OP = "adam"
 DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.bfloat16)}

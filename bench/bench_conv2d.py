@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.common import EAGER, Context, ErrorMeter, Row, Work
+from .common import EAGER, Context, ErrorMeter, Row, Work
 
 OP = "conv2d"
 LEVEL = "op"

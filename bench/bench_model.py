@@ -31,9 +31,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fastops
-from bench.common import EAGER, Context, Row, Work
 from fastops import demo
 from fastops.testing import ModelComparison, compare_models
+
+from .common import EAGER, Context, Row, Work
 
 OP = "train_step"
 LEVEL = "model"

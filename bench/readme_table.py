@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from .registry import registered_ops
+
 # README column -> the providers that fill it (the first one present wins).
 COLUMNS = {
     "torch eager": ("torch_eager",),
@@ -23,7 +25,6 @@ COLUMNS = {
     "fastops.swap": ("fastops_swap",),
 }
 PASSES = ("fwd+bwd", "step")
-OPS = ("adam", "conv2d", "cross_entropy", "linear_relu", "train_step")
 
 
 def _ms(v: float) -> str:
@@ -34,7 +35,8 @@ def table(path: Path) -> str:
     """The markdown block (header line, table, foreach note) for the results file at ``path``."""
     data = json.loads(path.read_text())
     env = data["environment"]
-    rows = [r for r in data["rows"] if r["pass"] in PASSES and r["op"] in OPS and r.get("correct", True)]
+    ops = registered_ops()  # each benchmark module's main op (not e.g. bench_conv2d's conv2d_bias_relu)
+    rows = [r for r in data["rows"] if r["pass"] in PASSES and r["op"] in ops and r.get("correct", True)]
     ceil = env.get("ceilings", {})
     mm = ceil.get("matmul_TFLOPs", {}).get("float32")
     head = f"Latest {env['device_type'].upper()} run: {env['device']}, {env.get('threads')} threads"
