@@ -31,15 +31,25 @@ def load(stem: str) -> ModuleType:
     return importlib.import_module(f"fastops.ops.{stem}")
 
 
-def namespace(backend: str, stem: str):  # noqa: ANN201 - a torch.ops namespace
-    """The ``torch.ops`` namespace holding ``backend``'s registered ``stem`` ops: ``torch.ops.fastops``
-    (native) or ``torch.ops.fastops_triton`` (importing ``fastops.triton.<stem>`` registers them)."""
-    if backend == "native":
-        load(stem)
-        return torch.ops.fastops
-    if backend != "triton":
-        raise ValueError(f"only the native and triton backends have registered ops, got {backend!r}")
-    import fastops.triton
+_LOADED: set[tuple[str, str]] = set()  # (backend, stem) whose ops are registered
 
-    fastops.triton.load(stem)
-    return torch.ops.fastops_triton
+
+def namespace(backend: str, stem: str | None = None):  # noqa: ANN201 - a torch.ops namespace
+    """The ``torch.ops`` namespace holding ``backend``'s registered ops: ``torch.ops.fastops`` (native)
+    or ``torch.ops.fastops_triton`` (importing ``fastops.triton.<stem>`` registers them), with
+    ``stem``'s ops loaded, or every op's when ``stem`` is None.
+
+    Traceable by torch.compile once the ops are loaded (the first, eager call loads them): the
+    imports run only for a (backend, stem) not seen yet.
+    """
+    if backend not in ("native", "triton"):
+        raise ValueError(f"only the native and triton backends have registered ops, got {backend!r}")
+    for s in STEMS if stem is None else (stem,):
+        if (backend, s) not in _LOADED:
+            load(s)
+            if backend == "triton":
+                import fastops.triton
+
+                fastops.triton.load(s)
+            _LOADED.add((backend, s))
+    return torch.ops.fastops if backend == "native" else torch.ops.fastops_triton
