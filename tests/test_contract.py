@@ -121,3 +121,47 @@ def test_backend_resolution(stem: str, monkeypatch) -> None:
     assert report["torch"]["cpu"][0]
     if not HAS_CUDA:
         assert not report["triton"]["cuda"][0] and "no CUDA device" in report["triton"]["cuda"][1]
+
+
+def _clone(value: object) -> object:
+    """Tensors (in lists too) cloned, so an in-place op's eager and compiled runs start equal."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value)
+    return value
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    """Every tensor in ``value`` (outputs, or arguments an in-place op wrote), in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return [t for v in items for t in _tensors(v)]
+    return []
+
+
+@pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.parametrize("device,backend", KERNELS)
+def test_torch_compile_fullgraph(stem: str, device: str, backend: str) -> None:
+    """Each registered op of the op (the first example of each in ``opcheck_examples``) compiles with
+    ``fullgraph=True`` and gives the eager results, outputs and in-place writes alike. (The API-level
+    compile tests, with autograd, stay in tests/test_<stem>.py.)"""
+    _case(backend, device, stem)
+    torch._dynamo.reset()
+    seen = set()
+    for op, args, kwargs in load(stem).opcheck_examples(namespace(backend, stem), device, backend):
+        if op in seen:
+            continue
+        seen.add(op)
+        compiled = torch.compile(lambda *a, op=op, **k: op(*a, **k), fullgraph=True, backend="aot_eager")
+        eager_args, eager_kwargs = _clone(args), _clone(kwargs)
+        got_args, got_kwargs = _clone(args), _clone(kwargs)
+        want = op(*eager_args, **eager_kwargs)
+        got = compiled(*got_args, **got_kwargs)
+        gots, wants = _tensors((got, got_args, got_kwargs)), _tensors((want, eager_args, eager_kwargs))
+        assert len(gots) == len(wants), (op, len(gots), len(wants))
+        for g, w in zip(gots, wants):
+            torch.testing.assert_close(g, w, equal_nan=True)
+    assert seen
