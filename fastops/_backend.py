@@ -23,6 +23,8 @@ import warnings
 
 import torch
 
+from fastops.triton import interpreting
+
 BACKENDS = ("native", "triton", "torch")
 DEVICES = ("cpu", "cuda")
 
@@ -84,7 +86,7 @@ def _triton_reason(device: str) -> str:
         return "triton is not installed"
     if device == "cuda":
         return "" if torch.cuda.is_available() else "no CUDA device is visible"
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         return ""
     return "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (the interpreter, for tests)"
 

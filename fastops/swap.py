@@ -12,7 +12,10 @@ Rules:
                                    -> fastops.nn.LinearReLU, and nn.Identity in the ReLU's slot
   nn.CrossEntropyLoss              -> fastops.nn.CrossEntropyLoss
 Only exact torch classes are swapped: a user subclass may override forward, and swapping its class
-would drop that. A module that no fastops backend supports stays untouched, never half-converted.
+would drop that. Every configuration of these classes is supported (the ``torch`` backend runs
+anything the kernels do not take), so a module is left only for a reason of the model's structure,
+which the report gives: a Linear with no ReLU to fuse, or a hook that would see the pre-activation.
+The rules are read from the op registry, :data:`fastops.ops.OPS`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 import fastops.nn as fnn
+from fastops.ops import OPS
 
 
 @dataclass
@@ -40,14 +44,23 @@ class SwapReport:
         return "\n".join(lines)
 
 
-def _targets() -> dict[type[nn.Module], type[nn.Module]]:
-    """torch class -> fastops class, for the fastops modules this build has."""
-    rules = {
-        nn.Conv2d: getattr(fnn, "Conv2d", None),
-        nn.Linear: getattr(fnn, "LinearReLU", None),
-        nn.CrossEntropyLoss: getattr(fnn, "CrossEntropyLoss", None),
-    }
-    return {k: v for k, v in rules.items() if v is not None}
+Module = type[nn.Module]
+
+
+def _rules() -> tuple[dict[Module, Module], dict[tuple[Module, Module], Module]]:
+    """(torch class -> fastops class, (torch class, next torch class) -> fused fastops class), from
+    :data:`fastops.ops.OPS`."""
+    drop_ins, pairs = {}, {}
+    for names in OPS.values():
+        for name in names:
+            parts = name.split("+")
+            ours = getattr(fnn, "".join(parts))
+            if len(parts) == 1:
+                drop_ins[getattr(nn, name)] = ours
+            else:
+                first, second = (getattr(nn, p) for p in parts)
+                pairs[(first, second)] = ours
+    return drop_ins, pairs
 
 
 def _selected(
@@ -65,12 +78,6 @@ def _selected(
     if include is not None and not hit(include):
         return False
     return not (exclude is not None and hit(exclude))
-
-
-def _unsupported(cls: type[nn.Module], module: nn.Module) -> str | None:
-    """The fastops class's own verdict on the module's arguments (None: supported)."""
-    check = getattr(cls, "unsupported_reason", None)
-    return check(module) if check is not None else None
 
 
 def _convert(module: nn.Module, cls: type[nn.Module], backend: str) -> None:
@@ -101,58 +108,53 @@ def swap(
     """
     include = list(include) if include is not None else None
     exclude = list(exclude) if exclude is not None else None
-    targets = _targets()
+    drop_ins, pairs = _rules()
     report = SwapReport()
-    fused_linears: set[int] = set()
+    fused: set[int] = set()
 
-    # Linear + ReLU pairs inside Sequentials first: a Linear not in such a pair is not swapped.
+    # Fusable pairs inside Sequentials first: a module of a pair's first class that is not in such a
+    # pair is not swapped.
     for seq_name, seq in model.named_modules():
-        if type(seq) is not nn.Sequential or nn.Linear not in targets:
+        if type(seq) is not nn.Sequential:
             continue
         children = list(seq.named_children())
-        for (lin_key, lin), (relu_key, relu) in zip(children, children[1:]):
-            if type(lin) is not nn.Linear or type(relu) is not nn.ReLU:
+        for (first_key, first), (second_key, second) in zip(children, children[1:]):
+            cls = pairs.get((type(first), type(second)))
+            if cls is None or id(first) in fused:
                 continue
-            name = f"{seq_name}.{lin_key}" if seq_name else lin_key
-            if not _selected(name, lin, include, exclude):
+            name = f"{seq_name}.{first_key}" if seq_name else first_key
+            if not _selected(name, first, include, exclude):
                 continue
-            why = None
-            if lin._forward_hooks or lin._forward_pre_hooks or relu._forward_hooks or relu._forward_pre_hooks:
-                why = "a hook on the Linear or the ReLU would see the pre-activation, which the fused op never forms"
-            else:
-                why = _unsupported(targets[nn.Linear], lin)
-            if why:
-                report.skipped.append((name, "Linear+ReLU", why))
+            label = f"{type(first).__name__}+{type(second).__name__}"
+            if first._forward_hooks or first._forward_pre_hooks or second._forward_hooks or second._forward_pre_hooks:
+                why = (
+                    f"a hook on the {type(first).__name__} or the {type(second).__name__} would see the "
+                    "pre-activation, which the fused op never forms"
+                )
+                report.skipped.append((name, label, why))
                 continue
-            _convert(lin, targets[nn.Linear], backend)
-            setattr(seq, relu_key, nn.Identity())
-            fused_linears.add(id(lin))
-            note = " (the ReLU was inplace=True; the fused op writes the activated output once)" if relu.inplace else ""
-            report.replaced.append((name, "Linear+ReLU", targets[nn.Linear].__name__ + " + Identity" + note))
+            _convert(first, cls, backend)
+            setattr(seq, second_key, nn.Identity())
+            fused.add(id(first))
+            note = (
+                f" (the {type(second).__name__} was inplace=True; the fused op writes the activated output once)"
+                if getattr(second, "inplace", False)
+                else ""
+            )
+            report.replaced.append((name, label, cls.__name__ + " + Identity" + note))
 
+    pair_firsts = {a: b for a, b in pairs}
     for name, module in model.named_modules():
         cls = type(module)
-        if cls is nn.Linear:
-            if (
-                id(module) not in fused_linears
-                and _selected(name, module, include, exclude)
-                and not any(n == name for n, _, _ in report.skipped)
-            ):
-                why = (
-                    "not directly followed by an nn.ReLU inside an nn.Sequential (nothing to fuse)"
-                    if nn.Linear in targets
-                    else "this build of fastops has no LinearReLU"
-                )
-                report.skipped.append((name, "Linear", why))
+        if id(module) in fused or not _selected(name, module, include, exclude):
             continue
-        if cls not in targets or cls is nn.Linear or not _selected(name, module, include, exclude):
-            continue
-        why = _unsupported(targets[cls], module)
-        if why:
+        if cls in drop_ins:
+            _convert(module, drop_ins[cls], backend)
+            report.replaced.append((name, cls.__name__, drop_ins[cls].__name__))
+        elif cls in pair_firsts and not any(n == name for n, _, _ in report.skipped):
+            after = pair_firsts[cls].__name__
+            why = f"not directly followed by an nn.{after} inside an nn.Sequential (nothing to fuse)"
             report.skipped.append((name, cls.__name__, why))
-            continue
-        _convert(module, targets[cls], backend)
-        report.replaced.append((name, cls.__name__, targets[cls].__name__))
     report.skipped += _functional_losses(model, include, exclude)
     return report
 

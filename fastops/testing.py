@@ -1,5 +1,6 @@
 """Test helpers shared by the test suite and the benchmarks: the tolerance rule, input makers,
-checkers.
+checkers, and the tests' parametrisation (:func:`device_backend_params`); tests import them from
+here, not from conftest.py (which only sets the session up).
 
 The tolerance rule (design.md): results are compared with ``fastops.reference`` run in float64.
 float32 / float64 results must match within tight tolerances; float16 / bfloat16 results may be at
@@ -12,12 +13,63 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+HAS_CUDA = torch.cuda.is_available()
+# Fresh random inputs every test run (design.md); tests/conftest.py prints the seed so a failure can
+# be replayed with FASTOPS_TEST_SEED=<seed>, and derives each test's torch seed from it.
+SEED = int(os.environ.get("FASTOPS_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+# Property fuzz (tests/test_fuzz.py): examples per test for each backend, per hypothesis profile. The
+# default keeps CI short; `pytest --slow` runs thousands (the Triton interpreter gets far fewer, on
+# tiny shapes); conftest.py loads the profile into FUZZ_EXAMPLES. The search is seeded from SEED.
+FUZZ_PROFILES = {
+    "fastops-ci": {"native": 60, "triton": 10},
+    "fastops-slow": {"native": 2000, "triton": 150},
+}
+FUZZ_EXAMPLES: dict[str, int] = dict(FUZZ_PROFILES["fastops-ci"])
+
+
+def device_backend_params(
+    cpu_backends: tuple[str, ...] = ("native", "triton", "torch"),
+    cuda_backends: tuple[str, ...] = ("native", "triton", "torch"),
+) -> list[object]:
+    """pytest params ``(device, backend)``: the CPU ones always, the CUDA ones marked ``gpu`` and
+    skipped without a GPU; Triton ones marked ``triton``. Ids ``cpu-native``, ``cuda-triton``, ..."""
+    import pytest  # only the tests need it
+
+    params = []
+    for device, backends in (("cpu", cpu_backends), ("cuda", cuda_backends)):
+        for backend in backends:
+            marks = []
+            if device == "cuda":
+                marks += [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")]
+            if backend == "triton":
+                marks.append(pytest.mark.triton)
+            params.append(pytest.param(device, backend, marks=marks, id=f"{device}-{backend}"))
+    return params
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
+    """float16 / bfloat16 where the native CPU kernels run them (the extra cases of the op tests):
+    ``[float16, bfloat16]`` for ``("cpu", "native")``, else ``[]``."""
+    return list(LOW_PRECISION) if (device, backend) == ("cpu", "native") else []
+
+
+def kernel_dtypes(device: str, backend: str) -> list[torch.dtype]:
+    """float32 and float64, plus float16 / bfloat16 on the GPU backends and in the native CPU kernels
+    (the Triton interpreter's CPU table for conv2d and linear_relu is float32 / float64)."""
+    low = device == "cuda" or backend == "native"
+    return [torch.float32, torch.float64] + (list(LOW_PRECISION) if low else [])
+
 
 # (rtol, atol) against a float64 reference, for outputs of unit scale.
 TOLERANCES = {

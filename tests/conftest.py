@@ -15,31 +15,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("FASTOPS_POISON", "1")
 
-HAS_CUDA = torch.cuda.is_available()
+# The session's seed and fuzz budgets; HAS_CUDA and device_backend_params are re-exported for test
+# files that still import them from here (tests import helpers from fastops.testing).
+from fastops.testing import FUZZ_EXAMPLES, FUZZ_PROFILES, HAS_CUDA, SEED, device_backend_params  # noqa: E402, F401
+
 if HAS_CUDA:
     # Tests compare CUDA results with torch's own: fp32 matmul/conv must be IEEE fp32, not TF32
     # (whose ~3e-4 relative error is above the fp32 tolerances).
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-
-def device_backend_params(cpu_backends=("native", "triton", "torch"), cuda_backends=("native", "triton", "torch")):
-    """pytest params (device, backend): CPU ones always, CUDA ones marked gpu and skipped without a GPU."""
-    params = []
-    for device, backends in (("cpu", cpu_backends), ("cuda", cuda_backends)):
-        for backend in backends:
-            marks = []
-            if device == "cuda":
-                marks += [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")]
-            if backend == "triton":
-                marks.append(pytest.mark.triton)
-            params.append(pytest.param(device, backend, marks=marks, id=f"{device}-{backend}"))
-    return params
-
-
-# Fresh random inputs every run (design.md); the seed is printed so a failure can be replayed with
-# FASTOPS_TEST_SEED=<seed>.
-SEED = int(os.environ.get("FASTOPS_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 
 
 def pytest_report_header(config):
@@ -52,14 +36,6 @@ def _seed(request):
     torch.manual_seed(SEED ^ zlib.crc32(request.node.nodeid.encode()))
 
 
-# Property fuzz (tests/test_fuzz.py): examples per test for each backend, per hypothesis profile. The
-# default keeps CI short; `pytest --slow` runs thousands (the Triton interpreter gets far fewer, on
-# tiny shapes). The search itself is seeded from SEED, so one run is replayable.
-FUZZ_PROFILES = {
-    "fastops-ci": {"native": 60, "triton": 10},
-    "fastops-slow": {"native": 2000, "triton": 150},
-}
-FUZZ_EXAMPLES: dict[str, int] = dict(FUZZ_PROFILES["fastops-ci"])
 for _name, _budget in FUZZ_PROFILES.items():
     settings.register_profile(
         _name,

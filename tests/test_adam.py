@@ -8,13 +8,12 @@ import itertools
 
 import pytest
 import torch
-from conftest import device_backend_params
 
 import fastops
-import fastops.triton
 from fastops import reference
 from fastops.ops import adam as adam_ops
-from fastops.testing import TOLERANCES, assert_close_to_reference, noncontiguous
+from fastops.ops import namespace
+from fastops.testing import TOLERANCES, assert_close_to_reference, device_backend_params, noncontiguous
 
 ALL = device_backend_params()
 KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
@@ -152,16 +151,9 @@ def _kwargs(**over):
     return kw
 
 
-def _raw_op(backend):
-    if backend == "native":
-        return torch.ops.fastops.adam_step_
-    fastops.triton.load("adam")
-    return torch.ops.fastops_triton.adam_step_
-
-
 @pytest.mark.parametrize("device,backend", KERNELS)
 def test_raw_op_matches_reference_with_grad_scale_and_found_inf(device, backend):
-    op = _raw_op(backend)
+    op = namespace(backend, "adam").adam_step_
     for decoupled, maximize in itertools.product([False, True], [False, True]):
         args = _fresh_step_args(device=device)
         expect = copy.deepcopy(args)
@@ -279,22 +271,8 @@ def test_param_groups_closure_zero_grad(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", KERNELS)
-def test_opcheck(device, backend):
-    op = _raw_op(backend)
-    for amsgrad, lr_tensor in ((True, False), (False, True)):
-        args = _fresh_step_args(amsgrad=amsgrad, device=device)
-        kw = _kwargs(
-            amsgrad=amsgrad,
-            lr_tensor=torch.tensor(1e-3, device=device) if lr_tensor else None,
-            grad_scale=torch.tensor(4.0, device=device),
-            found_inf=torch.zeros((), device=device),
-        )
-        torch.library.opcheck(op, args, kw)
-
-
-@pytest.mark.parametrize("device,backend", KERNELS)
 def test_torch_compile_fullgraph(device, backend):
-    op = _raw_op(backend)
+    op = namespace(backend, "adam").adam_step_
 
     def step(ps, gs, ms, vs, vms, steps, lr):
         op(ps, gs, ms, vs, vms, steps, **_kwargs(lr_tensor=lr))
@@ -356,7 +334,7 @@ def test_bad_input_raises_clear_error(name, mutate, match, backend):
     kw.pop("lr_tensor")
     if backend != "torch":
         with pytest.raises((ValueError, TypeError), match=match):
-            _raw_op(backend)(*args, lr_tensor=None, **kw)
+            namespace(backend, "adam").adam_step_(*args, lr_tensor=None, **kw)
     # The dispatcher behind the optimizers checks the same things for every backend.
     with pytest.raises((ValueError, TypeError), match=match):
         adam_ops.adam_step_(*args, backend=backend, **kw)
@@ -388,7 +366,7 @@ def test_params_on_different_devices_in_one_call(backend):
     args = list(_fresh_step_args(device="cuda"))
     args[0] = [args[0][0], args[0][1].cpu(), args[0][2]]
     with pytest.raises((ValueError, RuntimeError), match="device|is on"):
-        _raw_op(backend)(*args, **_kwargs())
+        namespace(backend, "adam").adam_step_(*args, **_kwargs())
 
 
 def test_backend_resolution_and_fallback(monkeypatch):

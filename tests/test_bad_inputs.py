@@ -36,7 +36,7 @@ import torch.optim.adam as torch_adam
 
 import fastops
 import fastops.functional as FF
-import fastops.triton
+from fastops.ops import namespace
 from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
 
 Args = dict[str, Any]  # an op's arguments in call order; keys starting with "_" are not passed
@@ -78,13 +78,6 @@ class Surface:
 
 def _passed(a: Args) -> list[Any]:
     return [v for k, v in a.items() if not k.startswith("_")]
-
-
-def _raw(backend: str, stem: str):  # noqa: ANN202 - a torch.ops namespace
-    if backend == "native":
-        return torch.ops.fastops
-    fastops.triton.load(stem)
-    return torch.ops.fastops_triton
 
 
 def _leaf(t: Any) -> Any:
@@ -236,7 +229,7 @@ def _ce_bwd_inplace_ref(a: Args) -> torch.Tensor:
 
 
 def _ce_bwd_inplace_run(backend: str, a: Args) -> torch.Tensor:
-    _raw(backend, "cross_entropy").cross_entropy_bwd_(*_passed(a))
+    namespace(backend, "cross_entropy").cross_entropy_bwd_(*_passed(a))
     return a["logits"]
 
 
@@ -446,7 +439,7 @@ def _adam_make(
 
 
 def _adam_run(backend: str, a: Args) -> Any:
-    _raw(backend, "adam").adam_step_(*_passed(a))
+    namespace(backend, "adam").adam_step_(*_passed(a))
     return tuple(a[k] for k in ADAM_LISTS if k != "grads")
 
 
@@ -537,7 +530,7 @@ SURFACES = {
             "cross_entropy_fwd",
             BOTH,
             _ce_fwd_make,
-            lambda b, a: _raw(b, "cross_entropy").cross_entropy_fwd(*_passed(a))[0],
+            lambda b, a: namespace(b, "cross_entropy").cross_entropy_fwd(*_passed(a))[0],
             _ce_fwd_ref,
             aliases=LOGITS,
         ),
@@ -545,7 +538,7 @@ SURFACES = {
             "cross_entropy_bwd",
             BOTH,
             _ce_bwd_make,
-            lambda b, a: _raw(b, "cross_entropy").cross_entropy_bwd(*_passed(a)),
+            lambda b, a: namespace(b, "cross_entropy").cross_entropy_bwd(*_passed(a)),
             _ce_bwd_ref,
             derived=("stats",),
             derives=("stats",),
@@ -569,14 +562,14 @@ SURFACES = {
             "linear_relu_fwd",
             BOTH,
             _lr_make,
-            lambda b, a: _raw(b, "linear_relu").linear_relu_fwd(*_passed(a)),
+            lambda b, a: namespace(b, "linear_relu").linear_relu_fwd(*_passed(a)),
             lambda a: torch.relu(F.linear(*_passed(a))),
         ),
         Surface(
             "linear_relu_bwd",
             BOTH,
             _lr_bwd_make,
-            lambda b, a: _raw(b, "linear_relu").linear_relu_bwd(*_passed(a)),
+            lambda b, a: namespace(b, "linear_relu").linear_relu_bwd(*_passed(a)),
             _lr_bwd_ref,
             derived=("out",),
             derives=("out",),
@@ -587,7 +580,7 @@ SURFACES = {
             "conv2d_fwd",
             BOTH,
             _conv_fwd_make,
-            lambda b, a: _raw(b, "conv2d").conv2d_fwd(*_passed(a)),
+            lambda b, a: namespace(b, "conv2d").conv2d_fwd(*_passed(a)),
             _conv_fwd_ref,
             aliases=CONV_X,
         ),
@@ -595,7 +588,7 @@ SURFACES = {
             "conv2d_bwd",
             BOTH,
             _conv_bwd_make,
-            lambda b, a: _raw(b, "conv2d").conv2d_bwd(*_passed(a)),
+            lambda b, a: namespace(b, "conv2d").conv2d_bwd(*_passed(a)),
             _conv_bwd_ref,
             derives=("grad_out",),
             derive=_conv_derive,
@@ -1105,3 +1098,39 @@ def test_bad_input(case: Case) -> None:
     except TORCH_ERRORS:  # torch has no float64 kernel for it: compare to its own result
         want64 = want
     _compare(got, want, want64, case.backend == "torch", case.id)
+
+
+# ---- one contract: the same error text from every backend -----------------------------------------
+
+# A backend's refusal of what its kernels do not take (a device, a dtype) is not a contract error:
+# it names the backend, and another backend may run the same call.
+CAPABILITY = re.compile(r"^fastops: backend=|: the Triton kernels (run on|on CPU|on cuda)")
+
+
+def _groups() -> dict[str, list[Case]]:
+    """The cases of one surface and one change, across backends."""
+    groups: dict[str, list[Case]] = {}
+    for c in CASES:
+        groups.setdefault(f"{c.surface.name}-{c.name}", []).append(c)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _error_text(case: Case, seed: int) -> str | None:
+    """``"TypeName: message"`` of the error the case raises on its backend (namespaces folded: the
+    dispatcher's own argument errors name ``fastops::`` or ``fastops_triton::``); None without one."""
+    try:
+        case.surface.run(case.backend, _build(case, seed))
+    except ERRORS as e:
+        return f"{type(e).__name__}: {e}".replace("fastops_triton::", "fastops::")
+    return None
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("key", list(_groups()))
+def test_same_error_from_every_backend(key: str) -> None:
+    """Item 1 of issue 12: each op has one argument contract (the C++ checks and their one Python
+    mirror in fastops/ops/<stem>.py), so every backend that rejects a bad input says the same thing."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    texts = {c.backend: _error_text(c, seed) for c in _groups()[key]}
+    contract = {b: t for b, t in texts.items() if t is not None and not CAPABILITY.search(t.split(": ", 1)[1])}
+    assert len(set(contract.values())) <= 1, "\n".join(f"{b}: {t}" for b, t in contract.items())

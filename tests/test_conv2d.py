@@ -10,28 +10,24 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA, device_backend_params
 
 import fastops
 import fastops.functional as FF
 from fastops import reference
-from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+from fastops.ops import namespace
+from fastops.testing import (
+    HAS_CUDA,
+    LOW_PRECISION,
+    assert_close_to_reference,
+    device_backend_params,
+    kernel_dtypes,
+    low_precision_native_cpu,
+    make_tensor,
+    noncontiguous,
+)
 
 ALL = device_backend_params()
 KERNEL_BACKENDS = device_backend_params(("native", "triton"), ("native", "triton"))
-LOW_PRECISION = [torch.float16, torch.bfloat16]
-
-
-def _dtypes(device: str, backend: str) -> list[torch.dtype]:
-    # Low precision on the GPU backends and in the native CPU kernels (the Triton interpreter's
-    # CPU table is float32 / float64).
-    low = device == "cuda" or backend == "native"
-    return [torch.float32, torch.float64] + (LOW_PRECISION if low else [])
-
-
-def _low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
-    """float16 / bfloat16 where the native CPU kernels run them (the extra cases below)."""
-    return LOW_PRECISION if (device, backend) == ("cpu", "native") else []
 
 
 # (input shape, weight shape, stride, padding, dilation, groups, bias, channels_last)
@@ -120,7 +116,7 @@ def _check_against_reference(backend, x, w, b, kw, what=""):
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "torch"), ("native", "torch")))
 @pytest.mark.parametrize("case", SWEEP, ids=_case_id)
 def test_matches_reference_sweep(device, backend, case):
-    for dtype in _dtypes(device, backend):
+    for dtype in kernel_dtypes(device, backend):
         x, w, b, kw = _make(case, dtype, device)
         _check_against_reference(backend, x, w, b, kw, f"{dtype}")
 
@@ -131,7 +127,7 @@ def test_matches_reference_sweep(device, backend, case):
 )
 @pytest.mark.parametrize("case", SWEEP_TRITON, ids=_case_id)
 def test_triton_matches_reference_sweep(device, case):
-    for dtype in _dtypes(device, "triton") if device == "cuda" else [torch.float32]:
+    for dtype in kernel_dtypes(device, "triton") if device == "cuda" else [torch.float32]:
         x, w, b, kw = _make(case, dtype, device)
         _check_against_reference("triton", x, w, b, kw, f"{dtype}")
 
@@ -191,7 +187,7 @@ def test_tiled_rows_and_large_channels(device, backend):
     # More output rows than one column tile holds (CRS x rows x Q > 128k elements): several tiles
     # per sample with a partial last one, and a C R S reduction longer than any GPU K-tile.
     case = ((2, 16, 41, 70), (24, 16, 3, 3), 1, 1, 1, 1, True, False)
-    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+    for dtype in [torch.float32, *low_precision_native_cpu(device, backend)]:
         x, w, b, kw = _make(case, dtype, device)
         _check_against_reference(backend, x, w, b, kw, f"{dtype}")
 
@@ -273,44 +269,11 @@ def test_gradcheck_float64(device, backend):
             assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8)
 
 
-def _namespace(backend):
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.conv2d  # noqa: F401
-
-    return torch.ops.fastops_triton
-
-
-@pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
-def test_opcheck(device, backend):
-    ns = _namespace(backend)
-    cl = torch.channels_last
-    for xs, ws, st, pad, dil, groups, with_bias, relu, x_fmt, w_fmt in [
-        ((2, 4, 5, 6), (4, 2, 3, 3), [1, 2], [1, 0], [1, 1], 2, True, False, None, None),
-        ((1, 3, 6, 5), (2, 3, 2, 2), [2, 1], [0, 1], [2, 1], 1, False, True, None, None),
-        # channels_last operands: the fake kernels must give the same strides as the real ops
-        ((2, 4, 5, 6), (6, 4, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, True, cl, None),
-        ((2, 4, 5, 6), (6, 2, 1, 3), [2, 1], [0, 1], [1, 1], 2, False, False, None, cl),
-    ]:
-        x = make_tensor(xs, torch.float64, device)
-        w = make_tensor(ws, torch.float64, device)
-        if x_fmt is not None:
-            x = x.contiguous(memory_format=x_fmt)
-        if w_fmt is not None:
-            w = w.contiguous(memory_format=w_fmt)
-        b = make_tensor((ws[0],), torch.float64, device) if with_bias else None
-        torch.library.opcheck(ns.conv2d_fwd, (x, w, b, st, pad, dil, groups, relu))
-        y = ns.conv2d_fwd(x, w, b, st, pad, dil, groups, relu)
-        gy = torch.randn_like(y)
-        for mask in ([True, True, True], [True, False, False], [False, True, False]):
-            torch.library.opcheck(ns.conv2d_bwd, (gy, x, w, st, pad, dil, groups, mask))
-
-
 @pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
 def test_ops_follow_torch_memory_format(device, backend):
     # Every backend's ops return y, grad_x and grad_weight channels_last exactly when x or weight is
     # (torch's conv rule; the CUDA tensor-core path computes in that layout), else contiguous.
-    ns = _namespace(backend)
+    ns = namespace(backend, "conv2d")
     cl = torch.channels_last
     for x_cl, w_cl in [(False, False), (True, False), (False, True), (True, True)]:
         x = make_tensor((2, 4, 5, 6), torch.float32, device)
@@ -442,7 +405,12 @@ def test_fastops_swap_replaces_every_conv():
 
 
 BAD_INPUTS = [
-    ("channel mismatch", lambda d: ((2, 4, 5, 5), (3, 3, 3, 3), {}), ValueError, "channel mismatch"),
+    (
+        "channel mismatch",
+        lambda d: ((2, 4, 5, 5), (3, 3, 3, 3), {}),
+        ValueError,
+        "weight must have shape (3, 4, R, S) for 4 input channels",
+    ),
     (
         "groups not dividing C",
         lambda d: ((2, 5, 5, 5), (4, 2, 3, 3), {"groups": 2}),
@@ -491,7 +459,7 @@ def test_bad_dtype_and_device(device, backend):
         FF.conv2d(x, w.double(), backend=backend)
     with pytest.raises(TypeError, match="bias must have input's dtype"):
         FF.conv2d(x, w, torch.zeros(2, dtype=torch.float64, device=device), backend=backend)
-    with pytest.raises(TypeError, match="input must be floating"):
+    with pytest.raises(TypeError, match="input must be a floating tensor"):
         FF.conv2d(x.long(), w.long(), backend=backend)
     with pytest.raises(ValueError, match="weight is on meta"):
         FF.conv2d(x, w.to("meta"), backend=backend)
@@ -499,7 +467,7 @@ def test_bad_dtype_and_device(device, backend):
 
 @pytest.mark.parametrize("device,backend", KERNEL_BACKENDS)
 def test_raw_ops_reject_bad_input(device, backend):
-    ns = _namespace(backend)
+    ns = namespace(backend, "conv2d")
     x, w = make_tensor((2, 4, 5, 5), device=device), make_tensor((3, 2, 3, 3), device=device)
     with pytest.raises((ValueError, RuntimeError), match="must divide the output channels"):
         ns.conv2d_fwd(x, w, None, [1, 1], [0, 0], [1, 1], 2, False)
@@ -548,12 +516,10 @@ def test_cpu_fused_relu_low_precision(dtype):
 
 
 def test_backend_resolution():
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert fastops._backend.resolve("conv2d", "auto", "cpu", dtype) == "native"
+    """Through the API (resolution itself: tests/test_contract.py::test_backend_resolution)."""
     unsupported = torch.float8_e4m3fn  # a floating dtype no kernel takes
     with pytest.raises(RuntimeError, match="take bfloat16, float16, float32, float64, not float8_e4m3fn"):
         FF.conv2d(make_tensor((1, 2, 3, 3), unsupported), make_tensor((1, 2, 1, 1), unsupported), backend="native")
-    assert "conv2d" in fastops.backends()["native"]["cpu"][1]
 
 
 # ---- the checker must reject wrong implementations ---------------------------------------------

@@ -9,27 +9,28 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA, device_backend_params
 
 import fastops
 import fastops.functional as FF
 from fastops import reference
-from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+from fastops.ops import namespace
+from fastops.testing import (
+    LOW_PRECISION,
+    assert_close_to_reference,
+    device_backend_params,
+    low_precision_native_cpu,
+    make_tensor,
+    noncontiguous,
+)
 
 ALL = device_backend_params()
-LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 
 def _dtypes(device: str, backend: str, shape: tuple[int, ...]) -> list[torch.dtype]:
     # Low precision runs on the GPU backends, in the native CPU kernels, and on CPU through the
     # (slow) Triton interpreter for the (N, C) shape.
     low = device == "cuda" or backend == "native" or (backend == "triton" and len(shape) == 2)
-    return [torch.float32, torch.float64] + (LOW_PRECISION if low else [])
-
-
-def _low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
-    """float16 / bfloat16 where the native CPU kernels run them (the extra cases below)."""
-    return LOW_PRECISION if (device, backend) == ("cpu", "native") else []
+    return [torch.float32, torch.float64] + (list(LOW_PRECISION) if low else [])
 
 
 def _make_case(shape, probs, with_weight, dtype, device, ignore_frac=0.2):
@@ -96,7 +97,7 @@ def test_matches_reference_every_argument_form(device, backend, shape, probs):
 def test_large_vocabulary_is_tiled(device, backend):
     # More classes than any single tile or L1 block: 70k classes in float32 (and float16 / bfloat16
     # on the native CPU kernels, whose rows are widened block by block).
-    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+    for dtype in [torch.float32, *low_precision_native_cpu(device, backend)]:
         x, target, _ = _make_case((3, 70001), False, False, dtype, device, ignore_frac=0.0)
         _check_against_reference(backend, x, target, None, dict(reduction="mean", label_smoothing=0.1), f"{dtype}")
         x, target, weight = _make_case((2, 70001), True, True, dtype, device)
@@ -125,7 +126,7 @@ def test_torch_composition_rule_still_rejects():
 def test_extreme_logits(device, backend):
     # float32; float16 / bfloat16 on the native CPU kernels, with the spatial (lane-parallel) path too.
     cases = [(torch.float32, (6, 300))]
-    cases += [(dt, shape) for dt in _low_precision_native_cpu(device, backend) for shape in ((6, 300), (6, 300, 5))]
+    cases += [(dt, shape) for dt in low_precision_native_cpu(device, backend) for shape in ((6, 300), (6, 300, 5))]
     for dtype, shape in cases:
         x, target, _ = _make_case(shape, False, False, dtype, device, ignore_frac=0.0)
         x = x * (1e4 if dtype != torch.float16 else 1e3)  # exp would overflow without max subtraction
@@ -189,7 +190,7 @@ def test_noncontiguous_and_expanded_inputs(device, backend):
 def test_inplace_backward(device, backend):
     # float16 / bfloat16 on the native CPU kernels, also on the spatial (lane-parallel) path: the target
     # class's element is recomputed after the sweep, from the logit read before the buffer is overwritten.
-    low = _low_precision_native_cpu(device, backend)
+    low = low_precision_native_cpu(device, backend)
     for dtype, shape in [(torch.float64, (13, 301)), *((dt, s) for dt in low for s in ((13, 301), (3, 301, 7)))]:
         x, target, weight = _make_case(shape, False, True, dtype, device)
         target.view(-1)[::2] = x.argmax(1).view(-1)[::2]  # large p_y: the target's own term matters
@@ -230,43 +231,6 @@ def test_gradcheck_target_and_weight_gradients():
     x, target, weight = _make_case((3, 6), True, True, torch.float64, "cpu")
     inputs = (x.requires_grad_(), target.requires_grad_(), weight.requires_grad_())
     assert torch.autograd.gradcheck(lambda a, b, c: FF.cross_entropy(a, b, c, label_smoothing=0.1), inputs)
-
-
-def _op_samples(device, dtype=torch.float64):
-    samples = []
-    for shape, probs, with_weight, smoothing in [
-        ((5, 9), False, True, 0.1),
-        ((9,), False, False, 0.0),
-        ((3, 9, 4), True, True, 0.2),
-        ((4, 9), True, False, 0.0),
-    ]:
-        x, target, weight = _make_case(shape, probs, with_weight, dtype, device)
-        samples.append((x, target, weight, -100, smoothing))
-    return samples
-
-
-def _namespace(backend):
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.cross_entropy  # noqa: F401
-
-    return torch.ops.fastops_triton
-
-
-@pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
-def test_opcheck(device, backend):
-    ns = _namespace(backend)
-    # float16 / bfloat16 on the native CPU kernels: loss and stats in float32, the gradient in the logits' dtype
-    samples = [
-        s for dt in [torch.float64, *_low_precision_native_cpu(device, backend)] for s in _op_samples(device, dt)
-    ]
-    for x, target, weight, ignore_index, smoothing in samples:
-        torch.library.opcheck(ns.cross_entropy_fwd, (x, target, weight, ignore_index, smoothing))
-        loss, stats = ns.cross_entropy_fwd(x, target, weight, ignore_index, smoothing)
-        grad = torch.randn_like(loss)
-        torch.library.opcheck(ns.cross_entropy_bwd, (grad, x, target, weight, stats, ignore_index, smoothing))
-        buf = x.clone()
-        torch.library.opcheck(ns.cross_entropy_bwd_, (grad, buf, target, weight, stats, ignore_index, smoothing))
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -412,7 +376,7 @@ def test_bad_input_raises_clear_error(device, backend, case):
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))
 def test_raw_ops_reject_bad_input(device, backend):
-    ns = _namespace(backend)
+    ns = namespace(backend, "cross_entropy")
     x = make_tensor((4, 5), device=device)
     with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
         ns.cross_entropy_fwd(x, torch.tensor([0, 7, 1, 1], device=device), None, -100, 0.0)
@@ -437,28 +401,14 @@ def test_raw_ops_reject_bad_input(device, backend):
 UNSUPPORTED = torch.float8_e4m3fn
 
 
-def test_backend_resolution(monkeypatch):
-    monkeypatch.setattr(fastops._backend, "_WARNED", set())  # the warning is once per process
+def test_backend_resolution():
+    """Through the API (resolution itself: tests/test_contract.py::test_backend_resolution)."""
     x = make_tensor((3, 4))
     target = torch.zeros(3, dtype=torch.long)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert fastops._backend.resolve("cross_entropy", "auto", "cpu", dtype) == "native"
-    with pytest.warns(RuntimeWarning, match="using the torch composition"):
-        assert fastops._backend.resolve("cross_entropy", "auto", "cpu", UNSUPPORTED) == "torch"
     with pytest.raises(RuntimeError, match="take bfloat16, float16, float32, float64, not float8_e4m3fn"):
         FF.cross_entropy(x.to(UNSUPPORTED), target, backend="native")
     with pytest.raises(ValueError, match="backend must be one of"):
         FF.cross_entropy(x, target, backend="fast")
-    monkeypatch.setenv("FASTOPS_BACKEND", "torch")
-    assert fastops._backend.resolve("cross_entropy", "auto", "cpu", torch.float32) == "torch"
-    monkeypatch.setenv("FASTOPS_BACKEND", "native")
-    with pytest.raises(RuntimeError, match="cannot run"):
-        fastops._backend.resolve("cross_entropy", "auto", "cpu", UNSUPPORTED)
-    report = fastops.backends()
-    assert report["native"]["cpu"][0] and "cross_entropy" in report["native"]["cpu"][1]
-    assert report["torch"]["cpu"][0]
-    if not HAS_CUDA:
-        assert not report["triton"]["cuda"][0] and "no CUDA device" in report["triton"]["cuda"][1]
 
 
 def test_bfloat16_on_cpu_runs_native_with_correct_result():

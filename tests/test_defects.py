@@ -12,26 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import device_backend_params
 
 import fastops
 import fastops.functional as FF
 from fastops import reference
-from fastops.testing import assert_close_to_reference
+from fastops.ops import namespace
+from fastops.testing import assert_close_to_reference, device_backend_params
 
 ALL = device_backend_params()
 KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
 NATIVE = device_backend_params(("native",), ("native",))
-
-
-def _raw(backend: str):  # noqa: ANN202 - a torch.ops namespace
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.adam  # noqa: F401
-    import fastops.triton.cross_entropy  # noqa: F401
-    import fastops.triton.linear_relu  # noqa: F401
-
-    return torch.ops.fastops_triton
 
 
 # ---- (1) the in-place cross-entropy backward is an in-place op autograd sees -------------------------
@@ -51,7 +41,7 @@ def test_inplace_cross_entropy_backward_bumps_version(device, backend):
 def test_raw_inplace_cross_entropy_backward_bumps_version(device, backend):
     logits = torch.randn(3, 7, device=device)
     t = torch.randint(0, 7, (3,), device=device)
-    ops = _raw(backend)
+    ops = namespace(backend)
     _, stats = ops.cross_entropy_fwd(logits, t, None, -100, 0.0)
     before = logits._version
     ops.cross_entropy_bwd_(torch.ones(3, device=device), logits, t, None, stats, -100, 0.0)
@@ -97,8 +87,9 @@ def test_raw_adam_step_bumps_every_written_tensor(device, backend):
     written = params + m + v + vmax + steps
     before = [t._version for t in written]
     g_before = [g._version for g in grads]
-    _raw(backend).adam_step_(params, grads, m, v, vmax, steps, 1e-3, None, 0.9, 0.999, 0.0, 1e-8, True, False, False,
-                             None, None)  # fmt: skip
+    namespace(backend, "adam").adam_step_(
+        params, grads, m, v, vmax, steps, 1e-3, None, 0.9, 0.999, 0.0, 1e-8, True, False, False, None, None
+    )
     assert all(t._version > b for t, b in zip(written, before))
     assert [g._version for g in grads] == g_before  # read-only arguments stay untouched
 

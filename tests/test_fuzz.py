@@ -28,14 +28,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FUZZ_EXAMPLES, SEED
 from hypothesis import assume, currently_in_test_context, given, seed, settings
 from hypothesis import strategies as st
 
 import fastops.functional as FF
 from fastops import reference
 from fastops.ops import adam as adam_ops
-from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+from fastops.testing import FUZZ_EXAMPLES, SEED, assert_close_to_reference, make_tensor, noncontiguous
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 VALUE_SEEDS = st.integers(0, 2**31 - 1)

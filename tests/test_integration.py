@@ -15,24 +15,16 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import device_backend_params
 from torch import nn
 
 import fastops
 import fastops.functional as FF
 from fastops import _backend, reference
-from fastops.testing import assert_close_to_reference
+from fastops.ops import namespace
+from fastops.testing import assert_close_to_reference, device_backend_params
 
 KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
 ALL = device_backend_params()
-
-
-def _namespace(backend: str):  # noqa: ANN202 - a torch.ops namespace
-    from fastops.ops import conv2d, cross_entropy, linear_relu
-
-    for module in (conv2d, cross_entropy, linear_relu):
-        ns = module.ops(backend)
-    return ns
 
 
 def _f64(*shape: int, device: str, requires_grad: bool = True) -> torch.Tensor:
@@ -102,7 +94,7 @@ def _bind(fn, backend: str):  # noqa: ANN202
 def test_raw_ops_are_differentiable(device, backend):
     """torch.ops.<ns>.<op>_fwd called directly records a graph (no "autograd kernel was not
     registered" warning) and backpropagates torch's gradients."""
-    ns = _namespace(backend)
+    ns = namespace(backend)
     x, w, b = _f64(3, 4, device=device), _f64(5, 4, device=device), _f64(5, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -225,7 +217,7 @@ def test_torch_func_grad_vmap_jacrev(device, backend, case):
 
 @pytest.mark.parametrize("device,backend", KERNELS)
 def test_vmap_runs_the_kernels_without_the_fallback_warning(device, backend):
-    ns = _namespace(backend)
+    ns = namespace(backend)
     w = torch.randn(5, 4, device=device)
     xb = torch.randn(3, 2, 4, device=device)
     with warnings.catch_warnings():

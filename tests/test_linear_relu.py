@@ -9,28 +9,23 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA, device_backend_params
 
 import fastops
 import fastops.functional as FF
 from fastops import reference
-from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+from fastops.ops import namespace
+from fastops.testing import (
+    LOW_PRECISION,
+    assert_close_to_reference,
+    device_backend_params,
+    kernel_dtypes,
+    low_precision_native_cpu,
+    make_tensor,
+    noncontiguous,
+)
 
 ALL = device_backend_params()
 KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
-LOW_PRECISION = [torch.float16, torch.bfloat16]
-
-
-def _dtypes(device: str, backend: str) -> list[torch.dtype]:
-    # Low precision on the GPU backends and in the native CPU kernels (the Triton interpreter's
-    # CPU table is float32 / float64).
-    low = device == "cuda" or backend == "native"
-    return [torch.float32, torch.float64] + (LOW_PRECISION if low else [])
-
-
-def _low_precision_native_cpu(device: str, backend: str) -> list[torch.dtype]:
-    """float16 / bfloat16 where the native CPU kernels run them (the extra cases below)."""
-    return LOW_PRECISION if (device, backend) == ("cpu", "native") else []
 
 
 def _out_and_grads(fn, x, weight, bias, g):
@@ -87,7 +82,7 @@ SHAPES = [
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 def test_matches_reference(device, backend, xshape, n, with_bias):
     k = xshape[-1]
-    for dtype in _dtypes(device, backend):
+    for dtype in kernel_dtypes(device, backend):
         x = make_tensor(xshape, dtype, device)
         weight = make_tensor((n, k), dtype, device, scale=_scale(k))
         bias = make_tensor((n,), dtype, device, scale=0.5) if with_bias else None
@@ -99,7 +94,7 @@ def test_tiles_and_vector_tails(device, backend):
     """Sizes that cross the kernels' tile edges: several M/N/K tiles with ragged ends, and N past
     the CPU kernel's 256-column tile with a SIMD tail."""
     m, k, n = (67, 70, 41) if backend == "triton" else (130, 67, 261)
-    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+    for dtype in [torch.float32, *low_precision_native_cpu(device, backend)]:
         x = make_tensor((m, k), dtype, device)
         w = make_tensor((n, k), dtype, device, scale=_scale(k))
         _check(backend, x, w, make_tensor((n,), dtype, device), f"{dtype}")
@@ -121,7 +116,7 @@ def test_zero_size_batch(device, backend, xshape):
 
 @pytest.mark.parametrize("device,backend", ALL)
 def test_noncontiguous_x_and_transposed_weight(device, backend):
-    for dtype in [torch.float32, *_low_precision_native_cpu(device, backend)]:
+    for dtype in [torch.float32, *low_precision_native_cpu(device, backend)]:
         x = noncontiguous(make_tensor((2, 13, 21), dtype, device))
         weight = make_tensor((21, 11), dtype, device, scale=_scale(21)).t()  # (11, 21), stride (1, 11)
         assert not x.is_contiguous() and not weight.is_contiguous()
@@ -142,7 +137,7 @@ def test_noncontiguous_x_and_transposed_weight(device, backend):
 @pytest.mark.parametrize("device,backend", ALL)
 def test_relu_edge_values(device, backend):
     """NaN stays NaN in the output (torch.relu), and a NaN / exact-zero output passes no gradient."""
-    for dtype in [torch.float64, *_low_precision_native_cpu(device, backend)]:
+    for dtype in [torch.float64, *low_precision_native_cpu(device, backend)]:
         x = make_tensor((6, 4), dtype, device)
         x[2, 1] = float("nan")
         weight = make_tensor((5, 4), dtype, device)
@@ -183,27 +178,6 @@ def test_gradcheck_float64(device, backend):
     assert torch.autograd.gradcheck(lambda a, w, b: FF.linear_relu(a, w, b, backend=backend), (x, weight, bias))
     x3 = make_tensor((2, 3, 7), torch.float64, device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, w: FF.linear_relu(a, w, None, backend=backend), (x3, weight))
-
-
-def _namespace(backend):
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.linear_relu  # noqa: F401
-
-    return torch.ops.fastops_triton
-
-
-@pytest.mark.parametrize("device,backend", KERNELS)
-def test_opcheck(device, backend):
-    ns = _namespace(backend)
-    for xshape, with_bias in (((9, 6), True), ((2, 3, 6), False), ((0, 6), True)):
-        x = make_tensor(xshape, torch.float32, device)
-        weight = make_tensor((5, 6), torch.float32, device)
-        bias = make_tensor((5,), torch.float32, device) if with_bias else None
-        torch.library.opcheck(ns.linear_relu_fwd, (x, weight, bias))
-        out = ns.linear_relu_fwd(x, weight, bias)
-        grad = torch.randn_like(out)
-        torch.library.opcheck(ns.linear_relu_bwd, (grad, x, weight, out))
 
 
 @pytest.mark.parametrize("device,backend", ALL)
@@ -315,7 +289,7 @@ def test_bad_input_raises_clear_error(device, backend, case):
 
 @pytest.mark.parametrize("device,backend", KERNELS)
 def test_raw_ops_reject_bad_input(device, backend):
-    ns = _namespace(backend)
+    ns = namespace(backend, "linear_relu")
     x, w = make_tensor((4, 5), device=device), make_tensor((3, 5), device=device)
     with pytest.raises((ValueError, RuntimeError), match=r"weight must have shape \(N, 5\)"):
         ns.linear_relu_fwd(x, make_tensor((3, 4), device=device), None)
@@ -330,20 +304,12 @@ def test_raw_ops_reject_bad_input(device, backend):
         ns.linear_relu_bwd(out, x, w, out.double())
 
 
-def test_backend_resolution(monkeypatch):
-    monkeypatch.setattr(fastops._backend, "_WARNED", set())  # the warning is once per process
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert fastops._backend.resolve("linear_relu", "auto", "cpu", dtype) == "native"
+def test_backend_resolution():
+    """Through the API (resolution itself: tests/test_contract.py::test_backend_resolution)."""
     unsupported = torch.float8_e4m3fn  # a floating dtype no kernel takes
-    with pytest.warns(RuntimeWarning, match="using the torch composition"):
-        assert fastops._backend.resolve("linear_relu", "auto", "cpu", unsupported) == "torch"
     x, w = make_tensor((3, 4), unsupported), make_tensor((2, 4), unsupported)
     with pytest.raises(RuntimeError, match="take bfloat16, float16, float32, float64, not float8_e4m3fn"):
         FF.linear_relu(x, w, backend="native")
-    report = fastops.backends()
-    assert "linear_relu" in report["native"]["cpu"][1]
-    if not HAS_CUDA:
-        assert not report["triton"]["cuda"][0]
 
 
 # ---- the checker must reject wrong implementations ---------------------------------------------

@@ -1,18 +1,23 @@
-"""Adam / AdamW step: the fake kernel of the native op, argument checks, and the multi-tensor dispatcher.
+"""Adam / AdamW step: the op's contract (:func:`check_op_args`, which is also its fake kernel), and the
+multi-tensor dispatcher.
 
 There is no autograd here (an optimizer step is not differentiated): :func:`adam_step_` groups the
-parameters by (device, dtype), validates once, and calls ``adam_step_`` of the chosen backend per group:
+parameters by (device, dtype) and calls ``adam_step_`` of the chosen backend per group, which checks
+its own arguments (the torch path runs the contract first):
 ``torch.ops.fastops.adam_step_`` (native), ``torch.ops.fastops_triton.adam_step_`` (Triton) or
 :func:`fastops.reference.adam_step_` (torch).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from fastops import _backend, reference
-from fastops.ops import _autograd
-from fastops.ops._devices import check_same_device
+from fastops.ops import _autograd, namespace
+from fastops.ops._contract import dtype_str, num_str, shape_str
 
 OP = "adam"
 
@@ -29,49 +34,6 @@ SCHEMA = (
     "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, bool decoupled_weight_decay, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()"
 )
-
-
-def adam_step_fake(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    max_exp_avg_sqs: list[torch.Tensor],
-    state_steps: list[torch.Tensor],
-    lr: float,
-    lr_tensor: torch.Tensor | None,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-    grad_scale: torch.Tensor | None,
-    found_inf: torch.Tensor | None,
-) -> None:
-    """The step writes only into its arguments: nothing to allocate, no shapes to compute. It checks
-    that every tensor is on one device: a meta tensor among CPU ones dispatches here (Meta outranks
-    CPU), and the step would otherwise silently do nothing."""
-    check_same_device(
-        "adam_step_",
-        params=params,
-        grads=grads,
-        exp_avgs=exp_avgs,
-        exp_avg_sqs=exp_avg_sqs,
-        max_exp_avg_sqs=max_exp_avg_sqs,
-        state_steps=state_steps,
-        lr_tensor=lr_tensor,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-    )
-
-
-if _backend.NATIVE_LOADED:
-    torch.library.register_fake("fastops::adam_step_")(adam_step_fake)
-    # No derivative: with grad mode on and a parameter that requires grad it raises, as torch's
-    # in-place ops on such a leaf do (optimizers step under torch.no_grad()).
-    _autograd.register_in_place(torch.ops.fastops.adam_step_)
 
 
 def may_overlap(t: torch.Tensor) -> bool:
@@ -105,56 +67,91 @@ def check_hyperparameters(
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
-def check_args(
+def check_op_args(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     max_exp_avg_sqs: list[torch.Tensor],
     state_steps: list[torch.Tensor],
+    lr: float,
+    lr_tensor: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
     amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
 ) -> None:
-    """The native op's checks (csrc/fastops.h check_adam_args) for one (device, dtype) group, in Python.
+    """The registered op's contract for one (device, dtype) group: csrc/fastops.h check_adam_args, in
+    its order and with its text, plus csrc/cpu/adam.cpp's ``lr_tensor >= 0`` on CPU. It takes the
+    op's schema arguments, and is also the op's fake kernel (:data:`adam_step_fake`): the step
+    writes only into its arguments, so there is nothing to allocate, and a meta tensor among CPU
+    ones, which dispatches to the fake kernel (Meta outranks CPU), is rejected with the native text
+    instead of a step that silently does nothing.
 
     Raises ValueError / TypeError naming the list, the index and the expected vs given shape, dtype
-    or device.
+    or device. Metadata only (traceable), except the CPU lr_tensor read.
     """
+    op = "adam_step_"
     n = len(params)
     lengths = [len(grads), len(exp_avgs), len(exp_avg_sqs), len(state_steps)]
     if any(k != n for k in lengths):
         raise ValueError(
-            f"adam_step_: params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length, "
-            f"got {[n, *lengths]}"
+            f"{op}: params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length, "
+            f"got {', '.join(map(str, [n, *lengths]))}"
         )
     if len(max_exp_avg_sqs) != (n if amsgrad else 0):
         raise ValueError(
-            f"adam_step_: max_exp_avg_sqs must have {n if amsgrad else 0} tensors (amsgrad={amsgrad}), "
+            f"{op}: max_exp_avg_sqs must have {n if amsgrad else 0} tensors (amsgrad={int(amsgrad)}), "
             f"got {len(max_exp_avg_sqs)}"
         )
+    for bad, what, value in (
+        (not lr >= 0.0, "Invalid learning rate", lr),
+        (not eps >= 0.0, "Invalid epsilon value", eps),
+        (not 0.0 <= beta1 < 1.0, "Invalid beta parameter at index 0", beta1),
+        (not 0.0 <= beta2 < 1.0, "Invalid beta parameter at index 1", beta2),
+        (not weight_decay >= 0.0, "Invalid weight_decay value", weight_decay),
+    ):
+        if bad:
+            raise ValueError(f"{op}: {what}: {num_str(value)}")
     if n == 0:
         return
     dev, dt = params[0].device, params[0].dtype
     if not dt.is_floating_point:
-        raise TypeError(f"adam_step_: params must be floating, got {dt}")
+        raise TypeError(f"{op}: params must be floating, got {dtype_str(dt)}")
+    for name, t in (("lr_tensor", lr_tensor), ("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is None:
+            continue
+        if t.numel() != 1:
+            raise ValueError(f"{op}: {name} must have one element, got shape {shape_str(t.shape)}")
+        if t.device != dev:
+            raise ValueError(f"{op}: {name} is on {t.device} but params are on {dev}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must be floating, got {dtype_str(t.dtype)}")
     for i, p in enumerate(params):
         if p.device != dev:
             raise ValueError(
-                f"adam_step_: all params must be on one device; params[0] is on {dev} but params[{i}] is on {p.device}"
+                f"{op}: all params must be on one device; params[0] is on {dev} but params[{i}] is on {p.device}"
             )
         if p.dtype != dt:
             raise TypeError(
-                f"adam_step_: all params must have one dtype; params[0] is {dt} but params[{i}] is {p.dtype}"
+                f"{op}: all params must have one dtype; params[0] is {dtype_str(dt)} but params[{i}] is "
+                f"{dtype_str(p.dtype)}"
             )
         if grads[i].is_sparse:
             raise ValueError(
-                f"adam_step_: Adam does not support sparse gradients, please consider SparseAdam instead (grads[{i}])"
+                f"{op}: Adam does not support sparse gradients, please consider SparseAdam instead (grads[{i}])"
             )
         written = [("params", params), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
         written += [("max_exp_avg_sqs", max_exp_avg_sqs)] if amsgrad else []
         for name, lst in written + [("state_steps", state_steps)]:
             if may_overlap(lst[i]):
                 raise ValueError(
-                    f"adam_step_: {name}[{i}] has elements that share memory (an expanded or overlapping "
+                    f"{op}: {name}[{i}] has elements that share memory (an expanded or overlapping "
                     f"as_strided view); it is written in place, so it must not"
                 )
         others = [("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
@@ -164,18 +161,36 @@ def check_args(
             t = lst[i]
             if t.shape != p.shape:
                 raise ValueError(
-                    f"adam_step_: {name}[{i}] must have params[{i}]'s shape {tuple(p.shape)}, got {tuple(t.shape)}"
+                    f"{op}: {name}[{i}] must have params[{i}]'s shape {shape_str(p.shape)}, got {shape_str(t.shape)}"
                 )
             if t.dtype != dt:
-                raise TypeError(f"adam_step_: {name}[{i}] must have the params' dtype {dt}, got {t.dtype}")
+                raise TypeError(
+                    f"{op}: {name}[{i}] must have the params' dtype {dtype_str(dt)}, got {dtype_str(t.dtype)}"
+                )
             if t.device != dev:
-                raise ValueError(f"adam_step_: {name}[{i}] is on {t.device} but params are on {dev}")
+                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but params are on {dev}")
         s = state_steps[i]
         if s.numel() != 1 or s.dtype != torch.float32 or s.device != dev:
             raise ValueError(
-                f"adam_step_: state_steps[{i}] must be a one-element float32 tensor on {dev}, got {s.dtype} "
-                f"of shape {tuple(s.shape)} on {s.device}"
+                f"{op}: state_steps[{i}] must be a one-element float32 tensor on {dev}, got {dtype_str(s.dtype)} "
+                f"of shape {shape_str(s.shape)} on {s.device}"
             )
+    # csrc/cpu/adam.cpp reads a CPU lr_tensor (free there); on CUDA that would sync every step (the
+    # native CUDA op does not read it either), and under tracing there is no value to read.
+    if lr_tensor is not None and lr_tensor.device.type == "cpu" and not is_fake(lr_tensor):
+        if not torch.compiler.is_compiling():
+            value = float(lr_tensor.reshape(()))
+            if not value >= 0.0:
+                raise ValueError(f"{op}: Invalid learning rate: {num_str(value)}")
+
+
+adam_step_fake = check_op_args
+
+if _backend.NATIVE_LOADED:
+    torch.library.register_fake("fastops::adam_step_")(adam_step_fake)
+    # No derivative: with grad mode on and a parameter that requires grad it raises, as torch's
+    # in-place ops on such a leaf do (optimizers step under torch.no_grad()).
+    _autograd.register_in_place(torch.ops.fastops.adam_step_)
 
 
 def _local_shards(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -231,10 +246,12 @@ def adam_step_(
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(i)
-    if len(grads) != n or len(exp_avgs) != n or len(exp_avg_sqs) != n or len(state_steps) != n:
-        check_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad)
-    if amsgrad and len(max_exp_avg_sqs) != n:
-        check_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad)
+    lengths = [len(grads), len(exp_avgs), len(exp_avg_sqs), len(state_steps)] + (
+        [len(max_exp_avg_sqs)] if amsgrad else []
+    )
+    if any(k != n for k in lengths):  # before grouping by index: the contract's message
+        check_op_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, 0.0, None, beta1, beta2,
+                      weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, None, None)  # fmt: skip
     for (device, dtype), idx in groups.items():
         lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
         args = tuple([lst[i] for i in idx] if lst else [] for lst in lists)  # max_exp_avg_sqs: [] unless amsgrad
@@ -253,14 +270,38 @@ def adam_step_(
             found_inf=_on(found_inf, device),
         )
         chosen = _backend.resolve(OP, backend, device.type, dtype)
-        if chosen == "native":
-            torch.ops.fastops.adam_step_(*args, **kwargs)
-        elif chosen == "triton":
-            check_args(*args, amsgrad)
-            import fastops.triton
-
-            fastops.triton.load("adam")
-            torch.ops.fastops_triton.adam_step_(*args, **kwargs)
-        else:
-            check_args(*args, amsgrad)
+        if chosen == "torch":  # the registered ops check their own arguments
+            check_op_args(*args, **kwargs)
             reference.adam_step_(*args, **kwargs)
+        else:
+            namespace(chosen, OP).adam_step_(*args, **kwargs)
+
+
+# ---- the calls the generated tests make (tests/test_contract.py) -------------------------------
+
+
+def opcheck_examples(ns, device: str, backend: str) -> Iterator[tuple[object, tuple, dict]]:  # noqa: ANN001
+    """``(op, args, kwargs)``: ``adam_step_`` calls for ``torch.library.opcheck`` over a matrix, a
+    vector and a 0-d parameter (float32), with amsgrad and a float lr, and without amsgrad and
+    with a tensor lr; both with grad_scale and found_inf."""
+    for amsgrad, lr_tensor in ((True, False), (False, True)):
+        ps = [torch.randn(s, device=device) for s in [(5, 3), (17,), ()]]
+        gs = [torch.randn_like(p) for p in ps]
+        ms = [torch.randn_like(p) for p in ps]
+        vs = [torch.rand_like(p) for p in ps]
+        vms = [v + torch.rand_like(v) for v in vs] if amsgrad else []
+        steps = [torch.tensor(float(k + 1), device=device) for k in range(len(ps))]
+        kwargs = dict(
+            lr=1e-2,
+            lr_tensor=torch.tensor(1e-3, device=device) if lr_tensor else None,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.1,
+            eps=1e-8,
+            amsgrad=amsgrad,
+            maximize=False,
+            decoupled_weight_decay=False,
+            grad_scale=torch.tensor(4.0, device=device),
+            found_inf=torch.zeros((), device=device),
+        )
+        yield ns.adam_step_, (ps, gs, ms, vs, vms, steps), kwargs

@@ -10,12 +10,16 @@ are differentiable (see :mod:`fastops.ops._autograd`).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from fastops import _backend, reference
-from fastops.ops import _autograd
-from fastops.ops import _conv2d_shapes as shapes
+from fastops.ops import _autograd, namespace
+from fastops.ops._contract import INT64_MAX, check_same_device, dtype_str, shape_str
 
 OP = "conv2d"
 ACTIVATIONS = (None, "relu")
@@ -27,13 +31,209 @@ _backend.register_op(
     triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.FLOAT32_FLOAT64},
 )
 
+# ---- the registered ops' argument contract (csrc/fastops.h check_conv2d_args, same order, same text) -
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length along one spatial dim: ``(size + 2 padding - dilation (kernel - 1) - 1) // stride + 1``."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _overflow_text(op: str, padding: list[int], dilation: list[int]) -> str:
+    return (
+        f"{op}: padding {list(padding)} or dilation {list(dilation)} is too large: the padded input or the "
+        "dilated kernel exceeds 2^63 - 1 elements per side"
+    )
+
+
+def _numel_text(op: str, padding: list[int], stride: list[int], sizes: list[int]) -> str:
+    return (
+        f"{op}: padding {list(padding)} or stride {list(stride)} gives an output of shape "
+        f"({', '.join(map(str, sizes))}), more than 2^63 - 1 elements"
+    )
+
+
+def check_geometry_range(
+    op: str,
+    x_shape: list[int] | torch.Size,
+    w_shape: list[int] | torch.Size,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> None:
+    """The integer-argument part of the contract, which also holds before a fake kernel computes a
+    shape: ValueError naming the argument when stride / dilation < 1, padding < 0 or a value beyond
+    int64, or when a padded input (``H + 2 padding``), a dilated kernel (``dilation (R - 1) + 1``) or
+    the output's element count does not fit in int64, the C++ kernels' index type.
+
+    Python ints never overflow, so the sums are formed exactly here, before any int64 code sees them
+    (in C++ ``2 * padding`` with padding = 2**62 wraps to a negative number). Plain ints only: a
+    symbolic size under torch.compile is left to the runtime call.
+    """
+    for name, pair, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(pair) != 2:
+            raise ValueError(f"{op}: {name} must have 2 elements, got {list(pair)}")
+        for v in pair:
+            if isinstance(v, int) and not low <= v <= INT64_MAX:
+                raise ValueError(f"{op}: {name} must be between {low} and 2**63 - 1, got {list(pair)}")
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        return  # the shape checks say so
+    for i in range(2):
+        h, r = x_shape[2 + i], w_shape[2 + i]
+        if not all(isinstance(v, int) for v in (h, r, padding[i], dilation[i])):
+            continue
+        if h + 2 * padding[i] > INT64_MAX or dilation[i] * (r - 1) + 1 > INT64_MAX:
+            raise ValueError(_overflow_text(op, padding, dilation))
+    sizes = [x_shape[0], w_shape[0]] + [
+        out_size(x_shape[2 + i], w_shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2)
+    ]
+    if all(isinstance(v, int) for v in sizes) and min(sizes) > 0 and math.prod(sizes) > INT64_MAX:
+        raise ValueError(_numel_text(op, padding, stride, sizes))
+
+
+def check_op_args(
+    op: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> tuple[int, int]:
+    """csrc/fastops.h check_conv2d_args: ValueError for shapes/values/devices, TypeError for dtypes;
+    returns the output size (P, Q)."""
+    if x.dim() != 4:
+        raise ValueError(f"{op}: input must have shape (N, C, H, W), got {shape_str(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: weight must have shape (K, C/groups, R, S), got {shape_str(weight.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: input must be a floating tensor, got {dtype_str(x.dtype)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight must have input's dtype {dtype_str(x.dtype)}, got {dtype_str(weight.dtype)}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but input is on {x.device}")
+    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
+        raise ValueError(f"{op}: stride, padding and dilation must have 2 elements each")
+    if min(stride) < 1:
+        raise ValueError(f"{op}: stride must be positive, got {list(stride)}")
+    if min(dilation) < 1:
+        raise ValueError(f"{op}: dilation must be positive, got {list(dilation)}")
+    if min(padding) < 0:
+        raise ValueError(f"{op}: padding must be non-negative, got {list(padding)}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    c, k = x.shape[1], weight.shape[0]
+    if c % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels C={c}")
+    if k % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the output channels K={k} (weight.size(0))")
+    if weight.shape[1] != c // groups:
+        raise ValueError(
+            f"{op}: weight must have shape ({k}, {c // groups}, R, S) for {c} input channels and "
+            f"groups={groups}, got {shape_str(weight.shape)}"
+        )
+    if min(k, weight.shape[2], weight.shape[3]) <= 0:
+        raise ValueError(f"{op}: weight must be non-empty, got {shape_str(weight.shape)}")
+    span = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(2)]
+    padded = [x.shape[2 + i] + 2 * padding[i] for i in range(2)]
+    if max(span + padded) > INT64_MAX:
+        raise ValueError(_overflow_text(op, padding, dilation))
+    if padded[0] < span[0] or padded[1] < span[1]:
+        raise ValueError(
+            f"{op}: output size would be <= 0: padded input {padded[0]}x{padded[1]} is smaller than the "
+            f"dilated kernel {span[0]}x{span[1]}"
+        )
+    p, q = (out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
+    if x.shape[0] * k * p * q > INT64_MAX:
+        raise ValueError(_numel_text(op, padding, stride, [x.shape[0], k, p, q]))
+    return p, q
+
+
+def check_op_bias(op: str, x: torch.Tensor, k: int, bias: torch.Tensor | None) -> None:
+    """csrc/fastops.h check_conv2d_bias: bias (K,) in x's dtype and device, or None."""
+    if bias is None:
+        return
+    if bias.dim() != 1 or bias.shape[0] != k:
+        raise ValueError(f"{op}: bias must have shape ({k},) (one per output channel), got {shape_str(bias.shape)}")
+    if bias.dtype != x.dtype:
+        raise TypeError(f"{op}: bias must have input's dtype {dtype_str(x.dtype)}, got {dtype_str(bias.dtype)}")
+    if bias.device != x.device:
+        raise ValueError(f"{op}: bias is on {bias.device} but input is on {x.device}")
+
+
+def check_op_grad_out(op: str, x: torch.Tensor, expected: list[int], grad_out: torch.Tensor) -> None:
+    """csrc/fastops.h check_conv2d_grad_out: grad_out (N, K, P, Q) in x's dtype and device."""
+    if list(grad_out.shape) != expected:
+        raise ValueError(f"{op}: grad_out must have shape {shape_str(expected)}, got {shape_str(grad_out.shape)}")
+    if grad_out.dtype != x.dtype:
+        raise TypeError(f"{op}: grad_out must have input's dtype {dtype_str(x.dtype)}, got {dtype_str(grad_out.dtype)}")
+    if grad_out.device != x.device:
+        raise ValueError(f"{op}: grad_out is on {grad_out.device} but input is on {x.device}")
+
+
+# ---- output shapes: the fake kernels ------------------------------------------------------------
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """torch's suggest_memory_format: channels_last strides that are not also plain contiguous."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The layout of every conv2d op's y, grad_x and grad_weight (torch's rule, on every backend):
+    channels_last when x or weight is channels_last, else contiguous."""
+    return torch.channels_last if is_channels_last(x) or is_channels_last(weight) else torch.contiguous_format
+
+
+def fwd_fake(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    relu: bool,
+) -> torch.Tensor:
+    """y (N, K, P, Q) in x's dtype, in :func:`memory_format`."""
+    check_same_device("conv2d_fwd", x=x, weight=weight, bias=bias)
+    check_geometry_range("conv2d_fwd", x.shape, weight.shape, stride, padding, dilation)
+    n, _, h, w = x.shape
+    k, _, r, s = weight.shape
+    p = out_size(h, r, stride[0], padding[0], dilation[0])
+    q = out_size(w, s, stride[1], padding[1], dilation[1])
+    return x.new_empty((n, k, p, q)).contiguous(memory_format=memory_format(x, weight))
+
+
+def bwd_fake(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x of x's shape, grad_weight of weight's shape, both in :func:`memory_format`, grad_bias
+    (K,)); a masked-off output is an empty ``(0,)`` tensor."""
+    check_same_device("conv2d_bwd", grad_out=grad_out, x=x, weight=weight)
+    check_geometry_range("conv2d_bwd", x.shape, weight.shape, stride, padding, dilation)
+    fmt = memory_format(x, weight)
+    empty = x.new_empty((0,))
+    return (
+        x.new_empty(x.shape).contiguous(memory_format=fmt) if output_mask[0] else empty,
+        x.new_empty(weight.shape).contiguous(memory_format=fmt) if output_mask[1] else x.new_empty((0,)),
+        x.new_empty((weight.shape[0],)) if output_mask[2] else x.new_empty((0,)),
+    )
+
+
 if _backend.NATIVE_LOADED:
-    torch.library.register_fake("fastops::conv2d_fwd")(shapes.fwd_fake)
-    torch.library.register_fake("fastops::conv2d_bwd")(shapes.bwd_fake)
+    torch.library.register_fake("fastops::conv2d_fwd")(fwd_fake)
+    torch.library.register_fake("fastops::conv2d_bwd")(bwd_fake)
 
 
-def _shape(t: torch.Size | list[int] | tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in t) + (",)" if len(t) == 1 else ")")
+# ---- the public API's call (fastops.functional.conv2d) -----------------------------------------
 
 
 def _pair(value: object, name: str, minimum: int) -> list[int]:
@@ -48,9 +248,6 @@ def _pair(value: object, name: str, minimum: int) -> list[int]:
     if min(pair) < minimum:
         raise ValueError(f"conv2d: {name} must be >= {minimum}, got {value!r}")
     return pair
-
-
-is_channels_last = shapes.is_channels_last
 
 
 def normalize_args(
@@ -75,49 +272,23 @@ def normalize_args(
         raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
     if input.dim() not in (3, 4):
         raise ValueError(
-            f"conv2d: input must have shape (N, C, H, W) or unbatched (C, H, W), got {_shape(input.shape)}"
+            f"conv2d: input must have shape (N, C, H, W) or unbatched (C, H, W), got {shape_str(input.shape)}"
         )
-    if weight.dim() != 4:
-        raise ValueError(f"conv2d: weight must have shape (K, C/groups, R, S), got {_shape(weight.shape)}")
-    if not input.is_floating_point():
-        raise TypeError(f"conv2d: input must be floating, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise TypeError(f"conv2d: weight must have input's dtype {input.dtype}, got {weight.dtype}")
-    if weight.device != input.device:
-        raise ValueError(f"conv2d: weight is on {weight.device} but input is on {input.device}")
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    c, k = x.shape[1], weight.shape[0]
-    if c % groups != 0:
-        raise ValueError(f"conv2d: groups={groups} must divide the input channels C={c}")
-    if k % groups != 0:
-        raise ValueError(f"conv2d: groups={groups} must divide the output channels K={k} (weight.shape[0])")
-    if min(k, weight.shape[2], weight.shape[3]) <= 0:
-        raise ValueError(f"conv2d: weight must be non-empty, got {_shape(weight.shape)}")
-    if weight.shape[1] * groups != c:
-        raise ValueError(
-            f"conv2d: weight must have shape ({k}, {c // groups}, R, S) for input with C={c} channels and "
-            f"groups={groups}, got {_shape(weight.shape)} (channel mismatch)"
-        )
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != k:
-            raise ValueError(f"conv2d: bias must have shape ({k},) (one per output channel), got {_shape(bias.shape)}")
-        if bias.dtype != input.dtype:
-            raise TypeError(f"conv2d: bias must have input's dtype {input.dtype}, got {bias.dtype}")
-        if bias.device != input.device:
-            raise ValueError(f"conv2d: bias is on {bias.device} but input is on {input.device}")
     st = _pair(stride, "stride", 1)
     dil = _pair(dilation, "dilation", 1)
-    kernel = weight.shape[2:]
     if isinstance(padding, str):
         if padding == "valid":
             pad = [0, 0]
         elif padding == "same":
             if st != [1, 1]:
                 raise ValueError("conv2d: padding='same' is not supported for strided convolutions")
-            totals = [dil[i] * (kernel[i] - 1) for i in range(2)]
+            if weight.dim() != 4:  # the contract below says so; the kernel size is needed first
+                check_op_args(OP, x, weight, st, [0, 0], dil, groups)
+            totals = [dil[i] * (weight.shape[2 + i] - 1) for i in range(2)]
             pad = [t // 2 for t in totals]
             extra = [t - 2 * p for t, p in zip(totals, pad)]  # 0 or 1: goes to the bottom / right
             if any(extra):
@@ -126,25 +297,14 @@ def normalize_args(
             raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
         pad = _pair(padding, "padding", 0)
-    shapes.check_geometry_range("conv2d", x.shape, weight.shape, st, pad, dil)
-    for i, name in enumerate(("height", "width")):
-        span = dil[i] * (kernel[i] - 1) + 1
-        padded = x.shape[2 + i] + 2 * pad[i]
-        if padded < span:
-            raise ValueError(
-                f"conv2d: output size would be <= 0: the padded input {name} {padded} is smaller than the "
-                f"dilated kernel {span} (input {_shape(input.shape)}, weight {_shape(weight.shape)})"
-            )
+    # The registered ops' own contract, once, for every backend (named "conv2d": the API's call).
+    check_geometry_range(OP, x.shape, weight.shape, st, pad, dil)
+    check_op_args(OP, x, weight, st, pad, dil, groups)
+    check_op_bias(OP, x, weight.shape[0], bias)
     return x, st, pad, dil, unbatched
 
 
-def ops(backend: str):  # noqa: ANN201 - a torch.ops namespace
-    """The namespace holding ``backend``'s conv2d ops (importing the Triton module registers them)."""
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.conv2d  # noqa: F401  (registers torch.ops.fastops_triton.conv2d_*)
-
-    return torch.ops.fastops_triton
+ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of backend's conv2d ops
 
 
 def _fwd_composition(
@@ -159,7 +319,7 @@ def _fwd_composition(
 ) -> torch.Tensor:
     """conv2d_fwd as torch ops (the reference), in the op's memory format."""
     y = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, "relu" if relu else None)
-    return y.contiguous(memory_format=shapes.memory_format(x, weight))
+    return y.contiguous(memory_format=memory_format(x, weight))
 
 
 def _bwd_composition(
@@ -210,6 +370,35 @@ def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
         namespace.conv2d_bwd, setup_context=bwd_setup, backward=bwd_backward, composition=_bwd_composition
     )
     _autograd.register_autocast(namespace.conv2d_fwd, to_float32=False)
+
+
+# ---- the calls the generated tests make (tests/test_contract.py) -------------------------------
+
+
+def opcheck_examples(ns, device: str, backend: str) -> Iterator[tuple[object, tuple, dict]]:  # noqa: ANN001
+    """``(op, args, kwargs)``: small valid calls of ``ns``'s conv2d ops for ``torch.library.opcheck``:
+    strides, padding, dilation, groups, bias, fused ReLU, channels_last operands (the fake kernels
+    must give the real ops' strides) and every output_mask of the backward, float64."""
+    from fastops.testing import make_tensor
+
+    cl = torch.channels_last
+    for xs, ws, st, pad, dil, groups, with_bias, relu, x_fmt, w_fmt in [
+        ((2, 4, 5, 6), (4, 2, 3, 3), [1, 2], [1, 0], [1, 1], 2, True, False, None, None),
+        ((1, 3, 6, 5), (2, 3, 2, 2), [2, 1], [0, 1], [2, 1], 1, False, True, None, None),
+        ((2, 4, 5, 6), (6, 4, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, True, cl, None),
+        ((2, 4, 5, 6), (6, 2, 1, 3), [2, 1], [0, 1], [1, 1], 2, False, False, None, cl),
+    ]:
+        x = make_tensor(xs, torch.float64, device)
+        w = make_tensor(ws, torch.float64, device)
+        if x_fmt is not None:
+            x = x.contiguous(memory_format=x_fmt)
+        if w_fmt is not None:
+            w = w.contiguous(memory_format=w_fmt)
+        b = make_tensor((ws[0],), torch.float64, device) if with_bias else None
+        yield ns.conv2d_fwd, (x, w, b, st, pad, dil, groups, relu), {}
+        gy = torch.randn_like(ns.conv2d_fwd(x, w, b, st, pad, dil, groups, relu))
+        for mask in ([True, True, True], [True, False, False], [False, True, False]):
+            yield ns.conv2d_bwd, (gy, x, w, st, pad, dil, groups, mask), {}
 
 
 if _backend.NATIVE_LOADED:

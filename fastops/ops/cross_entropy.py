@@ -1,4 +1,6 @@
-"""Softmax cross-entropy: fake kernels of the native ops, argument checks, the ops' autograd.
+"""Softmax cross-entropy: the registered ops' contract (output shapes, i.e. the fake kernels, and the
+argument checks every Python-side backend runs, with csrc/fastops.h's messages), the API call's
+normalisation, and the ops' autograd.
 
 :func:`register` is the one place that knows both passes, for each backend's namespace:
 ``cross_entropy_fwd`` returns the per-row loss and the row max and log-sum-exp relative to it as
@@ -10,11 +12,17 @@ autograd). Both ops are differentiable (see :mod:`fastops.ops._autograd`).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterator
+from functools import partial
+from typing import NamedTuple
+
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from fastops import _backend, reference
-from fastops.ops import _autograd
-from fastops.ops import _cross_entropy_shapes as shapes
+from fastops.ops import _autograd, namespace
+from fastops.ops._contract import INT64_MAX, INT64_MIN, check_same_device, dtype_str, shape_str
 
 OP = "cross_entropy"
 REDUCTIONS = ("none", "mean", "sum")
@@ -26,10 +34,212 @@ _backend.register_op(
     triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.ALL_FLOAT_DTYPES},
 )
 
+
+def row_shape(logits: torch.Tensor) -> list[int]:
+    """logits (C,) -> (); (N, C) -> (N,); (N, C, d1, ..., dk) -> (N, d1, ..., dk)."""
+    shape = list(logits.shape)
+    del shape[0 if logits.dim() == 1 else 1]
+    return shape
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels: float64 for float64 logits, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def stats_shape(rows: list[int]) -> list[int]:
+    """Shape of the forward's saved row statistics for logits of row shape ``rows``: (2, *rows);
+    [0] = row max m, [1] = log sum exp(x - m).
+
+    Two numbers rather than lse = m + log sum: x - lse loses ulp(m) / 2 when lse is rounded to the
+    accumulation dtype, while x - m is exact for every x near the max (csrc/fastops.h).
+    """
+    return [2, *rows]
+
+
+def fwd_fake(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, stats): loss of logits' row shape, stats (2, *row_shape), both in the accumulation dtype."""
+    check_same_device("cross_entropy_fwd", logits=logits, target=target, weight=weight)
+    dt = acc_dtype(logits.dtype)
+    return logits.new_empty(row_shape(logits), dtype=dt), logits.new_empty(stats_shape(row_shape(logits)), dtype=dt)
+
+
+def bwd_fake(
+    grad_loss: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    stats: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """d loss / d logits: logits' shape and dtype (contiguous)."""
+    check_same_device(
+        "cross_entropy_bwd", grad_loss=grad_loss, logits=logits, target=target, weight=weight, stats=stats
+    )
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def bwd_inplace_fake(
+    grad_loss: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    stats: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+) -> None:
+    """The in-place backward returns nothing; logits is overwritten with the gradient."""
+    check_same_device(
+        "cross_entropy_bwd_", grad_loss=grad_loss, logits=logits, target=target, weight=weight, stats=stats
+    )
+    return None
+
+
+# ---- the registered ops' argument contract (csrc/fastops.h check_cross_entropy_args) -----------
+
+
+class Geometry(NamedTuple):
+    """logits viewed as (B, C, D); row r = b * D + d holds C logits at stride D."""
+
+    B: int
+    C: int
+    D: int
+    probs: bool  # target holds class probabilities (logits' shape, logits' dtype)
+    row_shape: list[int]  # logits' shape without the class dim
+
+    @property
+    def rows(self) -> int:
+        return self.B * self.D
+
+
+def check_ignore_index(op: str, ignore_index: int) -> None:
+    """TypeError unless ignore_index is an integer, ValueError unless it fits in int64 (the ops' ``int``).
+
+    Checked in Python because the dispatcher's own error for an out-of-range int ("Expected a value
+    of type 'int' ... but instead found type 'int'") does not say what is wrong, and the torch
+    composition would compare the targets against it silently.
+    """
+    try:
+        value = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {value}")
+
+
+def check_op_args(
+    op: str,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    label_smoothing: float,
+    ignore_index: int | None = None,
+) -> Geometry:
+    """csrc/fastops.h check_cross_entropy_args: ValueError for shapes/values/devices, TypeError for dtypes.
+
+    ``ignore_index``, when given, is range-checked too (:func:`check_ignore_index`).
+    """
+    if ignore_index is not None:
+        check_ignore_index(op, ignore_index)
+    if logits.dim() < 1:
+        raise ValueError(f"{op}: logits must have shape (C,), (N, C) or (N, C, d1, ...), got {shape_str(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{op}: logits must be a floating tensor, got {dtype_str(logits.dtype)}")
+    cdim = 0 if logits.dim() == 1 else 1
+    C = logits.shape[cdim]
+    if C < 1:
+        raise ValueError(f"{op}: logits must have at least one class, got shape {shape_str(logits.shape)}")
+    B = 1 if logits.dim() == 1 else logits.shape[0]
+    row_shape = [n for i, n in enumerate(logits.shape) if i != cdim]
+    D = 1
+    for n in logits.shape[2:]:
+        D *= n
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    if target.device != logits.device:
+        raise ValueError(f"{op}: target is on {target.device} but logits are on {logits.device}")
+    probs = target.is_floating_point()
+    if probs:
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"{op}: class-probability target must have logits' shape {shape_str(logits.shape)}, "
+                f"got {shape_str(target.shape)}"
+            )
+        if target.dtype != logits.dtype:
+            raise TypeError(
+                f"{op}: class-probability target must have logits' dtype {dtype_str(logits.dtype)}, "
+                f"got {dtype_str(target.dtype)}"
+            )
+    else:
+        if target.dtype != torch.int64:
+            raise TypeError(
+                f"{op}: class-index target must be int64 (or float class probabilities), got {dtype_str(target.dtype)}"
+            )
+        if list(target.shape) != row_shape:
+            raise ValueError(
+                f"{op}: class-index target must have shape {shape_str(row_shape)} for logits of shape "
+                f"{shape_str(logits.shape)}, got {shape_str(target.shape)}"
+            )
+    if weight is not None:
+        if weight.dim() != 1 or weight.shape[0] != C:
+            raise ValueError(f"{op}: weight must have shape ({C},) (one per class), got {shape_str(weight.shape)}")
+        if weight.dtype != logits.dtype:
+            raise TypeError(
+                f"{op}: weight must have logits' dtype {dtype_str(logits.dtype)}, got {dtype_str(weight.dtype)}"
+            )
+        if weight.device != logits.device:
+            raise ValueError(f"{op}: weight is on {weight.device} but logits are on {logits.device}")
+    return Geometry(B, C, D, probs, row_shape)
+
+
+def check_op_bwd_args(op: str, g: Geometry, logits: torch.Tensor, grad_loss: torch.Tensor, stats: torch.Tensor) -> None:
+    """csrc/fastops.h check_cross_entropy_bwd_args: grad_loss (row shape), stats (2, *row shape), acc dtype."""
+    acc = acc_dtype(logits.dtype)
+    for name, t, shape in (("grad_loss", grad_loss, g.row_shape), ("stats", stats, stats_shape(g.row_shape))):
+        if list(t.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape_str(shape)}, got {shape_str(t.shape)}")
+        if t.dtype != acc:
+            raise TypeError(
+                f"{op}: {name} must be {dtype_str(acc)} for {dtype_str(logits.dtype)} logits, got {dtype_str(t.dtype)}"
+            )
+        if t.device != logits.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but logits are on {logits.device}")
+
+
+def check_class_indices(op: str, target: torch.Tensor, C: int, ignore_index: int) -> None:
+    """IndexError for a class index outside [0, C) that is not ignore_index. On GPU: a reduction and a sync.
+
+    ValueError first when ignore_index itself does not fit in int64 (:func:`check_ignore_index`).
+    """
+    check_ignore_index(op, ignore_index)
+    if torch.compiler.is_compiling() or is_fake(target):
+        # Traced (torch.compile / export): no data to look at. The kernels write NaN for such rows,
+        # the torch composition's gather raises.
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= C))
+    if bool(bad.any()):
+        r = int(bad.reshape(-1).nonzero()[0])
+        v = int(target.reshape(-1)[r])
+        raise IndexError(
+            f"{op}: target[{r}] = {v} is out of bounds for {C} classes "
+            f"(expected 0 <= target < {C}, or target == ignore_index {ignore_index})"
+        )
+
+
 if _backend.NATIVE_LOADED:
-    torch.library.register_fake("fastops::cross_entropy_fwd")(shapes.fwd_fake)
-    torch.library.register_fake("fastops::cross_entropy_bwd")(shapes.bwd_fake)
-    torch.library.register_fake("fastops::cross_entropy_bwd_")(shapes.bwd_inplace_fake)
+    torch.library.register_fake("fastops::cross_entropy_fwd")(fwd_fake)
+    torch.library.register_fake("fastops::cross_entropy_bwd")(bwd_fake)
+    torch.library.register_fake("fastops::cross_entropy_bwd_")(bwd_inplace_fake)
+
+
+# ---- the public API's call (fastops.functional.cross_entropy) ----------------------------------
 
 
 def check_args(
@@ -46,7 +256,7 @@ def check_args(
     another floating dtype is promoted with the logits (and the weight) to their common dtype, as
     F.cross_entropy computes in it. ``ignore_index`` must fit in int64. Raises ValueError /
     TypeError naming the argument and the expected vs given shape, dtype or device (the registered
-    ops' own checks, :func:`shapes.check_args`, shared by every backend).
+    ops' own checks, :func:`check_op_args`, shared by every backend).
     """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError(f"cross_entropy: input and target must be tensors, got {type(input)} and {type(target)}")
@@ -59,23 +269,17 @@ def check_args(
         input, target = input.to(common), target.to(common)
         if weight is not None and weight.is_floating_point():
             weight = weight.to(common)
-    shapes.check_args(OP, input, target, weight, label_smoothing, ignore_index)
+    check_op_args(OP, input, target, weight, label_smoothing, ignore_index)
     return input, target, weight
 
 
 def check_target_range(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
     """IndexError for a class index outside [0, C) that is not ``ignore_index`` (reads the data)."""
     if not target.is_floating_point():
-        shapes.check_class_indices(OP, target, n_classes, ignore_index)
+        check_class_indices(OP, target, n_classes, ignore_index)
 
 
-def ops(backend: str):  # noqa: ANN201 - a torch.ops namespace
-    """The namespace holding ``backend``'s cross-entropy ops (importing the Triton module registers them)."""
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.cross_entropy  # noqa: F401  (registers torch.ops.fastops_triton.*)
-
-    return torch.ops.fastops_triton
+ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of backend's cross-entropy ops
 
 
 def _fwd_composition(
@@ -83,7 +287,7 @@ def _fwd_composition(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cross_entropy_fwd as torch ops: the per-row loss (reference, reduction "none") and the row
     statistics (max m, log sum exp(x - m)), both in the accumulation dtype."""
-    acc = shapes.acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     loss = reference.cross_entropy(logits.to(acc), target, weight, ignore_index, "none", label_smoothing)
     x = logits.detach().to(acc)
     cdim = 0 if logits.dim() == 1 else 1
@@ -209,6 +413,40 @@ class CrossEntropyFunction(torch.autograd.Function):
         else:  # a double backward (create_graph) takes the differentiable out-of-place op
             grad_logits = namespace.cross_entropy_bwd(g, logits, target, weight, stats, ignore_index, label_smoothing)
         return grad_logits, None, None, None, None, None, None, None
+
+
+# ---- the calls the generated tests make (tests/test_contract.py) -------------------------------
+
+
+def opcheck_examples(ns, device: str, backend: str) -> Iterator[tuple[object, tuple, dict]]:  # noqa: ANN001
+    """``(op, args, kwargs)``: small valid calls of ``ns``'s cross-entropy ops for ``torch.library.opcheck``:
+    index and probability targets, with and without weights and smoothing, (C,), (N, C) and
+    (N, C, d) logits, in float64 (and float16 / bfloat16 on the native CPU kernels: loss and stats
+    in float32, the gradient in the logits' dtype)."""
+    from fastops.testing import make_tensor
+
+    low = [torch.float16, torch.bfloat16] if (device, backend) == ("cpu", "native") else []
+    for dtype in [torch.float64, *low]:
+        for shape, probs, with_weight, smoothing in [
+            ((5, 9), False, True, 0.1),
+            ((9,), False, False, 0.0),
+            ((3, 9, 4), True, True, 0.2),
+            ((4, 9), True, False, 0.0),
+        ]:
+            cdim = 0 if len(shape) == 1 else 1
+            x = make_tensor(shape, dtype, device, scale=3.0)
+            if probs:
+                target = torch.softmax(make_tensor(shape, torch.float64, device, scale=2.0), dim=cdim).to(dtype)
+            else:
+                target = torch.randint(0, shape[cdim], row_shape(x), device=device)
+                target[torch.rand(row_shape(x), device=device) < 0.2] = -100  # some ignored rows
+            weight = make_tensor((shape[cdim],), dtype, device).abs() + 0.1 if with_weight else None
+            args = (x, target, weight, -100, smoothing)
+            yield ns.cross_entropy_fwd, args, {}
+            loss, stats = ns.cross_entropy_fwd(*args)
+            grad = torch.randn_like(loss)
+            yield ns.cross_entropy_bwd, (grad, x, target, weight, stats, -100, smoothing), {}
+            yield ns.cross_entropy_bwd_, (grad, x.clone(), target, weight, stats, -100, smoothing), {}
 
 
 if _backend.NATIVE_LOADED:

@@ -1,4 +1,5 @@
-"""Fused linear+ReLU: fake kernels of the native ops, argument checks, and the ops' autograd.
+"""Fused linear+ReLU: the registered ops' contract (the fake kernels and the argument checks every
+Python-side backend runs, with csrc/fastops.h's messages), the API call's checks, the ops' autograd.
 
 :func:`register` is the one place that knows both passes, for each backend's namespace: the
 forward op (bias and ReLU applied before the output is stored) saves x, the weight and the
@@ -9,11 +10,15 @@ differentiable (see :mod:`fastops.ops._autograd`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
+from typing import NamedTuple
+
 import torch
 
 from fastops import _backend, reference
-from fastops.ops import _autograd
-from fastops.ops import _linear_relu_shapes as shapes
+from fastops.ops import _autograd, namespace
+from fastops.ops._contract import check_same_device, dtype_str, shape_str
 
 OP = "linear_relu"
 
@@ -24,28 +29,96 @@ _backend.register_op(
     triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.FLOAT32_FLOAT64},
 )
 
+# ---- the registered ops' argument contract (csrc/fastops.h check_linear_relu_args) -------------
+
+
+class Geometry(NamedTuple):
+    """x seen as A (M, K), weight B (N, K), out C (M, N)."""
+
+    M: int
+    K: int
+    N: int
+    out_shape: list[int]  # x's shape with its last dim K replaced by N
+
+
+def check_op_args(op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Geometry:
+    """csrc/fastops.h check_linear_relu_args: ValueError for shapes/devices, TypeError for dtypes."""
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating tensor, got {dtype_str(x.dtype)}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have shape (*, K), got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must have shape (N, K), got {shape_str(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight must have x's dtype {dtype_str(x.dtype)}, got {dtype_str(weight.dtype)}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
+    K, N = x.shape[-1], weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(
+            f"{op}: weight must have shape (N, {K}) for x of shape {shape_str(x.shape)} "
+            f"(K = x.shape[-1] = {K}), got {shape_str(weight.shape)}"
+        )
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"{op}: bias must have shape ({N},) (one per output feature), got {shape_str(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have x's dtype {dtype_str(x.dtype)}, got {dtype_str(bias.dtype)}")
+        if bias.device != x.device:
+            raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
+    M = 1
+    for n in x.shape[:-1]:
+        M *= n
+    return Geometry(M, K, N, [*x.shape[:-1], N])
+
+
+def check_op_bwd_args(op: str, g: Geometry, x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor) -> None:
+    """csrc/fastops.h check_linear_relu_bwd_args: grad_out and out of shape (*, N), x's dtype and device."""
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        if list(t.shape) != g.out_shape:
+            raise ValueError(f"{op}: {name} must have shape {shape_str(g.out_shape)}, got {shape_str(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have x's dtype {dtype_str(x.dtype)}, got {dtype_str(t.dtype)}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+
+
+def fwd_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """out (*, N), contiguous, x's dtype."""
+    check_same_device("linear_relu_fwd", x=x, weight=weight, bias=bias)
+    g = check_op_args("linear_relu_fwd", x, weight, bias)
+    return x.new_empty(g.out_shape)
+
+
+def bwd_fake(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), contiguous, x's dtype."""
+    check_same_device("linear_relu_bwd", grad_out=grad_out, x=x, weight=weight, out=out)
+    g = check_op_args("linear_relu_bwd", x, weight, None)
+    check_op_bwd_args("linear_relu_bwd", g, x, grad_out, out)
+    return x.new_empty(x.shape), x.new_empty((g.N, g.K)), x.new_empty((g.N,))
+
+
 if _backend.NATIVE_LOADED:
-    torch.library.register_fake("fastops::linear_relu_fwd")(shapes.fwd_fake)
-    torch.library.register_fake("fastops::linear_relu_bwd")(shapes.bwd_fake)
+    torch.library.register_fake("fastops::linear_relu_fwd")(fwd_fake)
+    torch.library.register_fake("fastops::linear_relu_bwd")(bwd_fake)
 
 
-def check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> shapes.Geometry:
-    """Validate a linear_relu call: TypeError / ValueError naming the argument (shapes.check_args)."""
+# ---- the public API's call (fastops.functional.linear_relu) ------------------------------------
+
+
+def check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Geometry:
+    """Validate a linear_relu call: TypeError / ValueError naming the argument (:func:`check_op_args`)."""
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"linear_relu: {name} must be a tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"linear_relu: bias must be a tensor or None, got {type(bias).__name__}")
-    return shapes.check_args(OP, x, weight, bias)
+    return check_op_args(OP, x, weight, bias)
 
 
-def ops(backend: str):  # noqa: ANN201 - a torch.ops namespace
-    """The namespace holding ``backend``'s linear_relu ops (importing the Triton module registers them)."""
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.linear_relu  # noqa: F401  (registers torch.ops.fastops_triton.*)
-
-    return torch.ops.fastops_triton
+ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of backend's linear_relu ops
 
 
 def _bwd_composition(
@@ -82,6 +155,23 @@ def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
         namespace.linear_relu_bwd, setup_context=bwd_setup, backward=bwd_backward, composition=_bwd_composition
     )
     _autograd.register_autocast(namespace.linear_relu_fwd, to_float32=False)
+
+
+# ---- the calls the generated tests make (tests/test_contract.py) -------------------------------
+
+
+def opcheck_examples(ns, device: str, backend: str) -> Iterator[tuple[object, tuple, dict]]:  # noqa: ANN001
+    """``(op, args, kwargs)``: small valid calls of ``ns``'s linear_relu ops for ``torch.library.opcheck``:
+    2-D, 3-D and zero-row x, with and without bias, float32."""
+    from fastops.testing import make_tensor
+
+    for xshape, with_bias in (((9, 6), True), ((2, 3, 6), False), ((0, 6), True)):
+        x = make_tensor(xshape, torch.float32, device)
+        weight = make_tensor((5, 6), torch.float32, device)
+        bias = make_tensor((5,), torch.float32, device) if with_bias else None
+        yield ns.linear_relu_fwd, (x, weight, bias), {}
+        out = ns.linear_relu_fwd(x, weight, bias)
+        yield ns.linear_relu_bwd, (torch.randn_like(out), x, weight, out), {}
 
 
 if _backend.NATIVE_LOADED:

@@ -27,7 +27,9 @@ __all__ = ["AVAILABLE", "REASON", "interpreting", "load"]
 
 
 def interpreting() -> bool:
-    """True when triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1, triton's own test)."""
+    """True when triton runs kernels in its CPU interpreter: TRITON_INTERPRET set to 1, true, on, yes
+    or y in any case, triton's own rule (its knobs.env_bool). The one test of the variable in fastops:
+    ``fastops._backend`` and the Triton registrations ask this function."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes", "y")
 
 
@@ -44,13 +46,13 @@ def _why_unavailable() -> str:
 REASON: str = _why_unavailable()
 AVAILABLE: bool = REASON == ""
 
-_OPS = ("adam", "conv2d", "cross_entropy", "linear_relu")
-
 
 def load(stem: str) -> ModuleType:
     """Import ``fastops.triton.<stem>`` (its import registers the ``fastops_triton::<stem>_*`` ops)."""
-    if stem not in _OPS:
-        raise ValueError(f"fastops.triton has no op {stem!r}; it has {', '.join(_OPS)}")
+    from fastops.ops import OPS  # the registry (importing fastops.triton alone stays cheap)
+
+    if stem not in OPS:
+        raise ValueError(f"fastops.triton has no op {stem!r}; it has {', '.join(OPS)}")
     if not AVAILABLE:
         raise RuntimeError(f"the fastops Triton backend is unavailable: {REASON}")
     return importlib.import_module(f"{__name__}.{stem}")

@@ -25,7 +25,7 @@
 # Numerics. Math in float32 for fp16/bf16/fp32 and float64 for fp64; one rounding per stored value.
 # NaN/inf in grads propagate as in torch. found_inf != 0: nothing is written (steps not advanced).
 #
-# Preconditions (fastops.ops.adam.check_args, _check_scalars): per parameter, grad/m/v/vm of p's
+# Preconditions (fastops.ops.adam.check_op_args): per parameter, grad/m/v/vm of p's
 # shape, dtype and device; one device and dtype per call, a CUDA device (CPU under TRITON_INTERPRET=1);
 # one-element float32 steps; lr_tensor, grad_scale, found_inf one-element floating tensors on the
 # params' device. lr >= 0: a negative (or NaN) lr_tensor raises on CPU, as the native CPU op; on CUDA,
@@ -41,11 +41,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
 from fastops.ops import _autograd
-from fastops.ops.adam import SCHEMA, adam_step_fake, check_args, check_hyperparameters
+from fastops.ops.adam import SCHEMA, adam_step_fake, check_op_args
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, triton_library_op
 
@@ -54,6 +53,14 @@ from fastops.triton._register import check_kernel_input, triton_library_op
 # interpreter runs each program as numpy ops over the block, so there a larger block only means fewer
 # (slow, Python-level) programs for the same result.
 BLOCK = 16384 if interpreting() else 1024
+
+
+# The per-tensor scalar table: one row per parameter tensor, these columns, in the math type (built
+# on the device by the launcher; the kernel reads its row by these column names).
+SCALARS = ("neg_step_size", "bc2_sqrt", "decay", "wd", "w", "one_minus_w", "beta2", "one_minus_beta2", "eps")
+_NEG_STEP_SIZE, _BC2_SQRT, _DECAY, _WD, _W, _ONE_MINUS_W, _BETA2, _ONE_MINUS_BETA2, _EPS = (
+    tl.constexpr(i) for i in range(len(SCALARS))
+)
 
 
 @triton.jit
@@ -77,7 +84,7 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     m_ptr,
     v_ptr,
     vm_ptr,
-    scal_ptr,  # (NSCAL,) math type, see _SCALARS
+    scal_ptr,  # (len(SCALARS),) math type: this tensor's row of the scalar table
     inv_scale_ptr,  # (1,) math type
     found_ptr,  # (1,) float32: nonzero skips the step
     numel,
@@ -94,16 +101,16 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     found = tl.load(found_ptr)
     mask = (offs < numel) & ((tl.zeros([BLOCK], dtype=tl.float32) + found) == 0.0)
     # Scalars travel in the math type (float64 for fp64 params), not as float32 kernel arguments.
-    neg_step_size = tl.load(scal_ptr)
+    neg_step_size = tl.load(scal_ptr + _NEG_STEP_SIZE)
     acc = neg_step_size.dtype
-    bc2_sqrt = tl.load(scal_ptr + 1)
-    decay = tl.load(scal_ptr + 2)
-    wd = tl.load(scal_ptr + 3)
-    w = tl.load(scal_ptr + 4)
-    one_minus_w = tl.load(scal_ptr + 5)
-    b2 = tl.load(scal_ptr + 6)
-    one_minus_b2 = tl.load(scal_ptr + 7)
-    eps = tl.load(scal_ptr + 8)
+    bc2_sqrt = tl.load(scal_ptr + _BC2_SQRT)
+    decay = tl.load(scal_ptr + _DECAY)
+    wd = tl.load(scal_ptr + _WD)
+    w = tl.load(scal_ptr + _W)
+    one_minus_w = tl.load(scal_ptr + _ONE_MINUS_W)
+    b2 = tl.load(scal_ptr + _BETA2)
+    one_minus_b2 = tl.load(scal_ptr + _ONE_MINUS_BETA2)
+    eps = tl.load(scal_ptr + _EPS)
     inv_scale = tl.load(inv_scale_ptr)
     p = tl.load(p_ptr + offs, mask=mask).to(acc)
     g = tl.load(g_ptr + offs, mask=mask).to(acc) * inv_scale
@@ -133,34 +140,6 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     _store(v_ptr + offs, v, mask, BF16)
 
 
-def _check_scalars(
-    params: list[torch.Tensor],
-    lr_tensor: torch.Tensor | None,
-    grad_scale: torch.Tensor | None,
-    found_inf: torch.Tensor | None,
-) -> None:
-    """csrc/fastops.h check_adam_args' scalar-tensor checks, and csrc/cpu/adam.cpp's lr >= 0 on CPU."""
-    op = "adam_step_"
-    dev = params[0].device
-    for name, t in (("lr_tensor", lr_tensor), ("grad_scale", grad_scale), ("found_inf", found_inf)):
-        if t is None:
-            continue
-        if t.numel() != 1:
-            shape = "(" + ", ".join(str(v) for v in t.shape) + (",)" if t.dim() == 1 else ")")
-            raise ValueError(f"{op}: {name} must have one element, got shape {shape}")
-        if t.device != dev:
-            raise ValueError(f"{op}: {name} is on {t.device} but params are on {dev}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{op}: {name} must be floating, got {t.dtype}")
-    # Reading the value is free on CPU; on CUDA it would sync every step (the native CUDA op does not
-    # read it either), and under tracing there is no value to read.
-    if lr_tensor is not None and lr_tensor.device.type == "cpu" and not is_fake(lr_tensor):
-        if not torch.compiler.is_compiling():
-            lr = float(lr_tensor.reshape(()))
-            if not lr >= 0.0:
-                raise ValueError(f"{op}: Invalid learning rate: {lr:g}")  # C++ ostream formatting
-
-
 @triton_library_op(
     "fastops_triton::adam_step_",
     mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps"),
@@ -187,36 +166,34 @@ def adam_step_(
     found_inf: torch.Tensor | None,
 ) -> None:
     """One Adam/AdamW step in place over one device's and dtype's parameters (see the file header)."""
-    # The native op's checks (metadata only, so traceable), then nothing can index out of bounds.
-    check_hyperparameters(lr, (beta1, beta2), eps, weight_decay)
-    check_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad)
+    # The op's contract (the native op's checks and text), then nothing can index out of bounds.
+    check_op_args(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, lr_tensor, beta1, beta2,
+        weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf,
+    )  # fmt: skip
     n = len(params)
     if n == 0:
         return
     check_kernel_input("adam_step_", "adam", params[0], "params")
-    _check_scalars(params, lr_tensor, grad_scale, found_inf)
     device, dtype = params[0].device, params[0].dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     f64 = dict(dtype=torch.float64, device=device)
     t = torch.stack([s.reshape(()) for s in state_steps]).to(torch.float64) + 1  # (n,)
     lr_v = lr_tensor.reshape(()).to(torch.float64) if lr_tensor is not None else torch.tensor(lr, **f64)
     # torch rounds 1 - beta1 and 1 - beta2 from double to the math type, and forms lerp's 1 - w there.
-    consts = torch.tensor([weight_decay, 1.0 - beta1, 0.0, beta2, 1.0 - beta2, eps], dtype=acc, device=device)
-    consts[2] = 1 - consts[1]
-    scal = torch.cat(
-        [
-            torch.stack(
-                [
-                    -lr_v / (1 - torch.tensor(beta1, **f64) ** t),
-                    (1 - torch.tensor(beta2, **f64) ** t).sqrt(),
-                    (1 - lr_v * weight_decay).expand(n),
-                ],
-                dim=1,
-            ).to(acc),
-            consts.to(acc).expand(n, 6),
-        ],
-        dim=1,
-    )  # (n, 9): neg_step_size, bc2_sqrt, decay, wd, w, 1 - w, beta2, 1 - beta2, eps
+    w = torch.tensor(1.0 - beta1, dtype=acc, device=device)
+    columns = {
+        "neg_step_size": -lr_v / (1 - torch.tensor(beta1, **f64) ** t),
+        "bc2_sqrt": (1 - torch.tensor(beta2, **f64) ** t).sqrt(),
+        "decay": (1 - lr_v * weight_decay).expand(n),
+        "wd": torch.tensor(weight_decay, dtype=acc, device=device),
+        "w": w,
+        "one_minus_w": 1 - w,
+        "beta2": torch.tensor(beta2, dtype=acc, device=device),
+        "one_minus_beta2": torch.tensor(1.0 - beta2, dtype=acc, device=device),
+        "eps": torch.tensor(eps, dtype=acc, device=device),
+    }
+    scal = torch.stack([columns[name].to(acc).expand(n) for name in SCALARS], dim=1)  # (n, len(SCALARS))
     if grad_scale is not None:
         inv_scale = (1.0 / grad_scale.reshape(1).to(torch.float64)).to(acc)
     else:

@@ -39,8 +39,8 @@
 # reduction index at a time, an outer product whose masked (pixel, tap) pairs add exact zeros
 # (slow, but only a diverged model has such weights).
 #
-# Preconditions (checked on the host by check_args, with csrc/fastops.h's messages): contiguous NCHW
-# operands (made so here; the outputs go back in the ops' memory_format(x, weight), channels_last
+# Preconditions (checked on the host by fastops.ops.conv2d.check_op_args, csrc/fastops.h's rules and
+# text): contiguous NCHW operands (made so here; the outputs go back in the ops' memory_format(x, weight), channels_last
 # when either operand is), the native ops' argument rules (a non-empty weight among them), and
 # the support table's dtypes: fp16/bf16/fp32/fp64 on CUDA, fp32/fp64 on CPU under TRITON_INTERPRET=1.
 #
@@ -58,8 +58,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastops.ops import conv2d as _stem_ops
-from fastops.ops._conv2d_shapes import bwd_fake, check_geometry_range, fwd_fake, memory_format, out_size
+from fastops.ops import conv2d as contract
+from fastops.ops.conv2d import bwd_fake, check_op_args, check_op_bias, check_op_grad_out, fwd_fake, memory_format
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
@@ -252,86 +252,6 @@ def conv2d_wgrad_implicit_gemm_kernel(
 # ---- host side --------------------------------------------------------------------------------
 
 
-def _shape(t: torch.Size | list[int]) -> str:
-    return "(" + ", ".join(str(s) for s in t) + (",)" if len(t) == 1 else ")")
-
-
-def check_args(
-    op: str,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-) -> tuple[int, int]:
-    """The native ops' argument rules and messages (csrc/fastops.h check_conv2d_args); returns (P, Q)."""
-    if x.dim() != 4:
-        raise ValueError(f"{op}: input must have shape (N, C, H, W), got {_shape(x.shape)}")
-    if weight.dim() != 4:
-        raise ValueError(f"{op}: weight must have shape (K, C/groups, R, S), got {_shape(weight.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: input must be a floating tensor, got {x.dtype}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{op}: weight must have input's dtype {x.dtype}, got {weight.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"{op}: weight is on {weight.device} but input is on {x.device}")
-    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
-        raise ValueError(f"{op}: stride, padding and dilation must have 2 elements each")
-    if min(stride) < 1:
-        raise ValueError(f"{op}: stride must be positive, got {list(stride)}")
-    if min(dilation) < 1:
-        raise ValueError(f"{op}: dilation must be positive, got {list(dilation)}")
-    if min(padding) < 0:
-        raise ValueError(f"{op}: padding must be non-negative, got {list(padding)}")
-    if groups < 1:
-        raise ValueError(f"{op}: groups must be positive, got {groups}")
-    check_geometry_range(op, x.shape, weight.shape, stride, padding, dilation)
-    c, k = x.shape[1], weight.shape[0]
-    if c % groups:
-        raise ValueError(f"{op}: groups={groups} must divide the input channels C={c}")
-    if k % groups:
-        raise ValueError(f"{op}: groups={groups} must divide the output channels K={k} (weight.size(0))")
-    if weight.shape[1] != c // groups:
-        raise ValueError(
-            f"{op}: weight must have shape ({k}, {c // groups}, R, S) for {c} input channels and "
-            f"groups={groups}, got {_shape(weight.shape)}"
-        )
-    if min(k, weight.shape[2], weight.shape[3]) <= 0:
-        raise ValueError(f"{op}: weight must be non-empty, got {_shape(weight.shape)}")
-    span = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(2)]
-    padded = [x.shape[2 + i] + 2 * padding[i] for i in range(2)]
-    if padded[0] < span[0] or padded[1] < span[1]:
-        raise ValueError(
-            f"{op}: output size would be <= 0: padded input {padded[0]}x{padded[1]} is smaller than the "
-            f"dilated kernel {span[0]}x{span[1]}"
-        )
-    p, q = (out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
-    return p, q
-
-
-def _check_bias(op: str, x: torch.Tensor, k: int, bias: torch.Tensor | None) -> None:
-    """csrc/fastops.h check_conv2d_bias."""
-    if bias is None:
-        return
-    if bias.dim() != 1 or bias.shape[0] != k:
-        raise ValueError(f"{op}: bias must have shape ({k},) (one per output channel), got {_shape(bias.shape)}")
-    if bias.dtype != x.dtype:
-        raise TypeError(f"{op}: bias must have input's dtype {x.dtype}, got {bias.dtype}")
-    if bias.device != x.device:
-        raise ValueError(f"{op}: bias is on {bias.device} but input is on {x.device}")
-
-
-def _check_grad_out(op: str, x: torch.Tensor, expected: list[int], grad_out: torch.Tensor) -> None:
-    """csrc/fastops.h check_conv2d_grad_out."""
-    if list(grad_out.shape) != expected:
-        raise ValueError(f"{op}: grad_out must have shape {_shape(expected)}, got {_shape(grad_out.shape)}")
-    if grad_out.dtype != x.dtype:
-        raise TypeError(f"{op}: grad_out must have input's dtype {x.dtype}, got {grad_out.dtype}")
-    if grad_out.device != x.device:
-        raise ValueError(f"{op}: grad_out is on {grad_out.device} but input is on {x.device}")
-
-
 def _geometry_args(x: torch.Tensor, weight: torch.Tensor, pq: tuple[int, int], st, pad, dil, groups) -> list:  # noqa: ANN001
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
@@ -361,9 +281,9 @@ def conv2d_fwd(
 ) -> torch.Tensor:
     """y (N, K, P, Q) = act(conv2d(x, weight) + bias), x's dtype, in memory_format(x, weight)."""
     op = "conv2d_fwd"
-    p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
+    p_out, q_out = check_op_args(op, x, weight, stride, padding, dilation, groups)
     k = weight.shape[0]
-    _check_bias(op, x, k, bias)
+    check_op_bias(op, x, k, bias)
     check_kernel_input(op, "conv2d", x, "input")
     out_format = memory_format(x, weight)
     x, weight = x.contiguous(), weight.contiguous()
@@ -408,10 +328,10 @@ def conv2d_bwd(
     """(grad_x, grad_weight in memory_format(x, weight), grad_bias); a masked-off output is an empty (0,)
     tensor."""
     op = "conv2d_bwd"
-    p_out, q_out = check_args(op, x, weight, stride, padding, dilation, groups)
+    p_out, q_out = check_op_args(op, x, weight, stride, padding, dilation, groups)
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
-    _check_grad_out(op, x, [n, k, p_out, q_out], grad_out)
+    check_op_grad_out(op, x, [n, k, p_out, q_out], grad_out)
     check_kernel_input(op, "conv2d", x, "input")
     out_format = memory_format(x, weight)
     x, weight, dy = x.contiguous(), weight.contiguous(), grad_out.contiguous()
@@ -455,4 +375,4 @@ def conv2d_bwd(
 
 # Autograd (double backward included), vmap and autocast of the ops above: the same registration as
 # the native ops', from the one place that knows both passes.
-_stem_ops.register(torch.ops.fastops_triton)
+contract.register(torch.ops.fastops_triton)

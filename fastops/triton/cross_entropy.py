@@ -55,7 +55,8 @@
 # label smoothing travels as a float32 pair (hi + lo) that float64 kernels add back to ~2^-48
 # relative error. Ignored rows get an exact 0 loss and gradient.
 #
-# Preconditions (check_args, the launchers): logits fp16/bf16/fp32/fp64 of shape (C,), (N, C) or
+# Preconditions (fastops.ops.cross_entropy.check_op_args, the launchers): logits fp16/bf16/fp32/fp64
+# of shape (C,), (N, C) or
 # (N, C, d1..dk), C >= 1, on a CUDA device (CPU under TRITON_INTERPRET=1); target int64 of the row
 # shape or float probabilities of logits' shape and dtype; weight (C,) in logits' dtype; 0 <= e <= 1;
 # grad_loss (row shape) and stats (2, *row shape) in the accumulation dtype; rows < 2^31 (grid limit). Inputs are
@@ -83,20 +84,20 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastops.ops import cross_entropy as _stem_ops
-from fastops.ops._cross_entropy_shapes import (
+from fastops.ops import cross_entropy as contract
+from fastops.ops.cross_entropy import (
     acc_dtype,
     bwd_fake,
     bwd_inplace_fake,
-    check_args,
-    check_bwd_args,
     check_class_indices,
+    check_op_args,
+    check_op_bwd_args,
     fwd_fake,
     stats_shape,
 )
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
-__all__ = ["check_args", "check_bwd_args", "cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_"]
+__all__ = ["cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_"]
 
 MAX_BLOCK_C = 4096
 
@@ -317,7 +318,7 @@ def _launch_fwd(
     block_c: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "cross_entropy_fwd"
-    g = check_args(op, logits, target, weight, label_smoothing)
+    g = check_op_args(op, logits, target, weight, label_smoothing)
     _check_triton_input(op, logits)
     acc = acc_dtype(logits.dtype)
     loss = new_output(g.row_shape, acc, logits.device)
@@ -325,7 +326,7 @@ def _launch_fwd(
     if g.rows == 0:
         return loss, stats
     if not g.probs:
-        check_class_indices(op, target, g.C, ignore_index)
+        check_class_indices(contract.OP, target, g.C, ignore_index)  # the C++ kernels' text
     logits, target = logits.contiguous(), target.contiguous()
     has_w = weight is not None
     w = weight.contiguous() if has_w else None  # None: a constexpr pointer the kernel never reads
@@ -348,17 +349,20 @@ def _launch_bwd(
     stats: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
-    out: torch.Tensor,
+    out: torch.Tensor | None = None,
     block_c: int | None = None,
-) -> None:
-    """Writes the gradient into out (contiguous, logits' shape and dtype; may be logits itself)."""
-    g = check_args(op, logits, target, weight, label_smoothing)
+) -> torch.Tensor:
+    """Writes the gradient into out (contiguous, logits' shape and dtype; may be logits itself; None:
+    a new tensor, made after the checks) and returns it."""
+    g = check_op_args(op, logits, target, weight, label_smoothing)
     _check_triton_input(op, logits)
-    check_bwd_args(op, g, logits, grad_loss, stats)
+    check_op_bwd_args(op, g, logits, grad_loss, stats)
+    if out is None:
+        out = new_output(logits.shape, logits.dtype, logits.device)
     if g.rows == 0:
-        return
+        return out
     if not g.probs:
-        check_class_indices(op, target, g.C, ignore_index)
+        check_class_indices(contract.OP, target, g.C, ignore_index)  # the C++ kernels' text
     logits, target = logits.contiguous(), target.contiguous()
     grad_loss, stats = grad_loss.contiguous(), stats.contiguous()
     has_w = weight is not None
@@ -371,6 +375,7 @@ def _launch_bwd(
         grad_loss, logits, target, w, wsum, stats, out, g.C, g.D, ignore_index, hi, lo,
         PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
     )  # fmt: skip
+    return out
 
 
 # ---- registered ops (schemas identical to csrc/registration.cpp) -------------------------------
@@ -411,11 +416,7 @@ def cross_entropy_bwd(
     label_smoothing: float,
 ) -> torch.Tensor:
     """d loss / d logits for the per-row upstream gradient grad_loss: logits' shape and dtype, contiguous."""
-    if not logits.is_floating_point():  # before the (NaN-poisoned) output is made in its dtype
-        raise TypeError(f"cross_entropy_bwd: logits must be a floating tensor, got {logits.dtype}")
-    out = new_output(logits.shape, logits.dtype, logits.device)
-    _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, out)
-    return out
+    return _launch_bwd("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing)
 
 
 @triton_library_op(
@@ -442,4 +443,4 @@ def cross_entropy_bwd_(
 
 # Autograd (double backward included), vmap and autocast of the ops above: the same registration as
 # the native ops', from the one place that knows both passes.
-_stem_ops.register(torch.ops.fastops_triton)
+contract.register(torch.ops.fastops_triton)

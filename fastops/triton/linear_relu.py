@@ -45,7 +45,7 @@
 # outputs pass their gradient on (torch's dx for x = [[nan, 1]], w = [[1, 1]] is [[1, 1]]); masked G
 # elements become exact zeros even when G holds NaN or inf there.
 #
-# Preconditions (shapes.check_args + _check_triton_input): x (*, K), weight (N, K), bias (N,), one
+# Preconditions (fastops.ops.linear_relu.check_op_args + _check_triton_input): x (*, K), weight (N, K), bias (N,), one
 # dtype, fp16/bf16/fp32/fp64 on a CUDA device, fp32/fp64 on CPU under TRITON_INTERPRET=1 (the
 # support table in fastops.ops.linear_relu; the raw ops refuse the rest). Any strides: x is
 # flattened with reshape (a copy only when its layout needs one), the others are read by stride.
@@ -68,8 +68,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from fastops.ops import linear_relu as _stem_ops
-from fastops.ops._linear_relu_shapes import bwd_fake, check_args, check_bwd_args, fwd_fake
+from fastops.ops import linear_relu as contract
+from fastops.ops.linear_relu import bwd_fake, check_op_args, check_op_bwd_args, fwd_fake
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
@@ -190,7 +190,7 @@ def _gemm(
 
 def _launch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     op = "linear_relu_fwd"
-    g = check_args(op, x, weight, bias)
+    g = check_op_args(op, x, weight, bias)
     _check_triton_input(op, x)
     a = x.reshape(g.M, g.K)
     out = new_output((g.M, g.N), x.dtype, x.device)
@@ -204,8 +204,8 @@ def _launch_bwd(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "linear_relu_bwd"
-    g = check_args(op, x, weight, None)
-    check_bwd_args(op, g, x, grad_out, out)
+    g = check_op_args(op, x, weight, None)
+    check_op_bwd_args(op, g, x, grad_out, out)
     _check_triton_input(op, x)
     a, go, c = x.reshape(g.M, g.K), grad_out.reshape(g.M, g.N), out.reshape(g.M, g.N)
     dx = new_output((g.M, g.K), x.dtype, x.device)
@@ -250,4 +250,4 @@ def linear_relu_bwd(
 
 # Autograd (double backward included), vmap and autocast of the ops above: the same registration as
 # the native ops', from the one place that knows both passes.
-_stem_ops.register(torch.ops.fastops_triton)
+contract.register(torch.ops.fastops_triton)

@@ -1,0 +1,82 @@
+"""What every op's argument contract (the ``check_*`` functions of ``fastops/ops/<stem>.py``) shares:
+the message formats of csrc/fastops.h, so a Python check and the C++ check of the same rule raise
+the same text, and the one-device check every fake kernel runs first.
+
+Formats. :func:`shape_str` is csrc/fastops.h's ``shape_str``: ``(2, 3)``, ``(3,)``, ``()``.
+:func:`dtype_str` is how c10 prints a ``ScalarType`` (``Float``, ``Double``, ``Long``, ``Half``...):
+a message that names a dtype reads the same from the C++ kernels and from the Triton and torch
+backends. :func:`num_str` is C++ ``operator<<`` of a double (``1``, ``-0.1``, ``nan``).
+
+Why the fake kernels need the device check. The ``Meta`` dispatch key outranks ``CPU`` (and ``CUDA``), so a raw
+op called with one ``meta`` tensor beside CPU tensors runs the fake kernel, not the C++ kernel whose
+checks would reject the mix: without this check the call returns uninitialised CPU memory shaped
+like the result (or, for an in-place op, silently writes nothing). Under ``FakeTensorMode``
+(torch.compile, export, ``opcheck``) every tensor reports the device of the real tensor it stands
+for, so a well-formed traced call passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+TensorArg = torch.Tensor | Sequence[torch.Tensor] | None
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_C10_NAMES = {
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+    torch.uint8: "Byte",
+    torch.int8: "Char",
+    torch.int16: "Short",
+    torch.int32: "Int",
+    torch.int64: "Long",
+    torch.bool: "Bool",
+}
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """``(2, 3)``, ``(3,)``, ``()``: csrc/fastops.h shape_str."""
+    return "(" + ", ".join(str(v) for v in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def dtype_str(dtype: torch.dtype) -> str:
+    """The dtype as c10 prints its ScalarType (``Float`` for torch.float32), as the C++ checks do."""
+    return _C10_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def num_str(value: float) -> str:
+    """A double as C++ ``operator<<`` prints it (6 significant digits, no trailing ``.0``)."""
+    return f"{value:g}"
+
+
+def _named_tensors(name: str, value: object) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for a tensor, ``(name[i], tensor)`` for each of a list's, nothing for None / non-tensors."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, t in enumerate(value):
+            if isinstance(t, torch.Tensor):
+                yield f"{name}[{i}]", t
+
+
+def check_same_device(op: str, **tensors: TensorArg) -> None:
+    """ValueError unless every tensor argument is on the first one's device.
+
+    Keyword arguments in the schema's order, each a tensor, a list of tensors or None (skipped);
+    the first tensor found is the reference. The message names both, e.g.
+    ``"cross_entropy_fwd: target is on meta but logits is on cpu"``.
+    """
+    first: tuple[str, torch.Tensor] | None = None
+    for name, value in tensors.items():
+        for arg, t in _named_tensors(name, value):
+            if first is None:
+                first = (arg, t)
+            elif t.device != first[1].device:
+                raise ValueError(f"{op}: {arg} is on {t.device} but {first[0]} is on {first[1].device}")
