@@ -11,15 +11,16 @@ PY := $(VENV)/bin/python
 # The CUDA build of torch, so the CUDA sources compile everywhere (no GPU needed to build).
 TORCH_SPEC ?= torch==2.14.1
 # torchvision must be the release built for that torch (0.29.1 <-> 2.14.1); scikit-learn carries the
-# digits data set of the training demo. Both only feed tests/test_swap.py and the demo.
-MODEL_DEPS ?= torchvision==0.29.1 scikit-learn
-DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools wheel
+# digits data set of the training demo; transformers builds the tiny causal LMs of tests/test_hf.py
+# from configs (no downloads). They feed tests/test_swap.py, tests/test_hf.py, the examples and the demo.
+MODEL_DEPS ?= torchvision==0.29.1 scikit-learn transformers==5.24.0
+DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools wheel rich pandas
 
 # nvcc's toolkit, the archs to build when no GPU is visible, and the CUDA switch for both builds.
 export CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 
-.PHONY: setup build test pytest ctest sanitize lint format bench bench-quick gpu-dry-run clean
+.PHONY: setup build test pytest ctest sanitize lint format bench bench-quick install-check gpu-dry-run clean
 
 setup: $(VENV)/.deps-installed
 
@@ -35,8 +36,8 @@ build: setup
 	$(PY) -c "import fastops, pprint; pprint.pprint(fastops.backends())"
 
 lint: setup
-	$(VENV)/bin/ruff check fastops tests bench
-	$(VENV)/bin/ruff format --check fastops tests bench
+	$(VENV)/bin/ruff check fastops tests bench buildsupport examples
+	$(VENV)/bin/ruff format --check fastops tests bench buildsupport examples
 
 pytest: build
 	$(PY) -m pytest -q
@@ -49,7 +50,7 @@ ctest: setup
 sanitize: setup
 	PYTHON=$(PY) bash scripts/sanitize.sh
 
-test: lint pytest ctest sanitize bench-quick gpu-dry-run
+test: lint pytest ctest sanitize bench-quick install-check gpu-dry-run
 
 # scripts/gpu_suite.sh --dry-run: the GPU first-light script walked on this machine (every stage's
 # command printed, setup.py's extension, GPU test collection, a CPU smoke of scripts/gpu_sanitize.py,
@@ -61,12 +62,18 @@ bench: build
 	$(PY) -m bench
 	$(PY) -m fastops.demo
 
+# A non-editable `pip install .` (build isolation, CPU-only build) into a fresh venv that reuses this
+# venv's packages, checked from a directory outside the repo: the torch pin in the wheel metadata, no
+# top-level `bench`, the console scripts, `python -m fastops.bench --quick` and the demo (scripts/install_check.sh).
+install-check: setup
+	PYTHON=$(PY) bash scripts/install_check.sh
+
 bench-quick: build
 	$(PY) -m bench --quick --out /tmp/fastops-bench-quick
 
 format: setup
-	$(VENV)/bin/ruff format fastops tests bench
-	$(VENV)/bin/ruff check --fix fastops tests bench
+	$(VENV)/bin/ruff format fastops tests bench buildsupport examples
+	$(VENV)/bin/ruff check --fix fastops tests bench buildsupport examples
 
 clean:
 	rm -rf build build-cmake *.egg-info fastops/_C*.so

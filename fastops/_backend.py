@@ -23,6 +23,7 @@ import warnings
 
 import torch
 
+from fastops import _build_check
 from fastops.triton import interpreting
 
 BACKENDS = ("native", "triton", "torch")
@@ -39,6 +40,9 @@ def _load_native() -> str | None:
     spec = importlib.util.find_spec("fastops._C")
     if spec is None or spec.origin is None:
         return "the extension fastops._C is not built; run `pip install --no-build-isolation -e .`"
+    mismatch = _build_check.torch_mismatch()
+    if mismatch is not None:
+        return mismatch
     try:
         torch.ops.load_library(spec.origin)
     except OSError as exc:

@@ -190,8 +190,8 @@ def assert_close_to_reference(
 # of test_swap, resnet18 and digits CNN of bench train_step} on AMD EPYC: errors up to 1.7e-6
 # (torch's 1.4e-6), and error - 2 x torch error at most 3.5e-7; worst error/allowed 0.15. 1e-5
 # leaves ~30x headroom for other CPUs' summation orders and still fails a 1e-3 error in one
-# tensor by ~90x (1e-4 by ~9x). It equals bench's TOL_FLOOR[float32], so this rule implies the
-# bench row's own verdict (2x eager's worst error + floor).
+# tensor by ~90x (1e-4 by ~9x). The bench's per-row floor for float32 is TOLERANCES' rtol (2e-5),
+# so a model that passes this rule also passes the bench row's verdict (2x eager's worst error + floor).
 MODEL_REL_FLOOR = {torch.float32: 1e-5}  # other dtypes: measure, then pass floor=
 # Largest |float64 distance from the tie| / rms(decision input) at which a float32 decision may
 # differ from float64's own: a flipped ReLU's pre-activation, or the gap between float64's max and

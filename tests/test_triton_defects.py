@@ -484,6 +484,8 @@ def _every_op_call(device: str) -> dict[str, Callable[[], object]]:
     logits, target = make_tensor((3, 7), torch.float32, device), torch.randint(0, 7, (3,), device=device)
     loss_grad, stats = torch.ones(3, device=device), torch.zeros(2, 3, device=device)
     p = make_tensor((9,), torch.float32, device)
+    lce_target, lce_stats = torch.randint(0, 4, (6,), device=device), torch.zeros(2, 6, device=device)
+    lce = (-100, 0.0, 0.0, 0.0, 1, 0)  # ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows
     return {
         "conv2d_fwd": lambda: OPS.conv2d_fwd(x, w, None, *conv, True),
         "conv2d_bwd": lambda: OPS.conv2d_bwd(torch.ones(2, 4, 5, 5, device=device), x, w, *conv, [True, True, True]),
@@ -494,6 +496,10 @@ def _every_op_call(device: str) -> dict[str, Callable[[], object]]:
         "cross_entropy_fwd": lambda: OPS.cross_entropy_fwd(logits, target, None, -100, 0.0),
         "cross_entropy_bwd": lambda: OPS.cross_entropy_bwd(loss_grad, logits, target, None, stats, -100, 0.0),
         "cross_entropy_bwd_": lambda: OPS.cross_entropy_bwd_(loss_grad, logits.clone(), target, None, stats, -100, 0.0),
+        "linear_cross_entropy_fwd": lambda: OPS.linear_cross_entropy_fwd(a, wl, None, lce_target, None, *lce, True),
+        "linear_cross_entropy_bwd": lambda: OPS.linear_cross_entropy_bwd(
+            torch.ones((), device=device), a, wl, None, lce_target, None, lce_stats, *lce
+        ),
         "adam_step_": lambda: OPS.adam_step_(
             [p],
             [torch.ones_like(p)],

@@ -19,6 +19,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "adam": (),
     "conv2d": ("Conv2d",),
     "cross_entropy": ("CrossEntropyLoss",),
+    "linear_cross_entropy": (),
     "linear_relu": ("Linear+ReLU",),
 }
 STEMS: tuple[str, ...] = tuple(OPS)
