@@ -359,6 +359,23 @@ def test_autocast_cpu_native():
     torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_raw_op_casts_gemm_operands_not_class_weight():
+    """The registered op under autocast: x / weight / bias in bfloat16 (the GEMMs), class_weight kept,
+    loss and stats float32, grads in the autocast dtype."""
+    x, w, b, t = _inputs(12, 8, 30, torch.float32)
+    cw = torch.rand(30) + 0.5
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats, gx, gw, gb = torch.ops.fastops.linear_cross_entropy_fwd(
+            x, w, b, t, cw, -100, 0.0, 0.0, 0.0, 1, 0, True
+        )
+    assert loss.dtype == stats.dtype == torch.float32
+    assert gx.dtype == gw.dtype == gb.dtype == torch.bfloat16
+    want = reference.linear_cross_entropy(
+        x.bfloat16().double(), w.bfloat16().double(), t, b.bfloat16().double(), weight_classes=cw.double()
+    )
+    torch.testing.assert_close(loss.double(), want, rtol=2e-2, atol=2e-2)
+
+
 def test_vmap_native():
     x, w, b, t = _inputs(0, 6, 19, torch.float64, lead=(3, 7))
     got = torch.vmap(lambda a, tt: FF.linear_cross_entropy(a, w, tt, b, backend="native"))(x, t)
