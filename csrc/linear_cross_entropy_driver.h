@@ -26,7 +26,11 @@
 // Memory: besides the outputs (loss, stats, grad_x, grad_weight, grad_bias) the sweep holds one
 // (R, V) compute-dtype chunk (plus one input-dtype chunk for float16 / bfloat16, and float32
 // accumulators for their grad_weight / grad_bias); eager holds (N, V) logits, their log-softmax and
-// its gradient.
+// its gradient. Measured on CPU float32, N = 4096, H = 1024 (forward + backward, beyond the returned
+// gradients, torch.profiler): V = 32000 31 MiB vs eager's 1359 MiB; V = 128256 125 MiB vs 5495 MiB.
+// Caveat for float16 / bfloat16: the float32 grad_weight accumulator is V H 4 bytes (2 GiB for
+// V = 128256, H = 4096), about a third of eager's (N, V) tensors at N = 8192: the accumulation
+// precision the interface asks for costs more than the chunks do.
 //
 // The row kernel is called as kernel(ChunkView<T>, RowParams<T>) on the chunk's device; every pointer
 // in the view lives there. Target values are checked (IndexError) before any GEMM runs.

@@ -420,6 +420,9 @@ def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
         x, weight, bias, target, class_weight, *config = inputs
         _, stats, gx, gw, gb = output
         ctx.mark_non_differentiable(stats, gx, gw, gb)
+        # No zero tensors for the outputs without gradients: materialising them would allocate (and
+        # fill) a second V x H grad_weight-sized buffer in every backward.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, bias, target, class_weight, stats)
         ctx.config = tuple(config[:-1])  # ignore_index .. chunk_rows
         ctx.has_bias = bias is not None
@@ -432,6 +435,8 @@ def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
     def backward(ctx, grad_loss: torch.Tensor, *_: Any):  # noqa: ANN001, ANN202
         x, weight, bias, target, class_weight, stats = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if grad_loss is None:
+            return (None,) * 12
         pre, ctx.precomputed = ctx.precomputed, None
         if pre is not None and not torch.is_grad_enabled():
             # A plain tensor is scaled in place: the forward's buffers become the returned gradients.
