@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.common import EAGER, Context, ErrorMeter, Row, Work
+from .common import EAGER, Context, ErrorMeter, Row, Work
 
 OP = "linear_cross_entropy"
 LEVEL = "op"

@@ -21,34 +21,31 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from fastops import _backend, reference
-from fastops.ops import _autograd
-from fastops.ops._devices import check_same_device
+from fastops.ops import _autograd, namespace
+from fastops.ops._contract import INT64_MAX, INT64_MIN, check_same_device, dtype_str, num_str, shape_str
 
 OP = "linear_cross_entropy"
 REDUCTIONS = ("none", "mean", "sum")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _backend.register_op(
     OP,
     native_schema="linear_cross_entropy_fwd",
     native={"cpu": _backend.ALL_FLOAT_DTYPES, "cuda": _backend.ALL_FLOAT_DTYPES},
-    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.FLOAT32_FLOAT64},
+    triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.ALL_FLOAT_DTYPES},
 )
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype of the kernels: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _shape(s: torch.Size | list[int]) -> str:
-    return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
 
 
 class Geometry(NamedTuple):
@@ -98,49 +95,49 @@ def check_op_args(
     if not INT64_MIN <= ii <= INT64_MAX:
         raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {ii}")
     if x.dim() != 2:
-        raise ValueError(f"{op}: x must have shape (N, H), got {_shape(x.shape)}")
+        raise ValueError(f"{op}: x must have shape (N, H), got {shape_str(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be a floating tensor, got {x.dtype}")
+        raise TypeError(f"{op}: x must be a floating tensor, got {dtype_str(x.dtype)}")
     if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
         raise ValueError(
-            f"{op}: weight must have shape (V, {x.shape[1]}) for x of shape {_shape(x.shape)}, "
-            f"got {_shape(weight.shape)}"
+            f"{op}: weight must have shape (V, {x.shape[1]}) for x of shape {shape_str(x.shape)}, "
+            f"got {shape_str(weight.shape)}"
         )
     if weight.dtype != x.dtype:
-        raise TypeError(f"{op}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
+        raise TypeError(f"{op}: weight must have x's dtype {dtype_str(x.dtype)}, got {dtype_str(weight.dtype)}")
     if weight.device != x.device:
         raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
     N, H, V = x.shape[0], x.shape[1], weight.shape[0]
     if V < 1:
-        raise ValueError(f"{op}: weight must have at least one class (row), got shape {_shape(weight.shape)}")
+        raise ValueError(f"{op}: weight must have at least one class (row), got shape {shape_str(weight.shape)}")
     if bias is not None:
         if bias.dim() != 1 or bias.shape[0] != V:
-            raise ValueError(f"{op}: bias must have shape ({V},), got {_shape(bias.shape)}")
+            raise ValueError(f"{op}: bias must have shape ({V},), got {shape_str(bias.shape)}")
         if bias.dtype != x.dtype:
-            raise TypeError(f"{op}: bias must have x's dtype {x.dtype}, got {bias.dtype}")
+            raise TypeError(f"{op}: bias must have x's dtype {dtype_str(x.dtype)}, got {dtype_str(bias.dtype)}")
         if bias.device != x.device:
             raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
     if target.dim() != 1 or target.shape[0] != N:
         raise ValueError(
-            f"{op}: target must have shape ({N},) for x of shape {_shape(x.shape)}, got {_shape(target.shape)}"
+            f"{op}: target must have shape ({N},) for x of shape {shape_str(x.shape)}, got {shape_str(target.shape)}"
         )
     if target.dtype != torch.int64:
-        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
+        raise TypeError(f"{op}: target must be int64 class indices, got {dtype_str(target.dtype)}")
     if target.device != x.device:
         raise ValueError(f"{op}: target is on {target.device} but x is on {x.device}")
     if class_weight is not None:
         if class_weight.dim() != 1 or class_weight.shape[0] != V:
-            raise ValueError(f"{op}: class_weight must have shape ({V},), got {_shape(class_weight.shape)}")
+            raise ValueError(f"{op}: class_weight must have shape ({V},), got {shape_str(class_weight.shape)}")
         if not class_weight.is_floating_point():
-            raise TypeError(f"{op}: class_weight must be floating, got {class_weight.dtype}")
+            raise TypeError(f"{op}: class_weight must be floating, got {dtype_str(class_weight.dtype)}")
         if class_weight.device != x.device:
             raise ValueError(f"{op}: class_weight is on {class_weight.device} but x is on {x.device}")
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+        raise ValueError(f"{op}: label_smoothing must be between 0.0 and 1.0, got {num_str(label_smoothing)}")
     if not (softcap >= 0.0 and math.isfinite(softcap)):
-        raise ValueError(f"{op}: softcap must be >= 0 and finite, got {softcap}")
+        raise ValueError(f"{op}: softcap must be >= 0 and finite, got {num_str(softcap)}")
     if not (z_loss >= 0.0 and math.isfinite(z_loss)):
-        raise ValueError(f"{op}: z_loss must be >= 0 and finite, got {z_loss}")
+        raise ValueError(f"{op}: z_loss must be >= 0 and finite, got {num_str(z_loss)}")
     if reduction not in (0, 1, 2):
         raise ValueError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
     if chunk_rows < 0:
@@ -241,13 +238,7 @@ else:
     _HAS_NATIVE_SCHEMA = False
 
 
-def ops(backend: str):  # noqa: ANN201 - a torch.ops namespace
-    """The namespace holding ``backend``'s linear_cross_entropy ops (importing the Triton module registers them)."""
-    if backend == "native":
-        return torch.ops.fastops
-    import fastops.triton.linear_cross_entropy  # noqa: F401  (registers torch.ops.fastops_triton.*)
-
-    return torch.ops.fastops_triton
+ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of backend's linear_cross_entropy ops
 
 
 # ---- compositions (torch ops; torch.func and double backward differentiate these) -----------------
@@ -479,6 +470,32 @@ def _register_autocast(op: torch._ops.OpOverloadPacket) -> None:
         _autograd._impl(overload, kernel, key)
 
 
+def opcheck_examples(ns, device: str, backend: str) -> Iterator[tuple[object, tuple, dict]]:  # noqa: ANN001
+    """``(op, args, kwargs)``: small valid calls of ``ns``'s linear_cross_entropy ops for
+    ``torch.library.opcheck``, float32: with and without bias and class weights, every reduction, with
+    and without the forward's gradients, smoothing, softcap and z-loss on, ragged 4-row chunks and an
+    empty batch."""
+    from fastops.testing import make_tensor
+
+    for n, with_bias, with_class_weight, reduction, grad in (
+        (9, True, True, 1, True),
+        (8, False, False, 0, False),
+        (0, True, False, 2, True),
+    ):
+        x = make_tensor((n, 6), torch.float32, device)
+        weight = make_tensor((11, 6), torch.float32, device, scale=6**-0.5)
+        bias = make_tensor((11,), torch.float32, device) if with_bias else None
+        target = torch.randint(0, 11, (n,), device=device)
+        target[torch.rand(n, device=device) < 0.2] = -100  # some ignored rows
+        class_weight = torch.rand(11, device=device) if with_class_weight else None
+        config = (-100, 0.1, 2.0, 0.01, reduction, 4)  # ignore_index, smoothing, softcap, z_loss, reduction, rows
+        args = (x, weight, bias, target, class_weight, *config)
+        yield ns.linear_cross_entropy_fwd, (*args, grad), {}
+        loss, stats, *_ = ns.linear_cross_entropy_fwd(*args, grad)
+        grad_loss = torch.rand_like(loss)
+        yield ns.linear_cross_entropy_bwd, (grad_loss, x, weight, bias, target, class_weight, stats, *config), {}
+
+
 if _HAS_NATIVE_SCHEMA:
     register(torch.ops.fastops)
 
@@ -514,16 +531,16 @@ def prepare(
     if target.is_floating_point():
         raise ValueError(
             f"{OP}: target must hold class indices (int64); probability targets are not supported "
-            f"(they would be an (N, V) tensor), got {target.dtype}"
+            f"(they would be an (N, V) tensor), got {dtype_str(target.dtype)}"
         )
     if target.dtype == torch.uint8:
         target = target.long()
     if list(target.shape) != list(input.shape[:-1]):
         raise ValueError(
-            f"{OP}: target must have input's leading shape {_shape(input.shape[:-1])}, got {_shape(target.shape)}"
+            f"{OP}: target must have input's leading shape {shape_str(input.shape[:-1])}, got {shape_str(target.shape)}"
         )
     if softcap is not None and not softcap > 0:
-        raise ValueError(f"{OP}: softcap must be > 0 when given, got {softcap}")
+        raise ValueError(f"{OP}: softcap must be > 0 when given, got {softcap!r}")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"{OP}: chunk_rows must be a positive int or None, got {chunk_rows!r}")
     x = input.reshape(-1, input.shape[-1])
