@@ -342,7 +342,7 @@ struct LinearCrossEntropyGeometry {
 };
 
 // The one argument contract of linear_cross_entropy_fwd / _bwd (fastops/ops/linear_cross_entropy.py check_op_args
-// mirrors it message for message). Target values are checked by the kernels (IndexError).
+// mirrors it message for message). Target values are checked by the chunk driver (IndexError).
 inline LinearCrossEntropyGeometry check_linear_cross_entropy_args(
     const char* op, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& class_weight, double label_smoothing, double softcap,
