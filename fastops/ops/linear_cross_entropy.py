@@ -58,13 +58,14 @@ class Geometry(NamedTuple):
 
 def chunk_rows_for(N: int, H: int, V: int, chunk_rows: int = 0) -> int:
     """Rows per chunk (csrc/fastops.h linear_cross_entropy_chunk_rows): ``chunk_rows`` when > 0, else
-    about max(N H, V H) / 4 logits per chunk, at most the (N, V) logits / 8, at least min(N, 64) rows,
+    about max(N H, V H) / 2 logits per chunk (bigger chunks amortise the GEMMs' packing of the
+    weight: see csrc/fastops.h), at most the (N, V) logits / 8, at least min(N, 64) rows,
     a multiple of 8 where possible."""
     if N == 0:
         return 1
     if chunk_rows > 0:
         return min(chunk_rows, N)
-    rows = max(N * H, V * H) // 4 // max(V, 1)
+    rows = max(N * H, V * H) // 2 // max(V, 1)
     rows = min(rows, (N + 7) // 8)
     rows = max(rows, min(N, 64))
     if rows >= 8:
