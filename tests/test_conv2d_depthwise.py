@@ -35,6 +35,8 @@ CASES = [
     ((2, 8, 9, 12), (4, 4, 3, 3), 2, 1, 1, 2, False, True),  # 4 in, 2 out per group
     ((3, 8, 11, 9), (12, 2, 3, 3), (1, 2), (1, 2), (1, 2), 4, True, False),  # 2 in, 3 out per group
     ((1, 16, 33, 35), (16, 1, 3, 3), 1, 1, 1, 16, True, False),  # rows in blocks of 8 + 1, 3 vectors wide
+    ((2, 3, 28, 41), (3, 1, 3, 3), 2, 1, 1, 3, True, False),  # stride 2, 2 vectors a step + masked; odd 1st column
+    ((2, 3, 30, 36), (3, 1, 3, 3), 2, (1, 2), 1, 3, False, False),  # the same from an even grid column
 ]
 
 

@@ -59,6 +59,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/reduced_float.h"
@@ -84,6 +85,47 @@ struct GridShape {
   int64_t at(int64_t h, int64_t j) const { return h * row_stride() + (j % phases) * phase_len + j / phases; }
 };
 
+// dst[0, n) = src[0, n) widened: inline vector copies (rows are short: a memcpy call per 16-float
+// row cost more than the copy).
+template <typename S, typename T>
+inline void copy_row(const S* src, T* dst, int64_t n) {
+  if constexpr (std::is_same_v<S, T>) {
+    using V = Vectorized<T>;
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) V::loadu(src + i).store(dst + i);
+    if (i < n) V::loadu(src + i, n - i).store(dst + i, n - i);
+  } else {
+    convert_n(src, dst, n);
+  }
+}
+
+// Stride 2: grid columns j = ow + w, w in [w0, w1), to phase j % 2 at index j / 2 (phase 1 starts
+// phase_len after phase 0), 2 vectors split into even / odd lanes per step (the scalar loop was
+// most of a stride-2 forward: 28 x 28 images, 9 taps on 14 x 14 outputs).
+template <typename T>
+inline void place_two_phases(const T* s, int64_t w0, int64_t w1, int64_t ow, int64_t phase_len, T* row) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  int64_t w = w0;
+  const auto one = [&](int64_t i) { row[((ow + i) & 1) * phase_len + (ow + i) / 2] = s[i]; };
+  if (w < w1 && ((ow + w) & 1)) one(w++);
+  T* even = row + (ow + w) / 2;  // s[w + 2 i] -> even[i], s[w + 2 i + 1] -> odd[i]
+  T* odd = even + phase_len;
+  for (; w + 2 * L <= w1; w += 2 * L, even += L, odd += L) {
+    const auto [e, o] = at::vec::deinterleave2(V::loadu(s + w), V::loadu(s + w + L));
+    e.store(even);
+    o.store(odd);
+  }
+  const int64_t n = w1 - w;  // < 2 L left: masked loads and stores (a 28-wide row is all tail)
+  if (n > 0) {
+    const V lo = V::loadu(s + w, std::min(n, L));
+    const V hi = n > L ? V::loadu(s + w + L, n - L) : V(T(0));
+    const auto [e, o] = at::vec::deinterleave2(lo, hi);
+    e.store(even, (n + 1) / 2);
+    if (n > 1) o.store(odd, n / 2);
+  }
+}
+
 // Plane `dst` of the grid <- src (Hsrc x Wsrc) with element (h, w) at grid (oh + h step_h, ow + w
 // step_w), cropped to the grid. Either step_w or phases is 1 (dgrad spreads, the forward phases).
 template <typename S, typename T>
@@ -99,14 +141,17 @@ void place(const GridShape& gs, const S* src, int64_t Hsrc, int64_t Wsrc, int64_
     const S* s = src + h * Wsrc;
     T* row = dst + gh * gs.row_stride();
     if (gs.phases == 1 && step_w == 1) {
-      convert_n(s + w0, row + ow + w0, w1 - w0);
+      copy_row(s + w0, row + ow + w0, w1 - w0);
     } else if (gs.phases == 1) {
       for (int64_t w = w0; w < w1; ++w) row[ow + w * step_w] = static_cast<T>(s[w]);
+    } else if (gs.phases == 2 && std::is_same_v<S, T>) {
+      if constexpr (std::is_same_v<S, T>) place_two_phases(s, w0, w1, ow, gs.phase_len, row);
     } else {
-      int64_t j = ow + w0, phase = j % gs.phases, idx = j / gs.phases;
-      for (int64_t w = w0; w < w1; ++w) {
-        row[phase * gs.phase_len + idx] = static_cast<T>(s[w]);
-        if (++phase == gs.phases) phase = 0, ++idx;
+      // Phase ph holds the grid columns j = ow + w with j % phases == ph, at index j / phases.
+      for (int64_t ph = 0; ph < gs.phases; ++ph) {
+        int64_t w = w0 + ((ph - (ow + w0)) % gs.phases + gs.phases) % gs.phases;
+        T* dst = row + ph * gs.phase_len + (ow + w) / gs.phases;
+        for (; w < w1; w += gs.phases) *dst++ = static_cast<T>(s[w]);
       }
     }
   }
@@ -142,11 +187,21 @@ void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off,
     for (; p + 8 <= P; p += 8) {
       gather_rows<S, 8>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
     }
-    for (; p + 4 <= P; p += 4) {
-      gather_rows<S, 4>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
-    }
-    for (; p < P; ++p) {
-      gather_rows<S, 1>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
+    // The last 1-7 rows in one block: a lone row's taps form one dependent FMA chain (4 cycles
+    // each), which made 7x7 / 14-row planes (8 + 4 + 1 + 1 rows) twice as slow.
+    const auto rows = [&](auto nr) {
+      gather_rows<S, decltype(nr)::value>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu,
+                                          out + p * Q + q0, Q, n);
+    };
+    switch (P - p) {
+      case 7: rows(std::integral_constant<int, 7>{}); break;
+      case 6: rows(std::integral_constant<int, 6>{}); break;
+      case 5: rows(std::integral_constant<int, 5>{}); break;
+      case 4: rows(std::integral_constant<int, 4>{}); break;
+      case 3: rows(std::integral_constant<int, 3>{}); break;
+      case 2: rows(std::integral_constant<int, 2>{}); break;
+      case 1: rows(std::integral_constant<int, 1>{}); break;
+      default: break;
     }
   }
 }
