@@ -21,7 +21,9 @@
 //   dgrad: dy placed at ((R-1) dh - ph + p sh, (S-1) dw - pw + q sw) on a grid of H + (R-1) dh rows of
 //     W + (S-1) dw columns (zeros between the samples of a strided dy, cropped where padding exceeds
 //     the kernel's reach), read with the flipped taps (R-1-r, S-1-s): dgrad is then a stride-1
-//     forward of that grid, summed over the Kg dy planes of the group.
+//     forward of that grid, summed over the Kg dy planes of the group. With sh > 1, dx's rows are
+//     taken in classes h = cls (mod sh), each reading only the kernel rows that meet dy's rows (the
+//     zero rows between them are skipped; the zero columns are not: a vector spans both parities).
 // Each phase row carries one vector of zero slack, so the last vector of a row may read past Q (the
 // extra lanes are computed and never stored). The grid's border is written zero once per thread and
 // every image placed in it overwrites the same interior, so it stays zero.
@@ -230,11 +232,12 @@ struct TapRuns {
   bool contiguous_rows = false;
 };
 
-// One output plane (P x Q, contiguous) from the grid image at src: output row p starts at
+// One output plane (P rows of Q, ld apart) from the grid image at src: output row p starts at
 // src + p row_step, tap t at off[t] from there.
 template <typename S>
 void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off, const compute_t<S>* wt,
-                  int64_t ntaps, compute_t<S> bias, bool relu, S* out, int64_t P, int64_t Q, const TapRuns& runs) {
+                  int64_t ntaps, compute_t<S> bias, bool relu, S* out, int64_t P, int64_t Q, const TapRuns& runs,
+                  int64_t ld) {
   constexpr int64_t L = Vectorized<compute_t<S>>::size();
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<compute_t<S>, float>) {
@@ -249,7 +252,7 @@ void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off,
         int64_t p = 0;
         const auto rows = [&](auto nr) {
           gather_rows_shift<S, decltype(nr)::value>(src + p * row_step + q0, row_step, off, wt, ntaps, runs.width,
-                                                    idx, bias, relu, out + p * Q + q0, Q, n);
+                                                    idx, bias, relu, out + p * ld + q0, ld, n);
         };
         for (; p + 8 <= P; p += 8) rows(std::integral_constant<int, 8>{});
         switch (P - p) {
@@ -271,13 +274,13 @@ void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off,
     const int64_t n = std::min(L, Q - q0);
     int64_t p = 0;
     for (; p + 8 <= P; p += 8) {
-      gather_rows<S, 8>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * Q + q0, Q, n);
+      gather_rows<S, 8>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu, out + p * ld + q0, ld, n);
     }
     // The last 1-7 rows in one block: a lone row's taps form one dependent FMA chain (4 cycles
     // each), which made 7x7 / 14-row planes (8 + 4 + 1 + 1 rows) twice as slow.
     const auto rows = [&](auto nr) {
       gather_rows<S, decltype(nr)::value>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu,
-                                          out + p * Q + q0, Q, n);
+                                          out + p * ld + q0, ld, n);
     };
     switch (P - p) {
       case 7: rows(std::integral_constant<int, 7>{}); break;
@@ -408,7 +411,7 @@ void fwd_impl(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w,
       }
       for (int64_t k = gi * g.Kg; k < (gi + 1) * g.Kg; ++k) {
         gather_plane<S>(grid.data(), g.sh * gs.row_stride(), off.data(), wt.data() + k * ntaps, ntaps, bt[k], relu,
-                        yp + (n * g.K + k) * PQ, g.P, g.Q, runs);
+                        yp + (n * g.K + k) * PQ, g.P, g.Q, runs, g.Q);
       }
     }
   });
@@ -433,6 +436,13 @@ void bwd_impl(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x
   const int64_t dtaps = g.Kg * RS;
   std::vector<int64_t> doff(static_cast<size_t>(dtaps));
   std::vector<T> wd;
+  struct DgradClass {
+    int64_t ntaps = 0;
+    std::vector<int64_t> off;
+    std::vector<T> wt;  // [input channel][tap]
+  };
+  std::vector<DgradClass> classes(static_cast<size_t>(g.sh));
+  const int64_t oh = (g.R - 1) * g.dh - g.ph, ow = (g.S - 1) * g.dw - g.pw;
   if (dx) {
     for (int64_t m = 0; m < g.Kg; ++m) {
       for (int64_t r = 0; r < g.R; ++r) {
@@ -450,8 +460,26 @@ void bwd_impl(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x
         }
       }
     }
+    // Row classes h = cls (mod sh): grid row h + r' dh holds dy only when h + r' dh - oh is a multiple
+    // of sh, the same r' for the whole class, so each class reads only its kernel rows (whole runs
+    // of S taps): a strided dgrad skips the zero rows between dy's rows (half the taps at stride 2).
+    for (int64_t cls = 0; cls < g.sh; ++cls) {
+      std::vector<int64_t> sel;
+      for (int64_t m = 0; m < g.Kg; ++m) {
+        for (int64_t r = 0; r < g.R; ++r) {
+          if (((cls + r * g.dh - oh) % g.sh + g.sh) % g.sh != 0) continue;
+          for (int64_t s = 0; s < g.S; ++s) sel.push_back((m * g.R + r) * g.S + s);
+        }
+      }
+      DgradClass& dc = classes[cls];
+      dc.ntaps = static_cast<int64_t>(sel.size());
+      for (int64_t t : sel) dc.off.push_back(doff[t]);
+      dc.wt.resize(static_cast<size_t>(g.C * dc.ntaps));
+      for (int64_t ci = 0; ci < g.C; ++ci) {
+        for (int64_t j = 0; j < dc.ntaps; ++j) dc.wt[ci * dc.ntaps + j] = wd[ci * dtaps + sel[j]];
+      }
+    }
   }
-  const int64_t oh = (g.R - 1) * g.dh - g.ph, ow = (g.S - 1) * g.dw - g.pw;
   const TapRuns druns{g.S, g.dw, true}, xruns{g.S, g.dw, xs.phases == 1};
   S* dxp = dx ? dx->mutable_data_ptr<S>() : nullptr;
   S* dwp = dw ? dw->mutable_data_ptr<S>() : nullptr;
@@ -472,8 +500,13 @@ void bwd_impl(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x
             place(ds, dyg + m * PQ, g.P, g.Q, oh, ow, g.sh, g.sw, dgrid.data() + m * ds.plane());
           }
           for (int64_t c = 0; c < g.Cg; ++c) {
-            gather_plane<S>(dgrid.data(), ds.row_stride(), doff.data(), wd.data() + (gi * g.Cg + c) * dtaps, dtaps,
-                            T(0), false, dxp + (n * g.C + gi * g.Cg + c) * HW, g.H, g.W, druns);
+            for (int64_t cls = 0; cls < std::min(g.sh, g.H); ++cls) {
+              const DgradClass& dc = classes[cls];
+              gather_plane<S>(dgrid.data() + cls * ds.row_stride(), g.sh * ds.row_stride(), dc.off.data(),
+                              dc.wt.data() + (gi * g.Cg + c) * dc.ntaps, dc.ntaps, T(0), false,
+                              dxp + (n * g.C + gi * g.Cg + c) * HW + cls * g.W, (g.H - cls + g.sh - 1) / g.sh, g.W,
+                              druns, g.sh * g.W);
+            }
           }
         }
         if (dw) {
