@@ -327,11 +327,15 @@ inline void wgrad_taps(const T* src, int64_t row_step, const int64_t* off, const
 // vector of dy, two x loads and one lane permute per tap (as gather_rows_shift) instead of a load
 // per tap. Lanes past Q are zeroed in both factors (maskz), so an inf beyond the row never meets
 // dy's zero lanes.
-template <int SW>
-inline void wgrad_run_shift(const float* src, int64_t row_step, const float* dy, int64_t P, int64_t Q,
-                            const __m512i* idx, Vectorized<float>* acc) {
-  __m512 a[SW];
-  for (int j = 0; j < SW; ++j) a[j] = acc[j];
+// NRUN runs at once (run k starts at src + off[k SW]; accumulators acc[k SW + j]): 3x3 kept 3
+// accumulators, each one dependent FMA per dy vector (latency-bound); 3 runs give 9 chains.
+template <int SW, int NRUN>
+inline void wgrad_run_shift(const float* src, const int64_t* off, int64_t row_step, const float* dy, int64_t P,
+                            int64_t Q, const __m512i* idx, Vectorized<float>* acc) {
+  __m512 a[NRUN][SW];
+  for (int k = 0; k < NRUN; ++k) {
+    for (int j = 0; j < SW; ++j) a[k][j] = acc[k * SW + j];
+  }
   for (int64_t p = 0; p < P; ++p) {
     const float* base = src + p * row_step;
     const float* d = dy + p * Q;
@@ -339,11 +343,18 @@ inline void wgrad_run_shift(const float* src, int64_t row_step, const float* dy,
       const int64_t n = std::min<int64_t>(16, Q - q0);
       const __mmask16 m = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
       const __m512 dv = _mm512_maskz_loadu_ps(m, d + q0);
-      const __m512 lo = _mm512_loadu_ps(base + q0), hi = _mm512_loadu_ps(base + q0 + 16);
-      for (int j = 0; j < SW; ++j) a[j] = _mm512_fmadd_ps(dv, _mm512_maskz_permutex2var_ps(m, lo, idx[j], hi), a[j]);
+      for (int k = 0; k < NRUN; ++k) {
+        const float* b = base + off[k * SW] + q0;
+        const __m512 lo = _mm512_loadu_ps(b), hi = _mm512_loadu_ps(b + 16);
+        for (int j = 0; j < SW; ++j) {
+          a[k][j] = _mm512_fmadd_ps(dv, _mm512_maskz_permutex2var_ps(m, lo, idx[j], hi), a[k][j]);
+        }
+      }
     }
   }
-  for (int j = 0; j < SW; ++j) acc[j] = a[j];
+  for (int k = 0; k < NRUN; ++k) {
+    for (int j = 0; j < SW; ++j) acc[k * SW + j] = a[k][j];
+  }
 }
 #endif
 
@@ -359,10 +370,16 @@ void wgrad_plane(const T* src, int64_t row_step, const int64_t* off, int64_t nta
         idx[s] = _mm512_add_epi32(_mm512_set1_epi32(int(s * runs.dw)),
                                   _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
       }
-      for (int64_t t = 0; t < ntaps; t += w) {
-        if (w == 3) wgrad_run_shift<3>(src + off[t], row_step, dy, P, Q, idx, acc + t);
-        if (w == 5) wgrad_run_shift<5>(src + off[t], row_step, dy, P, Q, idx, acc + t);
-        if (w == 7) wgrad_run_shift<7>(src + off[t], row_step, dy, P, Q, idx, acc + t);
+      int64_t t = 0;
+      if (w == 3) {
+        for (; t + 9 <= ntaps; t += 9) wgrad_run_shift<3, 3>(src, off + t, row_step, dy, P, Q, idx, acc + t);
+      } else if (w == 5) {
+        for (; t + 10 <= ntaps; t += 10) wgrad_run_shift<5, 2>(src, off + t, row_step, dy, P, Q, idx, acc + t);
+      }
+      for (; t < ntaps; t += w) {
+        if (w == 3) wgrad_run_shift<3, 1>(src, off + t, row_step, dy, P, Q, idx, acc + t);
+        if (w == 5) wgrad_run_shift<5, 1>(src, off + t, row_step, dy, P, Q, idx, acc + t);
+        if (w == 7) wgrad_run_shift<7, 1>(src, off + t, row_step, dy, P, Q, idx, acc + t);
       }
       return;
     }
