@@ -35,6 +35,8 @@ CASES = [
     ((2, 8, 9, 12), (4, 4, 3, 3), 2, 1, 1, 2, False, True),  # 4 in, 2 out per group
     ((3, 8, 11, 9), (12, 2, 3, 3), (1, 2), (1, 2), (1, 2), 4, True, False),  # 2 in, 3 out per group
     ((1, 16, 33, 35), (16, 1, 3, 3), 1, 1, 1, 16, True, False),  # rows in blocks of 8 + 1, 3 vectors wide
+    ((2, 3, 28, 41), (3, 1, 3, 3), 2, 1, 1, 3, True, False),  # stride 2, 2 vectors a step + masked; odd 1st column
+    ((2, 3, 30, 36), (3, 1, 3, 3), 2, (1, 2), 1, 3, False, False),  # the same from an even grid column
 ]
 
 
@@ -133,14 +135,19 @@ def test_gradcheck_float64():
             assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("padding", [0, 2])
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_nonfinite_inputs(dtype):
+def test_nonfinite_inputs(dtype, stride, padding):
     # The kernel's dgrad multiplies the zero border it puts around dy by w, so a non-finite weight's
-    # dgrad must take the GEMM path; wgrad's tail vectors must not multiply a padded dy lane by an
-    # inf x beyond the row. inf / NaN exactly where the float64 reference has them.
-    case = ((2, 4, 9, 7), (8, 1, 3, 3), 2, 2, 1, 4, True, False)  # multiplier 2, padding 2
+    # dgrad must take the GEMM path; wgrad's tail vectors must not multiply a zero dy lane by an inf
+    # x the output does not use (unpadded: x's last columns are only in the last taps' windows, yet
+    # the first taps' vector lanes past Q reach them). inf / NaN exactly where the float64
+    # reference has them. Multiplier 2; stride 1 runs the AVX-512 shifted-window kernels, 2 the
+    # phase split.
+    case = ((2, 4, 9, 19), (8, 1, 3, 3), stride, padding, 1, 4, True, False)
     seed = int(torch.randint(0, 2**31, ()).item())
-    for where, index in (("x", (0, 1, 4, 0)), ("x", (1, 3, 8, 6)), ("w", (0, 0, 0, 0)), ("w", (5, 0, 2, 1))):
+    for where, index in (("x", (0, 1, 4, 0)), ("x", (1, 3, 8, 18)), ("w", (0, 0, 0, 0)), ("w", (5, 0, 2, 1))):
         x, w, b, kw = _make(case, dtype)
         (x if where == "x" else w)[index] = float("inf")
         out, grads = _run(lambda *a, **k: FF.conv2d(*a, backend="native", **k), x, w, b, kw, seed)
