@@ -12,6 +12,10 @@
 //   y[n, g] (Kg x PQ) = W_g (Kg x CRS) col;  col' = W_g^T dy[n, g], dx[n, g] = col2im(col');
 //   dW_g += dy[n, g] col^T.
 // FLOPs: 2 N K P Q Cg R S per pass (forward, dgrad, wgrad each).
+// Depthwise convs (groups == C >= 2) and groups of at most 4 input and 4 output channels do not come
+// here: their GEMMs would be a few rows deep, so conv2d_fwd_cpu / conv2d_bwd_cpu hand them to the
+// direct row kernels of conv2d_depthwise.cpp (conv2d_direct_grouped_applies). Everything below is the
+// GEMM route (conv2d_bwd_general for the backward).
 //
 // Decomposition. Samples are split over threads (at::parallel_for over contiguous chunks of n); a
 // thread owns its samples' y / dx slabs, so col2im's scatter-add needs no atomics, and owns one
