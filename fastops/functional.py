@@ -238,7 +238,7 @@ def linear_cross_entropy(
     if name is None:
         name = _backend.resolve(_lce.OP, backend, x.device.type, x.dtype)
     if name == "torch" or needs_extra_grads:
-        _lce.check_target_range(_lce.OP, t, weight.shape[0], ignore_index)
+        _lce.check_target_range(_lce.FWD, t, weight.shape[0], ignore_index)  # the kernels' text
         acc = _lce.acc_dtype(x.dtype)
         loss = reference.linear_cross_entropy(
             input.to(acc),
