@@ -6,6 +6,8 @@ Every function takes the torch arguments of the op it replaces, plus a keyword-o
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.nn import _reduction
 
@@ -57,11 +59,15 @@ def cross_entropy(
         reduction = _reduction.legacy_get_string(size_average, reduce)
     if isinstance(input, torch.Tensor):  # torch's policy: cross-entropy runs in float32 under autocast
         input, target, weight = _autocast(input.device.type, True, input, target, weight)
-    input, target, weight = _ce.check_args(input, target, weight, reduction, label_smoothing, ignore_index)
-    name = _backend.resolve(_ce.OP, backend, input.device.type, input.dtype)
+    input, target, weight = _ce.normalize_args(input, target, weight, reduction, ignore_index)
+    name = _kernel_backend(_ce.OP, backend, input.device.type, input.dtype)
     needs_extra_grads = torch.is_grad_enabled() and (
         target.requires_grad or (weight is not None and weight.requires_grad)
     )
+    if name is None or needs_extra_grads:  # no registered op will check them
+        _ce.check_call(input, target, weight, label_smoothing)
+    if name is None:
+        name = _backend.resolve(_ce.OP, backend, input.device.type, input.dtype)
     if name == "torch" or needs_extra_grads:
         _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
         return reference.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
@@ -117,7 +123,10 @@ def conv2d(
     x, st, pad, dil, unbatched = _conv.normalize_args(
         input, weight, bias, stride, padding, dilation, groups, activation
     )
-    name = _backend.resolve(_conv.OP, backend, x.device.type, x.dtype)
+    name = _kernel_backend(_conv.OP, backend, x.device.type, x.dtype)
+    if name is None:  # no registered op will check them
+        _conv.check_call(x, weight, bias, st, pad, dil, groups)
+        name = _backend.resolve(_conv.OP, backend, x.device.type, x.dtype)
     if name == "torch":
         out = reference.conv2d(x, weight, bias, st, pad, dil, groups, activation)
         if _conv.is_channels_last(x) or _conv.is_channels_last(weight):
@@ -153,8 +162,11 @@ def linear_relu(
     """
     if isinstance(x, torch.Tensor):  # torch's policy: linear runs in the autocast dtype
         x, weight, bias = _autocast(x.device.type, False, x, weight, bias)
-    _lr.check_args(x, weight, bias)
-    name = _backend.resolve(_lr.OP, backend, x.device.type, x.dtype)
+    _lr.check_types(x, weight, bias)
+    name = _kernel_backend(_lr.OP, backend, x.device.type, x.dtype)
+    if name is None:  # no registered op will check them
+        _lr.check_call(x, weight, bias)
+        name = _backend.resolve(_lr.OP, backend, x.device.type, x.dtype)
     if name == "torch":
         return reference.linear_relu(x, weight, bias)
     return _lr.ops(name).linear_relu_fwd(x, weight, bias)
@@ -219,10 +231,14 @@ def linear_cross_entropy(
         chunk_rows,
     )
     out_dtype = out_dtype or input.dtype
-    name = _backend.resolve(_lce.OP, backend, x.device.type, x.dtype)
+    name = _kernel_backend(_lce.OP, backend, x.device.type, x.dtype)
     needs_extra_grads = torch.is_grad_enabled() and weight_classes is not None and weight_classes.requires_grad
+    if name is None or needs_extra_grads:  # no registered op will check them
+        _lce.check_call(x, weight, bias, t, weight_classes, *args)
+    if name is None:
+        name = _backend.resolve(_lce.OP, backend, x.device.type, x.dtype)
     if name == "torch" or needs_extra_grads:
-        _lce.check_target_range(_lce.OP, t, weight.shape[0], ignore_index)
+        _lce.check_target_range(_lce.FWD, t, weight.shape[0], ignore_index)  # the kernels' text
         acc = _lce.acc_dtype(x.dtype)
         loss = reference.linear_cross_entropy(
             input.to(acc),
@@ -246,6 +262,30 @@ def linear_cross_entropy(
     if reduction == "none":
         loss = loss.reshape(target.shape)
     return loss.to(out_dtype)
+
+
+def _kernel_backend(op: str, backend: str, device: str, dtype: torch.dtype) -> str | None:
+    """The backend with registered ops (``"native"`` / ``"triton"``) that :func:`fastops._backend.resolve`
+    would pick for the call, found quietly; None when it would pick the torch composition (with its
+    fallback warning) or refuse the call (an error).
+
+    Each op has one argument contract, checked once per call: by the C++ kernels (native), by the
+    Triton op's own Python check (triton), or, only when neither runs, by the API before the torch
+    composition (``check_call`` of ``fastops/ops/<stem>.py``: the same text). Resolving quietly first
+    keeps that order for bad input: an integer tensor gets the contract's TypeError, not a fallback
+    warning or a "backend cannot run" RuntimeError before it.
+    """
+    if backend == "auto":
+        backend = os.environ.get("FASTOPS_BACKEND", "auto")
+    if backend == "auto":
+        if not _backend.why_not(op, "native", device, dtype):
+            return "native"
+        if device == "cuda" and not _backend.why_not(op, "triton", device, dtype):
+            return "triton"
+        return None
+    if backend in ("native", "triton") and not _backend.why_not(op, backend, device, dtype):
+        return backend
+    return None
 
 
 def _autocast(device: str, to_float32: bool, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -22,6 +22,7 @@ from fastops.ops import _autograd, namespace
 from fastops.ops._contract import INT64_MAX, check_same_device, dtype_str, shape_str
 
 OP = "conv2d"
+FWD = "conv2d_fwd"  # the registered op the API calls: its checks' messages start with this name
 ACTIVATIONS = (None, "relu")
 
 _backend.register_op(
@@ -53,6 +54,18 @@ def _numel_text(op: str, padding: list[int], stride: list[int], sizes: list[int]
     )
 
 
+def check_int64(op: str, stride: list[int], padding: list[int], dilation: list[int]) -> None:
+    """ValueError naming the argument unless stride, padding and dilation are pairs of int64 values in
+    range (stride, dilation >= 1, padding >= 0). The part of the contract an API call checks itself on
+    every backend: the dispatcher refuses a value beyond int64 without saying which argument is wrong."""
+    for name, pair, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(pair) != 2:
+            raise ValueError(f"{op}: {name} must have 2 elements, got {list(pair)}")
+        for v in pair:
+            if isinstance(v, int) and not low <= v <= INT64_MAX:
+                raise ValueError(f"{op}: {name} must be between {low} and 2**63 - 1, got {list(pair)}")
+
+
 def check_geometry_range(
     op: str,
     x_shape: list[int] | torch.Size,
@@ -70,12 +83,7 @@ def check_geometry_range(
     (in C++ ``2 * padding`` with padding = 2**62 wraps to a negative number). Plain ints only: a
     symbolic size under torch.compile is left to the runtime call.
     """
-    for name, pair, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
-        if len(pair) != 2:
-            raise ValueError(f"{op}: {name} must have 2 elements, got {list(pair)}")
-        for v in pair:
-            if isinstance(v, int) and not low <= v <= INT64_MAX:
-                raise ValueError(f"{op}: {name} must be between {low} and 2**63 - 1, got {list(pair)}")
+    check_int64(op, stride, padding, dilation)
     if len(x_shape) != 4 or len(w_shape) != 4:
         return  # the shape checks say so
     for i in range(2):
@@ -268,6 +276,8 @@ def normalize_args(
     """
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError(f"conv2d: input and weight must be tensors, got {type(input)} and {type(weight)}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"conv2d: bias must be a tensor or None, got {type(bias).__name__}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
     if input.dim() not in (3, 4):
@@ -286,8 +296,8 @@ def normalize_args(
         elif padding == "same":
             if st != [1, 1]:
                 raise ValueError("conv2d: padding='same' is not supported for strided convolutions")
-            if weight.dim() != 4:  # the contract below says so; the kernel size is needed first
-                check_op_args(OP, x, weight, st, [0, 0], dil, groups)
+            if weight.dim() != 4:  # the op's contract says so; the kernel size is needed first
+                check_op_args(FWD, x, weight, st, [0, 0], dil, groups)
             totals = [dil[i] * (weight.shape[2 + i] - 1) for i in range(2)]
             pad = [t // 2 for t in totals]
             extra = [t - 2 * p for t, p in zip(totals, pad)]  # 0 or 1: goes to the bottom / right
@@ -297,11 +307,29 @@ def normalize_args(
             raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
         pad = _pair(padding, "padding", 0)
-    # The registered ops' own contract, once, for every backend (named "conv2d": the API's call).
-    check_geometry_range(OP, x.shape, weight.shape, st, pad, dil)
-    check_op_args(OP, x, weight, st, pad, dil, groups)
-    check_op_bias(OP, x, weight.shape[0], bias)
+    # Values beyond int64 never reach an op; the rest of the contract is the op's (check_call).
+    check_int64(OP, st, pad, dil)
     return x, st, pad, dil, unbatched
+
+
+def check_call(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> None:
+    """The contract of a ``conv2d_fwd`` call, for the API calls no registered op checks (the torch
+    composition): the text the op would raise. A tensor on ``meta`` beside others makes the
+    dispatcher run the op's fake kernel (:func:`fwd_fake`), whose device check speaks first; any
+    other bad input meets the C++ checks (:func:`check_op_args`, :func:`check_op_bias`)."""
+    if any(t is not None and t.device.type == "meta" for t in (x, weight, bias)):
+        check_same_device(FWD, x=x, weight=weight, bias=bias)
+    check_geometry_range(FWD, x.shape, weight.shape, stride, padding, dilation)
+    check_op_args(FWD, x, weight, stride, padding, dilation, groups)
+    check_op_bias(FWD, x, weight.shape[0], bias)
 
 
 ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of backend's conv2d ops

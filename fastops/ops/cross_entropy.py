@@ -242,26 +242,31 @@ if _backend.NATIVE_LOADED:
 # ---- the public API's call (fastops.functional.cross_entropy) ----------------------------------
 
 
-def check_args(
+FWD = "cross_entropy_fwd"  # the registered op the API calls: its checks' messages start with this name
+
+
+def normalize_args(
     input: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
     reduction: str,
-    label_smoothing: float,
     ignore_index: int = -100,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Validate a cross-entropy call and normalise dtypes the way torch does.
+    """The API-level part of a cross-entropy call, run on every backend: what the registered ops
+    cannot check (non-tensor arguments, ``reduction``, an ``ignore_index`` beyond int64, which the
+    dispatcher would refuse without saying why) and the dtype normalisation torch does.
 
     Returns ``(input, target, weight)``: uint8 class indices become int64; a probability target of
     another floating dtype is promoted with the logits (and the weight) to their common dtype, as
-    F.cross_entropy computes in it. ``ignore_index`` must fit in int64. Raises ValueError /
-    TypeError naming the argument and the expected vs given shape, dtype or device (the registered
-    ops' own checks, :func:`check_op_args`, shared by every backend).
+    F.cross_entropy computes in it. The argument contract itself is the op's (:func:`check_call`).
     """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError(f"cross_entropy: input and target must be tensors, got {type(input)} and {type(target)}")
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise TypeError(f"cross_entropy: weight must be a tensor or None, got {type(weight).__name__}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_ignore_index(OP, ignore_index)
     if target.dtype == torch.uint8:
         target = target.long()
     elif target.is_floating_point() and input.is_floating_point() and target.dtype != input.dtype:
@@ -269,8 +274,19 @@ def check_args(
         input, target = input.to(common), target.to(common)
         if weight is not None and weight.is_floating_point():
             weight = weight.to(common)
-    check_op_args(OP, input, target, weight, label_smoothing, ignore_index)
     return input, target, weight
+
+
+def check_call(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
+) -> Geometry:
+    """The contract of a ``cross_entropy_fwd`` call, for the API calls no registered op checks (the
+    torch composition): the text the op would raise. A tensor on ``meta`` beside others makes the
+    dispatcher run the op's fake kernel (:func:`fwd_fake`), whose device check speaks first; any
+    other bad input meets the C++ check (:func:`check_op_args`)."""
+    if any(t is not None and t.device.type == "meta" for t in (logits, target, weight)):
+        check_same_device(FWD, logits=logits, target=target, weight=weight)
+    return check_op_args(FWD, logits, target, weight, label_smoothing)
 
 
 def check_target_range(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:

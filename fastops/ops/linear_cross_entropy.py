@@ -33,6 +33,7 @@ from fastops.ops import _autograd, namespace
 from fastops.ops._contract import INT64_MAX, INT64_MIN, check_same_device, dtype_str, num_str, shape_str
 
 OP = "linear_cross_entropy"
+FWD = "linear_cross_entropy_fwd"  # the registered op the API calls: its checks' messages start with this name
 REDUCTIONS = ("none", "mean", "sum")
 
 _backend.register_op(
@@ -73,6 +74,17 @@ def chunk_rows_for(N: int, H: int, V: int, chunk_rows: int = 0) -> int:
     return max(1, min(rows, N))
 
 
+def check_ignore_index(op: str, ignore_index: int) -> None:
+    """TypeError unless ignore_index is an int, ValueError unless it fits in int64 (the ops' ``int``; the
+    dispatcher's own error for a wider one does not say what is wrong)."""
+    try:
+        ii = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
+    if not INT64_MIN <= ii <= INT64_MAX:
+        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {ii}")
+
+
 def check_op_args(
     op: str,
     x: torch.Tensor,
@@ -89,12 +101,7 @@ def check_op_args(
 ) -> Geometry:
     """The registered ops' argument contract: ValueError for shapes / values / devices, TypeError for
     dtypes, each naming the argument (csrc/fastops.h check_linear_cross_entropy_args)."""
-    try:
-        ii = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
-    if not INT64_MIN <= ii <= INT64_MAX:
-        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {ii}")
+    check_ignore_index(op, ignore_index)
     if x.dim() != 2:
         raise ValueError(f"{op}: x must have shape (N, H), got {shape_str(x.shape)}")
     if not x.is_floating_point():
@@ -517,8 +524,12 @@ def prepare(
     z_loss: float,
     chunk_rows: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]:
-    """Validate a functional call; returns (x (N, H), target (N,) int64, the op's scalar arguments
-    (ignore_index, label_smoothing, softcap, z_loss, reduction code, chunk_rows))."""
+    """The API-level part of a functional call, run on every backend: what the registered ops cannot
+    check (non-tensor arguments, the string ``reduction``, probability targets, target against input's
+    leading shape before the flattening, ``softcap`` / ``chunk_rows`` in the API's form, an
+    ``ignore_index`` beyond int64), and the normalisation to the op's form. Returns (x (N, H),
+    target (N,) int64, the op's scalar arguments (ignore_index, label_smoothing, softcap, z_loss,
+    reduction code, chunk_rows)). The argument contract itself is the op's (:func:`check_call`)."""
     for name, t in (("input", input), ("weight", weight), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
@@ -527,6 +538,7 @@ def prepare(
             raise TypeError(f"{OP}: {name} must be a tensor or None, got {type(t).__name__}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{OP}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_ignore_index(OP, ignore_index)
     if input.dim() < 1:
         raise ValueError(f"{OP}: input must have shape (*, H), got a 0-d tensor")
     if target.is_floating_point():
@@ -554,5 +566,28 @@ def prepare(
         REDUCTIONS.index(reduction),
         chunk_rows or 0,
     )
-    check_op_args(OP, x, weight, bias, t, weight_classes, *args)
     return x, t, args
+
+
+def check_call(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float,
+    z_loss: float,
+    reduction: int,
+    chunk_rows: int,
+) -> Geometry:
+    """The contract of a ``linear_cross_entropy_fwd`` call (the arguments :func:`prepare` returns), for
+    the API calls no registered op checks (the torch composition): the text the op would raise. A
+    tensor on ``meta`` beside others makes the dispatcher run the op's fake kernel (:func:`fwd_fake`),
+    whose device check speaks first; any other bad input meets the C++ check (:func:`check_op_args`)."""
+    tensors = {"x": x, "weight": weight, "bias": bias, "target": target, "class_weight": class_weight}
+    if any(t is not None and t.device.type == "meta" for t in tensors.values()):
+        check_same_device(FWD, **tensors)
+    scalars = (ignore_index, label_smoothing, softcap, z_loss, reduction, chunk_rows)
+    return check_op_args(FWD, x, weight, bias, target, class_weight, *scalars)

@@ -108,14 +108,27 @@ if _backend.NATIVE_LOADED:
 # ---- the public API's call (fastops.functional.linear_relu) ------------------------------------
 
 
-def check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Geometry:
-    """Validate a linear_relu call: TypeError / ValueError naming the argument (:func:`check_op_args`)."""
+FWD = "linear_relu_fwd"  # the registered op the API calls: its checks' messages start with this name
+
+
+def check_types(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """TypeError naming the argument that is not a tensor: the API-level part of a linear_relu call,
+    run on every backend (the argument contract itself is the op's, :func:`check_call`)."""
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"linear_relu: {name} must be a tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"linear_relu: bias must be a tensor or None, got {type(bias).__name__}")
-    return check_op_args(OP, x, weight, bias)
+
+
+def check_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Geometry:
+    """The contract of a ``linear_relu_fwd`` call, for the API calls no registered op checks (the
+    torch composition): the text the op would raise. A tensor on ``meta`` beside others makes the
+    dispatcher run the op's fake kernel (:func:`fwd_fake`), whose device check speaks first; any
+    other bad input meets the C++ check (:func:`check_op_args`)."""
+    if any(t is not None and t.device.type == "meta" for t in (x, weight, bias)):
+        check_same_device(FWD, x=x, weight=weight, bias=bias)
+    return check_op_args(FWD, x, weight, bias)
 
 
 ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of backend's linear_relu ops
