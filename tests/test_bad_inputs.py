@@ -1424,20 +1424,7 @@ def _error_text(case: Case, seed: int) -> str | None:
 
 # Divergences found by this test in code outside the contract modules, each to be fixed where it lives
 # (strict: a fixed one fails here until its entry is removed).
-_LCE_BWD_DTYPE = (
-    "fastops/triton/linear_cross_entropy.py's bwd prints torch dtypes (torch.float32), the C++ driver c10 "
-    "names (Float): 'grad_loss/stats must be Float for Float x, got Double' is the contract's text"
-)
-_LCE_CPU_ORDER = (
-    "csrc/cpu/linear_cross_entropy.cpp runs its CPU dtype refusal ('the CPU kernel takes ...') before "
-    "check_linear_cross_entropy_args, so an integer x never meets the contract's 'x must be a floating tensor'"
-)
-KNOWN_DIVERGENT = {
-    "linear_cross_entropy_bwd-grad_loss-dtype": _LCE_BWD_DTYPE,
-    "linear_cross_entropy_bwd-stats-dtype": _LCE_BWD_DTYPE,
-    "linear_cross_entropy_fwd-int-input": _LCE_CPU_ORDER,
-    "linear_cross_entropy_bwd-int-input": _LCE_CPU_ORDER,
-}
+KNOWN_DIVERGENT: dict[str, str] = {}  # group key -> why its backends still disagree (none now)
 
 
 @pytest.mark.triton

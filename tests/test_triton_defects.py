@@ -325,7 +325,7 @@ def test_conv2d_refuses_empty_kernel(shape: tuple[int, ...]) -> None:
     x = make_tensor((2, 4, 5, 5), torch.float32, "cpu")
     w = make_tensor(shape, torch.float32, "cpu")
     msg = re.escape(f"weight must be non-empty, got {tuple(shape)}") + "$"
-    with pytest.raises(ValueError, match=rf"^conv2d: {msg}"):  # the API's check, the same on every backend
+    with pytest.raises(ValueError, match=rf"^conv2d_fwd: {msg}"):  # the op's contract, the same on every backend
         FF.conv2d(x, w, backend="triton")  # was: zeros
     with pytest.raises(ValueError, match=rf"^conv2d_fwd: {msg}"):
         OPS.conv2d_fwd(x, w, None, [1, 1], [0, 0], [1, 1], 1, False)

@@ -194,8 +194,12 @@ struct CpuRowKernel {
   }
 };
 
+// A capability refusal for a floating dtype the kernel lacks. A non-floating x is left to the argument
+// contract (check_linear_cross_entropy_args: "x must be a floating tensor"), so the message is the same
+// as every other backend's.
 void check_cpu(const char* op, const at::Tensor& x) {
   const auto dt = x.scalar_type();
+  if (!at::isFloatingType(dt)) return;
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
                    ": the CPU kernel takes float16, bfloat16, float32 or float64 x, got ", dt,
                    " (use backend='torch' for other dtypes)");

@@ -83,6 +83,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from fastops.ops import linear_cross_entropy as _stem_ops
+from fastops.ops._contract import dtype_str, shape_str
 from fastops.ops.linear_cross_entropy import (
     acc_dtype,
     bwd_fake,
@@ -238,10 +239,6 @@ def linear_cross_entropy_chunk_kernel(
 # ---- checks -----------------------------------------------------------------------------------
 # The argument contract, the fake kernels and the chunk rule are the glue's (fastops.ops.linear_cross_entropy,
 # a mirror of csrc/fastops.h), so every backend rejects bad input with the same messages.
-
-
-def _shape(s: torch.Size | list[int]) -> str:
-    return "(" + ", ".join(str(v) for v in s) + (",)" if len(s) == 1 else ")")
 
 
 # ---- launchers --------------------------------------------------------------------------------
@@ -450,10 +447,12 @@ def linear_cross_entropy_bwd(
     # csrc/linear_cross_entropy_driver.h's order and messages: both shapes, then dtypes and devices
     for name, t, shape in (("grad_loss", grad_loss, [N] if reduction == 0 else []), ("stats", stats, [2, N])):
         if list(t.shape) != shape:
-            raise ValueError(f"{OP_BWD}: {name} must have shape {_shape(shape)}, got {_shape(t.shape)}")
+            raise ValueError(f"{OP_BWD}: {name} must have shape {shape_str(shape)}, got {shape_str(t.shape)}")
     for name, t in (("grad_loss", grad_loss), ("stats", stats)):
         if t.dtype != acc:
-            raise TypeError(f"{OP_BWD}: {name} must be {acc} for {x.dtype} x, got {t.dtype}")
+            raise TypeError(
+                f"{OP_BWD}: {name} must be {dtype_str(acc)} for {dtype_str(x.dtype)} x, got {dtype_str(t.dtype)}"
+            )
         if t.device != x.device:
             raise ValueError(f"{OP_BWD}: {name} is on {t.device} but x is on {x.device}")
     g = grad_loss.contiguous()
