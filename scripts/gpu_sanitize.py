@@ -89,7 +89,7 @@ def _conv(chk: Checker, dev: str, dtype: torch.dtype, quick: bool) -> None:
 
 
 def _others(chk: Checker, dev: str, dtypes: list[torch.dtype]) -> None:
-    """cross_entropy, linear_relu and Adam once per dtype the native backend takes on this device."""
+    """cross_entropy, linear_relu, linear_cross_entropy and Adam once per dtype the native backend takes here."""
     for dtype in dtypes:
         if dev == "cpu" and dtype in (torch.float16, torch.bfloat16):
             continue  # the C++ kernels take fp32/fp64 (auto would route these to torch)
@@ -122,6 +122,23 @@ def _others(chk: Checker, dev: str, dtypes: list[torch.dtype]) -> None:
             ("db", bf.grad, br.grad),
         ):
             chk.close(f"linear_relu {dtype} {name}", a, r, tol)
+
+        # Fused linear + cross-entropy: 37 rows in 16-row chunks (a ragged last chunk), 130 classes (a
+        # ragged last block per row), ignored rows, softcap and z-loss on; loss and both gradients.
+        x = torch.randn(37, 70, device=dev, dtype=dtype)
+        w = torch.randn(130, 70, device=dev, dtype=dtype) * 70**-0.5
+        target = torch.randint(0, 130, (37,), device=dev)
+        target[::5] = -100
+        xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+        xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+        opts = {"softcap": 20.0, "z_loss": 1e-3, "label_smoothing": 0.1}
+        got = FF.linear_cross_entropy(xf, wf, target, chunk_rows=16, backend="native", **opts)
+        ref = reference.linear_cross_entropy(xr, wr, target, **opts)
+        got.backward()
+        ref.backward()
+        chk.close(f"linear_cross_entropy {dtype} loss", got, ref, tol)
+        chk.close(f"linear_cross_entropy {dtype} dx", xf.grad, xr.grad, tol)
+        chk.close(f"linear_cross_entropy {dtype} dw", wf.grad, wr.grad, tol)
 
         # Adam: two tensors of odd sizes, one step, against the float64 reference step.
         params = [torch.randn(1000, device=dev, dtype=dtype), torch.randn(7, 13, device=dev, dtype=dtype)]

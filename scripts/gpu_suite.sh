@@ -260,7 +260,7 @@ triton_tests() {
 
 # ---- 4 sanitize --------------------------------------------------------------------------------
 # Our kernels only (substring of the kernel's name): the sanitizers skip cuDNN/cuBLAS and torch's own.
-SAN_FILTER=(--kernel-name kns=conv2d_ --kernel-name kns=cross_entropy_ --kernel-name kns=linear_relu_ --kernel-name kns=adam_)
+SAN_FILTER=(--kernel-name kns=conv2d_ --kernel-name kns=cross_entropy_ --kernel-name kns=linear_relu_ --kernel-name kns=adam_ --kernel-name kns=lce_)
 SAN_OPTS=(--error-exitcode 86 --report-api-errors no --print-limit 20)
 sanitize() {
   if [[ $DRY -eq 1 ]]; then
