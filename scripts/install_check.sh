@@ -25,6 +25,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 PYTHON=$(command -v "$PYTHON")
+# An absolute path without resolving links (a venv's python is a link to the base interpreter): the
+# Makefile passes .venv/bin/python, relative to the repository, and the checks below run elsewhere.
+[[ $PYTHON == /* ]] || PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/fastops-install-check.XXXXXX")}
 export FASTOPS_BUILD_CUDA=${INSTALL_CHECK_BUILD_CUDA:-0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
