@@ -1424,18 +1424,10 @@ def _error_text(case: Case, seed: int) -> str | None:
 
 # Divergences found by this test in code outside the contract modules, each to be fixed where it lives
 # (strict: a fixed one fails here until its entry is removed).
-KNOWN_DIVERGENT: dict[str, str] = {}  # group key -> why its backends still disagree (none now)
-
-
 @pytest.mark.triton
 @pytest.mark.parametrize(
     "key",
-    [
-        pytest.param(
-            k, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_DIVERGENT[k])] if k in KNOWN_DIVERGENT else []
-        )
-        for k in _groups()
-    ],
+    list(_groups()),
 )
 def test_same_error_from_every_backend(key: str) -> None:
     """Item 1 of issue 12: each op has one argument contract (the C++ checks and their one Python
