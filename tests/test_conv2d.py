@@ -24,6 +24,7 @@ from fastops.testing import (
     low_precision_native_cpu,
     make_tensor,
     noncontiguous,
+    to_unit_scale,
 )
 
 ALL = device_backend_params()
@@ -75,13 +76,6 @@ def _make(case, dtype, device):
     return x, w, b, kw
 
 
-def _unit(t: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring a result and its reference to unit scale (the tolerance rule's premise): gradients that
-    sum over N P Q terms grow like sqrt(N P Q), so both are divided by the reference's RMS."""
-    rms = ref.double().pow(2).mean().sqrt().clamp_min(1e-30) if ref.numel() else torch.tensor(1.0)
-    return t / rms.to(t.dtype), ref / rms
-
-
 def _run(fn, x, w, b, kw, grad_seed):
     leaves = [t.detach().clone().requires_grad_() for t in (x, w)]
     # clone() keeps x's memory format (preserve_format)
@@ -105,12 +99,12 @@ def _check_against_reference(backend, x, w, b, kw, what=""):
     expected_layout = F.conv2d(x, w, b, **{k: v for k, v in kw.items() if k != "activation"})
     assert out.shape == expected_layout.shape and out.dtype == x.dtype
     assert out.stride() == expected_layout.stride(), f"memory format {out.stride()} != {expected_layout.stride()}"
-    assert_close_to_reference(*_unit(out, ref), torch_same_dtype=same_out, what=f"output {what}")
+    # Gradients that sum over N P Q terms grow like sqrt(N P Q): each is brought to unit scale.
+    got, exp, same = to_unit_scale(out, ref, same_out)
+    assert_close_to_reference(got, exp, torch_same_dtype=same, what=f"output {what}")
     for name, gr, gref, gsame in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads, same_grads):
-        got, exp = _unit(gr, gref)
-        assert_close_to_reference(
-            got, exp, torch_same_dtype=None if gsame is None else _unit(gsame, gref)[0], what=f"{name} {what}"
-        )
+        got, exp, same = to_unit_scale(gr, gref, gsame)
+        assert_close_to_reference(got, exp, torch_same_dtype=same, what=f"{name} {what}")
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "torch"), ("native", "torch")))
@@ -512,7 +506,8 @@ def test_cpu_fused_relu_low_precision(dtype):
         assert torch.equal(fused, FF.conv2d(x, w, b, backend="native", **kw).relu())
         ref = reference.conv2d(x.double(), w.double(), b.double(), activation="relu", **kw)
         same = F.relu(F.conv2d(x, w, b, **kw))
-        assert_close_to_reference(*_unit(fused, ref), torch_same_dtype=_unit(same, ref)[0], what=f"relu {dtype}")
+        got, exp, same = to_unit_scale(fused, ref, same)
+        assert_close_to_reference(got, exp, torch_same_dtype=same, what=f"relu {dtype}")
 
 
 def test_backend_resolution():
@@ -557,7 +552,7 @@ def test_checker_rejects_wrong_implementations(wrong):
     with pytest.raises(AssertionError):
         got = wrong(x, w, None, **kw)
         expected = reference.conv2d(x.double(), w.double(), None, **kw)
-        assert_close_to_reference(*_unit(got, expected), what="wrong implementation")
+        assert_close_to_reference(*to_unit_scale(got, expected)[:2], what="wrong implementation")
 
 
 def test_reference_matches_torch():
