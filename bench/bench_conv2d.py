@@ -4,7 +4,8 @@ Shapes. GPU: the ResNet-50 (torchvision v1.5: stride on the 3x3) conv layers at 
 bfloat16 and channels_last; padding convention: 7x7 stem pad 3 stride 2, every 3x3 pad 1 (stride 1,
 or 2 for the first block of a stage), 1x1 pad 0 (stride 2 on the downsampling projections). CPU:
 a small CIFAR-style ResNet's convs at batch 8 in float32 and bfloat16, contiguous NCHW, plus two
-56x56 layers (and 28x28 at 128 channels).
+56x56 layers (and 28x28 at 128 channels), then depthwise / grouped layers (MobileNet 3x3 and 5x5,
+ConvNeXt 7x7, a stride-2 3x3, 8 groups) and a dense 5x5; the shape label ends in ``g<groups>``.
 
 Providers: torch eager (cuDNN / oneDNN), ``torch.compile`` of the same, fastops native (C++ on
 CPU: BLAS for float32, oneDNN's brgemm micro-kernel for bfloat16; on GPU the CUDA tensor-core
@@ -31,7 +32,7 @@ from .common import EAGER, Context, ErrorMeter, Row, Work
 OP = "conv2d"
 LEVEL = "op"
 
-# (C, H(=W), K, R(=S), stride, padding)
+# (C, H(=W), K, R(=S), stride, padding[, groups]); groups defaults to 1
 RESNET50 = [
     (3, 224, 64, 7, 2, 3),
     (64, 56, 64, 1, 1, 0), (64, 56, 64, 3, 1, 1), (64, 56, 256, 1, 1, 0), (256, 56, 64, 1, 1, 0),
@@ -47,9 +48,15 @@ SMALL_CNN = [
     (32, 16, 64, 3, 2, 1), (64, 8, 64, 3, 1, 1), (64, 56, 64, 3, 1, 1), (64, 56, 64, 1, 1, 0),
     (128, 28, 128, 3, 1, 1), (64, 56, 128, 1, 2, 0),
 ]  # fmt: skip
+# Grouped / depthwise (C, H, K, R, stride, padding, groups): MobileNet-style 3x3 and 5x5, ConvNeXt's
+# 7x7 (pad 3), a stride-2 3x3, and one dense 5x5 (groups 1) beside them.
+GROUPED_CPU = [
+    (64, 16, 64, 3, 1, 1, 64), (96, 14, 96, 5, 1, 2, 96), (96, 14, 96, 7, 1, 3, 96), (64, 32, 64, 3, 2, 1, 64),
+    (64, 16, 64, 3, 1, 1, 8), (16, 28, 16, 5, 1, 2, 1),
+]  # fmt: skip
 SHAPES = {
-    ("cpu", False): (8, SMALL_CNN),
-    ("cpu", True): (8, SMALL_CNN[:3]),
+    ("cpu", False): (8, SMALL_CNN + GROUPED_CPU),
+    ("cpu", True): (8, SMALL_CNN[:3] + GROUPED_CPU[:1]),
     ("cuda", False): (32, RESNET50),
     ("cuda", True): (32, RESNET50[1:4]),
 }
@@ -60,15 +67,15 @@ def _out(h: int, r: int, stride: int, pad: int) -> int:
     return (h + 2 * pad - r) // stride + 1
 
 
-def flops(n: int, c: int, h: int, k: int, r: int, stride: int, pad: int) -> Work:
-    """2 N K P Q C R S per GEMM pass (see the module docstring)."""
+def flops(n: int, c: int, h: int, k: int, r: int, stride: int, pad: int, groups: int = 1) -> Work:
+    """2 N K P Q (C / groups) R S per GEMM pass (see the module docstring)."""
     p = _out(h, r, stride, pad)
-    one = 2.0 * n * k * p * p * c * r * r
+    one = 2.0 * n * k * p * p * (c // groups) * r * r
     return Work(flops={"fwd": one, "bwd": 2 * one, "fwd+bwd": 3 * one})
 
 
 def make_check(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int, relu: bool
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int, relu: bool, groups: int = 1
 ) -> Callable[[torch.Tensor, list[torch.Tensor | None]], tuple[float, float]]:
     """check(y, [gx, gw, gb]) -> (output error, worst gradient error) vs the float64 reference."""
     import fastops.reference
@@ -76,7 +83,7 @@ def make_check(
     def check(y: torch.Tensor, grads: list[torch.Tensor | None]) -> tuple[float, float]:
         leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
         act = "relu" if relu else None
-        ref = fastops.reference.conv2d(*leaves, stride=stride, padding=pad, activation=act)
+        ref = fastops.reference.conv2d(*leaves, stride=stride, padding=pad, groups=groups, activation=act)
         g = torch.Generator(device=y.device).manual_seed(0)  # bench_autograd's grad_out
         gy = torch.randn(y.shape, generator=g, device=y.device, dtype=y.dtype).double()
         ref_grads = torch.autograd.grad(ref, leaves, gy)
@@ -91,7 +98,7 @@ def make_check(
 
 
 def providers(
-    ctx: Context, dtype: torch.dtype, stride: int, pad: int, relu: bool
+    ctx: Context, dtype: torch.dtype, stride: int, pad: int, relu: bool, groups: int = 1
 ) -> dict[str, Callable[..., torch.Tensor]]:
     """name -> forward(x, w, b) for the providers that can run here; the others go to ctx.skip."""
     import fastops
@@ -99,9 +106,9 @@ def providers(
 
     op = "conv2d_bias_relu" if relu else OP
     if relu:
-        eager = lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, pad))  # noqa: E731
+        eager = lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, pad, 1, groups))  # noqa: E731
     else:
-        eager = lambda x, w, b: F.conv2d(x, w, b, stride, pad)  # noqa: E731
+        eager = lambda x, w, b: F.conv2d(x, w, b, stride, pad, 1, groups)  # noqa: E731
     torch._dynamo.reset()
     out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager, "torch_compile": torch.compile(eager, dynamic=False)}
     table = fastops.backends()
@@ -116,7 +123,7 @@ def providers(
             ctx.skip(op, f"fastops_{backend}", reason, dtype=dtype)
             continue
         out[f"fastops_{backend}"] = lambda x, w, b, be=backend: FF.conv2d(
-            x, w, b, stride, pad, activation=act, backend=be
+            x, w, b, stride, pad, 1, groups, activation=act, backend=be
         )
     return out
 
@@ -129,8 +136,9 @@ def run(ctx: Context) -> list[Row]:
     for dtype in ctx.select_dtypes(DTYPES[ctx.device]):
         for relu in (False, True):
             op = "conv2d_bias_relu" if relu else OP
-            for c, h, k, r, stride, pad in shapes if not relu else shapes[: max(1, len(shapes) // 3)]:
-                shape = f"N{batch} C{c} H{h} K{k} R{r} s{stride} p{pad}"
+            for c, h, k, r, stride, pad, *g in shapes if not relu else shapes[: max(1, len(shapes) // 3)]:
+                groups = g[0] if g else 1
+                shape = f"N{batch} C{c} H{h} K{k} R{r} s{stride} p{pad}" + (f" g{groups}" if groups > 1 else "")
                 elem = torch.empty((), dtype=dtype).element_size()
                 p = _out(h, r, stride, pad)
                 need = (6 * batch * c * h * h + 6 * batch * k * p * p) * max(elem, 8)
@@ -138,12 +146,12 @@ def run(ctx: Context) -> list[Row]:
                     ctx.skip(op, "all", f"needs about {need / 2**30:.1f} GiB, more than is free", shape, dtype)
                     continue
                 x = torch.randn(batch, c, h, h, device=ctx.device, dtype=dtype).to(memory_format=layout)
-                w = (torch.randn(k, c, r, r, device=ctx.device) / (c * r * r) ** 0.5).to(dtype)
+                w = (torch.randn(k, c // groups, r, r, device=ctx.device) / (c // groups * r * r) ** 0.5).to(dtype)
                 w = w.to(memory_format=layout)
                 b = torch.randn(k, device=ctx.device, dtype=dtype)
                 inputs = [t.requires_grad_() for t in (x, w, b)]
-                check = make_check(x, w, b, stride, pad, relu)
-                for name, fwd in providers(ctx, dtype, stride, pad, relu).items():
+                check = make_check(x, w, b, stride, pad, relu, groups)
+                for name, fwd in providers(ctx, dtype, stride, pad, relu, groups).items():
                     rows += ctx.bench_autograd(
                         op=op,
                         shape=shape,
@@ -152,7 +160,7 @@ def run(ctx: Context) -> list[Row]:
                         forward=fwd,
                         inputs=inputs,
                         check=check,
-                        work=flops(batch, c, h, k, r, stride, pad),
+                        work=flops(batch, c, h, k, r, stride, pad, groups),
                     )
                 del x, w, b, inputs, check
                 if ctx.device == "cuda":

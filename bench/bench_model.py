@@ -1,9 +1,12 @@
 """Model level: one training step of a stock model vs the same model after ``fastops.swap``.
 
-Models: torchvision's ``resnet18`` (random weights; 20 convs swapped) when torchvision is
-importable, and the digits CNN of :mod:`fastops.demo` (2 convs, a Linear+ReLU head, cross-entropy).
-A step is zero_grad, forward, cross-entropy, backward and an Adam step (``torch.optim.Adam`` for
-the stock model, ``fastops.optim.Adam`` after the swap when this build has it).
+Models: torchvision's ``resnet18`` (random weights; 20 convs swapped), ``mobilenet_v3_small``
+(depthwise 3x3 / 5x5, squeeze-excite 1x1s; 96x96 on CPU) and ``convnext_tiny`` (depthwise 7x7,
+LayerNorm, GELU) when torchvision is importable (the last two not in ``--quick``), and the digits
+CNN of :mod:`fastops.demo` (2 convs, a Linear+ReLU head, cross-entropy). A step is zero_grad,
+forward, cross-entropy, backward and an AdamW step: torch's fused AdamW for the stock model (the
+best stock choice), ``fastops.optim.AdamW`` after the swap. Under ``backend="auto"`` the swapped
+CPU convs run the native kernel or torch's conv2d per shape class (the swap report says which).
 
 Work: the step's FLOPs as counted by ``torch.utils.flop_counter.FlopCounterMode`` on the stock
 model (forward + backward; the optimizer's elementwise work is not counted), so TFLOP/s is
@@ -50,6 +53,17 @@ def cases(quick: bool, device: str) -> list[tuple[str, Callable[[], nn.Module], 
         side = 32 if quick else 64
         batch = 2 if quick else (32 if device == "cuda" else 8)
         out.append(("resnet18", lambda: torchvision.models.resnet18(num_classes=10), (batch, 3, side, side)))
+        if not quick:  # depthwise-heavy models: the depthwise kernel and auto's per-class routing
+            mobile = 96 if device == "cpu" else 224
+            out.append(
+                (
+                    "mobilenet_v3_small",
+                    lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+                    (batch, 3, mobile, mobile),
+                )
+            )
+            convnext = torchvision.models.convnext_tiny
+            out.append(("convnext_tiny", lambda: convnext(num_classes=10), (batch, 3, side, side)))
     except ImportError:
         pass  # run() reports the skip
     out.append(("digits_cnn", lambda: demo.make_model(0), (64, 1, 8, 8)))
@@ -113,6 +127,11 @@ class _Check:
         return self._compare().assert_ok(f"{self.name} after fastops.swap").error
 
 
+def _stock_adamw(params, lr: float) -> torch.optim.Optimizer:  # noqa: ANN001
+    """The best stock optimizer: torch's fused AdamW (CPU and CUDA kernels since torch 2.4)."""
+    return torch.optim.AdamW(params, lr=lr, fused=True)
+
+
 def _step_fn(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x, y):  # noqa: ANN202
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -136,12 +155,11 @@ def run(ctx: Context) -> list[Row]:
             nn.CrossEntropyLoss()(stock(x), y).backward()
         stock.zero_grad(set_to_none=True)
         work = Work(flops={"fwd+bwd": float(counter.get_total_flops())})
-        adam = getattr(getattr(fastops, "optim", None), "Adam", torch.optim.Adam)
-        for provider, model, criterion, opt_cls, check_fn in [
-            (EAGER, stock, nn.CrossEntropyLoss(), torch.optim.Adam, check.eager),
-            (SWAPPED, swapped, loss, adam, check.swapped_model),
+        for provider, model, criterion, make_opt, check_fn in [
+            (EAGER, stock, nn.CrossEntropyLoss(), _stock_adamw, check.eager),
+            (SWAPPED, swapped, loss, fastops.optim.AdamW, check.swapped_model),
         ]:
-            optimizer = opt_cls(model.parameters(), lr=1e-4)
+            optimizer = make_opt(model.parameters(), lr=1e-4)
             rows.append(
                 ctx.bench_fn(
                     op=OP,

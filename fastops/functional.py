@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch.nn import _reduction
 
 from fastops import _backend, reference
@@ -111,7 +112,10 @@ def conv2d(
         groups: channels split into this many independent convolutions (``groups == C`` is depthwise).
         activation: None, or ``"relu"`` to return ``relu(conv2d(...) + bias)`` with the ReLU fused
             into the kernel epilogue (an extension; torch has no such argument).
-        backend: which implementation runs.
+        backend: which implementation runs. ``"auto"`` on CPU runs torch's own ``F.conv2d`` for the
+            shape classes the native kernel was measured slower on (dense float32 convs with more
+            than 4 input channels per group, among others:
+            :func:`fastops.ops.conv2d.cpu_auto_uses_torch`); ``"native"`` always runs the kernel.
 
     Returns:
         ``(N, K, P, Q)`` (``(K, P, Q)`` for unbatched input) in input's dtype, with
@@ -124,6 +128,14 @@ def conv2d(
         input, weight, bias, stride, padding, dilation, groups, activation
     )
     name = _kernel_backend(_conv.OP, backend, x.device.type, x.dtype)
+    if name == "native" and x.device.type == "cpu" and _is_auto(backend):
+        # A shape class the native CPU kernel was measured slower on runs torch's own conv2d (see
+        # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
+        if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st):
+            _conv.check_call(x, weight, bias, st, pad, dil, groups)
+            out = F.conv2d(x, weight, bias, st, pad, dil, groups)
+            out = F.relu(out) if activation == "relu" else out
+            return out.squeeze(0) if unbatched else out
     if name is None:  # no registered op will check them
         _conv.check_call(x, weight, bias, st, pad, dil, groups)
         name = _backend.resolve(_conv.OP, backend, x.device.type, x.dtype)
@@ -262,6 +274,11 @@ def linear_cross_entropy(
     if reduction == "none":
         loss = loss.reshape(target.shape)
     return loss.to(out_dtype)
+
+
+def _is_auto(backend: str) -> bool:
+    """Whether ``backend`` leaves the choice to fastops (``"auto"`` with no ``FASTOPS_BACKEND``)."""
+    return backend == "auto" and os.environ.get("FASTOPS_BACKEND", "auto") == "auto"
 
 
 def _kernel_backend(op: str, backend: str, device: str, dtype: torch.dtype) -> str | None:

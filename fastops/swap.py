@@ -15,7 +15,10 @@ Only exact torch classes are swapped: a user subclass may override forward, and 
 would drop that. Every configuration of these classes is supported (the ``torch`` backend runs
 anything the kernels do not take), so a module is left only for a reason of the model's structure,
 which the report gives: a Linear with no ReLU to fuse, or a hook that would see the pre-activation.
-The rules are read from the op registry, :data:`fastops.ops.OPS`.
+The rules are read from the op registry, :data:`fastops.ops.OPS`. For a swapped CPU conv the
+report also says what ``backend="auto"`` runs at the weight's dtype: the native kernel, or torch's
+own conv2d for a shape class the kernel was measured slower on
+(:func:`fastops.ops.conv2d.cpu_auto_uses_torch`), so a swap does not knowingly slow a layer down.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 
 import fastops.nn as fnn
 from fastops.ops import OPS
+from fastops.ops import conv2d as _conv
 
 
 @dataclass
@@ -85,6 +89,17 @@ def _convert(module: nn.Module, cls: type[nn.Module], backend: str) -> None:
     # class is a complete module without running its __init__.
     module.__class__ = cls
     module.backend = backend
+
+
+def _runs_on(module: nn.Module, backend: str) -> str:
+    """Which implementation a swapped CPU conv runs under ``backend="auto"`` (at the weight's dtype):
+    the native kernel, or torch's own conv2d for a shape class the kernel was measured slower on."""
+    if backend != "auto" or not isinstance(module, nn.Conv2d) or module.weight.device.type != "cpu":
+        return ""
+    w = module.weight
+    why = _conv.cpu_auto_uses_torch(w.dtype, w.shape, list(module.stride))
+    dtype = str(w.dtype).replace("torch.", "")
+    return f" (CPU {dtype}: torch's conv2d, native measured slower on {why})" if why else f" (CPU {dtype}: native)"
 
 
 def swap(
@@ -150,7 +165,7 @@ def swap(
             continue
         if cls in drop_ins:
             _convert(module, drop_ins[cls], backend)
-            report.replaced.append((name, cls.__name__, drop_ins[cls].__name__))
+            report.replaced.append((name, cls.__name__, drop_ins[cls].__name__ + _runs_on(module, backend)))
         elif cls in pair_firsts and not any(n == name for n, _, _ in report.skipped):
             after = pair_firsts[cls].__name__
             why = f"not directly followed by an nn.{after} inside an nn.Sequential (nothing to fuse)"

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import fastops
 import fastops.functional as FF
@@ -560,3 +561,88 @@ def test_reference_matches_torch():
     for case in SWEEP:
         x, w, b, kw = _make(case, torch.float64, "cpu")
         torch.testing.assert_close(reference.conv2d(x, w, b, **kw), F.conv2d(x, w, b, **kw))
+
+
+# ---- backend="auto" on CPU: measured-slower shape classes run torch's own conv2d --------------------
+
+# (dtype, weight shape (K, C/g, R, S), stride, auto runs torch's conv2d)
+AUTO_CLASSES = [
+    (torch.float32, (8, 1, 3, 3), (1, 1), False),  # depthwise
+    (torch.float32, (8, 1, 7, 7), (2, 2), False),
+    (torch.float32, (8, 3, 3, 3), (1, 1), False),  # RGB first layer
+    (torch.float32, (8, 3, 4, 4), (4, 4), False),  # patchify stem
+    (torch.float32, (8, 3, 3, 3), (2, 2), True),
+    (torch.float32, (8, 16, 3, 3), (1, 1), True),
+    (torch.float32, (8, 8, 1, 1), (1, 1), True),
+    (torch.bfloat16, (8, 16, 3, 3), (1, 1), True),
+    (torch.bfloat16, (8, 8, 3, 3), (1, 1), False),
+    (torch.bfloat16, (8, 16, 3, 3), (2, 2), False),
+    (torch.bfloat16, (8, 64, 1, 1), (1, 1), False),
+    (torch.float16, (8, 64, 3, 3), (1, 1), False),
+    (torch.float64, (8, 16, 1, 1), (1, 1), True),
+    (torch.float64, (8, 16, 3, 3), (1, 1), False),
+]
+
+
+def _runs_torch(y: torch.Tensor) -> bool:
+    """Whether ``y`` came from torch's conv2d (autograd node ConvolutionBackward0, possibly under a
+    ReLU) rather than a fastops op (OpFunctionBackward)."""
+    node = y.grad_fn
+    while type(node).__name__ in ("ReluBackward0", "SqueezeBackward1", "CloneBackward0"):
+        node = node.next_functions[0][0]
+    name = type(node).__name__
+    assert name in ("ConvolutionBackward0", "OpFunctionBackward"), name
+    return name == "ConvolutionBackward0"
+
+
+@pytest.mark.parametrize("dtype,ws,stride,torch_runs", AUTO_CLASSES, ids=lambda v: str(v).replace("torch.", ""))
+def test_auto_routes_measured_slower_cpu_classes_to_torch(dtype, ws, stride, torch_runs, monkeypatch):
+    from fastops.ops.conv2d import cpu_auto_uses_torch
+
+    assert bool(cpu_auto_uses_torch(dtype, ws, stride)) == torch_runs
+    groups = 4 if ws[1] == 1 else 1  # the depthwise rows: 4 groups of one channel, K = 8
+    c = ws[1] * groups
+    x = make_tensor((2, c, 9, 9), dtype).contiguous(memory_format=torch.channels_last)
+    w = make_tensor(ws, dtype, scale=(ws[1] * ws[2] * ws[3]) ** -0.5)
+    b = make_tensor((ws[0],), dtype)
+    for activation in (None, "relu"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = FF.conv2d(*leaves, stride, 1, 1, groups, activation=activation)
+        assert _runs_torch(y) == torch_runs
+        native = [t.clone().requires_grad_() for t in (x, w, b)]
+        y_native = FF.conv2d(*native, stride, 1, 1, groups, activation=activation, backend="native")
+        assert not _runs_torch(y_native)
+        # the same result, layout and gradients as the kernel (torch's rule: channels_last in, out)
+        assert y.shape == y_native.shape and y.dtype == dtype and y.stride() == y_native.stride()
+        ref = reference.conv2d(*(t.double() for t in (x, w, b)), stride, 1, 1, groups, activation)
+        same = F.conv2d(x, w, b, stride, 1, 1, groups)
+        same = F.relu(same) if activation else same
+        got, exp, same = to_unit_scale(y, ref, same)
+        assert_close_to_reference(got, exp, torch_same_dtype=same, what=f"auto {activation}")
+        g = make_tensor(y.shape, dtype)
+        for a, e in zip(torch.autograd.grad(y, leaves, g), torch.autograd.grad(y_native, native, g)):
+            assert a.shape == e.shape and a.dtype == e.dtype
+    # unbatched input takes the same route
+    assert _runs_torch(FF.conv2d(x[0].requires_grad_(), w, b, stride, 1, 1, groups)) == torch_runs
+    # an explicit choice is never rerouted
+    monkeypatch.setenv("FASTOPS_BACKEND", "native")
+    assert not _runs_torch(FF.conv2d(x.requires_grad_(), w, b, stride, 1, 1, groups))
+
+
+def test_auto_route_keeps_the_one_contract():
+    """A routed call still raises the op's own error text for bad input (not F.conv2d's)."""
+    x, w = make_tensor((2, 16, 6, 6)), make_tensor((8, 16, 3, 3))
+    for backend in ("auto", "native"):
+        with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+            FF.conv2d(x, w, make_tensor((7,)), padding=1, backend=backend)
+
+
+def test_swap_report_names_what_each_cpu_conv_runs():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 3, padding=1)
+    )
+    lines = str(fastops.swap(model)).splitlines()
+    assert "(CPU float32: native)" in lines[1] and "(CPU float32: native)" in lines[2], lines
+    assert "torch's conv2d, native measured slower on float32 dense convs" in lines[3], lines
+    explicit = str(fastops.swap(nn.Sequential(nn.Conv2d(16, 32, 3)), backend="native"))
+    assert "CPU" not in explicit, explicit  # an explicit backend runs what it names

@@ -32,6 +32,48 @@ _backend.register_op(
     triton={"cuda": _backend.ALL_FLOAT_DTYPES, "cpu": _backend.FLOAT32_FLOAT64},
 )
 
+# ---- backend="auto" on CPU: which shape classes go to torch's own conv2d ------------------------------
+#
+# Measured fwd+bwd, fastops native vs F.conv2d (oneDNN) in one process, 2-core AMD EPYC (AVX-512),
+# 2 threads, batch 4-8, session 2026-12-01 (the bench's conv2d rows are the same comparison):
+#   float32  depthwise 3x3 / 5x5 / 7x7 (stride 1 or 2): 1.40-4.07x; C/g <= 4 first layers, 3x3 s1
+#            1.42-1.49x, 4x4 s4 patchify 1.30x; everything else loses: dense 3x3 (C 8-128)
+#            0.52-0.94x, 3x3 s2 0.70-0.85x, 5x5 0.44x, 2x2 s2 0.67x, 8 groups of 8 0.62x,
+#            1x1 0.92-1.27x (mixed).
+#   bfloat16 native wins or ties everywhere except dense stride-1 3x3 / 5x5 with C/g >= 16:
+#            0.92-0.95x at small spatial sizes (1.04-1.07x at 56x56 / 28x28, given up for one rule).
+#   float16  native 3.7-19.6x everywhere (torch has no fast CPU half conv).
+#   float64  native 1.08-7.3x except dense 1x1 (0.90x).
+# So auto sends a class to torch's conv2d where native was measured slower; an explicit
+# backend="native" (and FASTOPS_BACKEND=native) always runs the kernel.
+
+
+def cpu_auto_uses_torch(
+    dtype: torch.dtype, weight_shape: tuple[int, ...] | torch.Size, stride: list[int] | tuple[int, int]
+) -> str:
+    """The measured-slower class (e.g. ``"float64 dense 1x1 convs"``) for which ``backend="auto"``
+    runs torch's own ``F.conv2d`` on CPU, or ``""`` when it runs the native kernel.
+    ``weight_shape`` is ``(K, C / groups, R, S)``; the rule depends on the dtype, C / groups, the
+    kernel size and the stride only (not on N, H, W), so a swap report can state it per layer. The
+    measurements behind it are in the comment above."""
+    if len(weight_shape) != 4:
+        return ""
+    cg, r, s = int(weight_shape[1]), int(weight_shape[2]), int(weight_shape[3])
+    if dtype == torch.float32:
+        if cg == 1:
+            return ""
+        if cg <= 4 and (list(stride) == [1, 1] or list(stride) == [r, s]):
+            return ""
+        return "float32 dense convs with C/groups > 4 or a stride"
+    if dtype == torch.bfloat16:
+        if cg >= 16 and list(stride) == [1, 1] and r * s >= 9:
+            return "bfloat16 dense stride-1 convs >= 3x3 with C/groups >= 16"
+        return ""
+    if dtype == torch.float64 and cg >= 16 and r == s == 1:
+        return "float64 dense 1x1 convs"
+    return ""
+
+
 # ---- the registered ops' argument contract (csrc/fastops.h check_conv2d_args, same order, same text) -
 
 
