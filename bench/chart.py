@@ -1,7 +1,8 @@
 """The results PNG: speed-up over torch eager, one panel per (op, pass), bars per provider.
 
 Each panel's x axis is the op's cases (a short shape label, plus the dtype when it is not float32),
-rotated so they fit; each case has one bar per provider, peers first and fastops beside them, in
+rotated so they fit; an op with more than MAX_CASES cases gets one panel per dtype, so the labels
+never overlap; each case has one bar per provider, peers first and fastops beside them, in
 the same colour in every panel. The y axis is linear and the bars start at the 1.0x line (torch
 eager), so a bar above it is faster than eager and one below is slower; the value is printed on
 each bar. Cases whose check failed have no bar (the table and the JSON say why).
@@ -22,6 +23,8 @@ import pandas as pd
 from .rows import EAGER
 
 NCOLS = 3
+# About what fits under a 6.2-inch panel at font size 7 without the rotated labels overlapping.
+MAX_CASES = 18
 # Peers first, then fastops: every fastops bar stands right of the peers it is compared with.
 PROVIDER_ORDER = ("torch_compile", "torch_foreach", "torch_fused", "liger")
 DTYPE_SHORT = {"float32": "", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
@@ -42,18 +45,34 @@ def _provider_order(providers: list[str]) -> list[str]:
     return sorted(providers, key=key)
 
 
+def _label(timed: pd.DataFrame) -> pd.DataFrame:
+    """``timed`` with a "case" column (the tick label) and a "group" column (the panel's name: the
+    op, plus its dtype when the op has more than MAX_CASES cases)."""
+    timed = timed.copy()
+    timed["case"] = [
+        " ".join(s for s in (short_shape(sh), DTYPE_SHORT.get(dt, dt)) if s)
+        for sh, dt in zip(timed["shape"], timed["dtype"])
+    ]
+    many = timed.groupby("op", sort=False)["case"].transform("nunique") > MAX_CASES
+    with_dtype = timed["op"] + " " + timed["dtype"].map(lambda d: DTYPE_SHORT.get(d) or "fp32")
+    timed["group"] = with_dtype.where(many, timed["op"])
+    return timed
+
+
 def _panels(timed: pd.DataFrame) -> list[list[tuple[str, str]]]:
-    """Figure rows of (op, pass) panels: one row per op with several passes, in their measured
-    order; ops with a single pass (an optimizer step, a training step) share rows."""
+    """Figure rows of (panel group, pass) panels: one row per group with several passes, in their
+    measured order; groups with a single pass (an optimizer step, a training step) share rows."""
+    if "group" not in timed:
+        timed = _label(timed)
     rows: list[list[tuple[str, str]]] = []
     single: list[tuple[str, str]] = []
-    for op, sel in timed.groupby("op", sort=False):
+    for group, sel in timed.groupby("group", sort=False):
         passes = list(dict.fromkeys(sel["pass"]))
         if len(passes) == 1:
-            single.append((op, passes[0]))
+            single.append((group, passes[0]))
         else:
             for i in range(0, len(passes), NCOLS):
-                rows.append([(op, p) for p in passes[i : i + NCOLS]])
+                rows.append([(group, p) for p in passes[i : i + NCOLS]])
     rows += [single[i : i + NCOLS] for i in range(0, len(single), NCOLS)]
     return rows
 
@@ -74,10 +93,7 @@ def write_chart(rows: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     timed = rows[rows["speedup_vs_eager"].notna() & (rows["provider"] != EAGER)].copy()
     if timed.empty:
         return None
-    timed["case"] = [
-        " ".join(s for s in (short_shape(sh), DTYPE_SHORT.get(dt, dt)) if s)
-        for sh, dt in zip(timed["shape"], timed["dtype"])
-    ]
+    timed = _label(timed)
     providers = _provider_order(list(dict.fromkeys(timed["provider"])))
     colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(providers)}
     layout = _panels(timed)
@@ -85,8 +101,8 @@ def write_chart(rows: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     for axrow, panels in zip(axes, layout):
         for ax in axrow[len(panels) :]:
             ax.set_visible(False)
-        for ax, (op, pass_) in zip(axrow, panels):
-            sel = timed[(timed["op"] == op) & (timed["pass"] == pass_)]
+        for ax, (group, pass_) in zip(axrow, panels):
+            sel = timed[(timed["group"] == group) & (timed["pass"] == pass_)]
             table = sel.pivot_table(index="case", columns="provider", values="speedup_vs_eager", sort=False)
             here = [p for p in providers if p in table.columns]
             width = 0.8 / len(here)
@@ -102,7 +118,7 @@ def write_chart(rows: pd.DataFrame, path: Path, title: str = "") -> Path | None:
             ax.set_xticks(range(len(table.index)))
             ax.set_xticklabels(table.index, rotation=35, ha="right", fontsize=7)
             ax.set_ylabel("speed-up vs torch eager (x)", fontsize=8)
-            ax.set_title(f"{op} · {pass_}", fontsize=10)
+            ax.set_title(f"{group} · {pass_}", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[p]) for p in providers]
     head = 0.9 / (4.4 * len(layout))  # ~0.9 inch for the title and the legend under it

@@ -112,6 +112,24 @@ def test_chart_one_panel_per_op_and_pass(tmp_path):
     assert out is not None and out.stat().st_size > 10_000
 
 
+def test_chart_splits_an_op_with_many_cases_by_dtype():
+    """An op with more cases than fit under one panel (conv2d's shapes in two dtypes) gets one panel
+    per dtype, so its tick labels never overlap; an op with few cases keeps one."""
+    from bench.chart import MAX_CASES
+
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        for i in range(MAX_CASES // 2 + 1):
+            for provider, ms in ((EAGER, 2.0), ("fastops_native", 1.0)):
+                rows.append(Row("conv2d", f"N8 C{i + 1} H8", dtype, "cpu", provider, "fwd", median_ms=ms))
+                rows[-1].correct = True
+    rows += [r for r in _rows() if r.op == "adam"]
+    fill_speedups(rows)
+    frame = rows_frame(rows)
+    timed = frame[frame["speedup_vs_eager"].notna() & (frame["provider"] != EAGER)]
+    assert _panels(timed) == [[("conv2d fp32", "fwd"), ("conv2d bf16", "fwd"), ("adam", "step")]]
+
+
 def test_runner_refuses_without_the_native_backend(tmp_path, monkeypatch):
     import fastops
 
