@@ -65,6 +65,20 @@ def cross_entropy(
     needs_extra_grads = torch.is_grad_enabled() and (
         target.requires_grad or (weight is not None and weight.requires_grad)
     )
+    if (
+        name == "native"
+        and input.device.type == "cpu"
+        and not inplace_backward
+        and _is_auto(backend)
+        and _ce.cpu_auto_uses_torch(input)
+    ):
+        # Too small for the kernel to pay for its dispatch (see fastops/ops/cross_entropy.py): torch's
+        # own cross-entropy, after the contract so that bad input gets the same error.
+        _ce.check_call(input, target, weight, label_smoothing)
+        _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+        return F.cross_entropy(
+            input, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+        )
     if name is None or needs_extra_grads:  # no registered op will check them
         _ce.check_call(input, target, weight, label_smoothing)
     if name is None:
@@ -176,6 +190,11 @@ def linear_relu(
         x, weight, bias = _autocast(x.device.type, False, x, weight, bias)
     _lr.check_types(x, weight, bias)
     name = _kernel_backend(_lr.OP, backend, x.device.type, x.dtype)
+    if name == "native" and x.device.type == "cpu" and _is_auto(backend) and _lr.cpu_auto_uses_torch(x, weight):
+        # Too small for the fused kernel to pay for its dispatch (see fastops/ops/linear_relu.py):
+        # torch's own linear + relu, after the contract so that bad input gets the same error.
+        _lr.check_call(x, weight, bias)
+        return F.relu(F.linear(x, weight, bias))
     if name is None:  # no registered op will check them
         _lr.check_call(x, weight, bias)
         name = _backend.resolve(_lr.OP, backend, x.device.type, x.dtype)

@@ -27,11 +27,14 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 import fastops.nn as fnn
 from fastops.ops import OPS
 from fastops.ops import conv2d as _conv
+from fastops.ops import cross_entropy as _ce
+from fastops.ops import linear_relu as _lr
 
 
 @dataclass
@@ -92,14 +95,25 @@ def _convert(module: nn.Module, cls: type[nn.Module], backend: str) -> None:
 
 
 def _runs_on(module: nn.Module, backend: str) -> str:
-    """Which implementation a swapped CPU conv runs under ``backend="auto"`` (at the weight's dtype):
-    the native kernel, or torch's own conv2d for a shape class the kernel was measured slower on."""
-    if backend != "auto" or not isinstance(module, nn.Conv2d) or module.weight.device.type != "cpu":
+    """Which implementation a swapped CPU module runs under ``backend="auto"``: for a conv (at the
+    weight's dtype) the native kernel or torch's own conv2d for a shape class the kernel was measured
+    slower on; for linear+ReLU and cross-entropy, the per-call size below which torch's own ops run."""
+    weight = getattr(module, "weight", None)
+    device = weight.device.type if isinstance(weight, torch.Tensor) else "cpu"
+    if backend != "auto" or device != "cpu":
         return ""
-    w = module.weight
-    why = _conv.cpu_auto_uses_torch(w.dtype, w.shape, list(module.stride))
-    dtype = str(w.dtype).replace("torch.", "")
-    return f" (CPU {dtype}: torch's conv2d, native measured slower on {why})" if why else f" (CPU {dtype}: native)"
+    if isinstance(module, nn.Conv2d):
+        w = module.weight
+        why = _conv.cpu_auto_uses_torch(w.dtype, w.shape, list(module.stride))
+        dtype = str(w.dtype).replace("torch.", "")
+        return f" (CPU {dtype}: torch's conv2d, native measured slower on {why})" if why else f" (CPU {dtype}: native)"
+    if isinstance(module, nn.Linear):
+        limit = _lr.CPU_AUTO_TORCH_BELOW.bit_length() - 1
+        return f" (CPU: native; torch's linear + relu for calls under 2^{limit} multiply-adds)"
+    if isinstance(module, nn.CrossEntropyLoss):
+        limit = _ce.CPU_AUTO_TORCH_BELOW.bit_length() - 1
+        return f" (CPU: native; torch's cross_entropy for logits under 2^{limit} elements)"
+    return ""
 
 
 def swap(
@@ -156,7 +170,7 @@ def swap(
                 if getattr(second, "inplace", False)
                 else ""
             )
-            report.replaced.append((name, label, cls.__name__ + " + Identity" + note))
+            report.replaced.append((name, label, cls.__name__ + " + Identity" + _runs_on(first, backend) + note))
 
     pair_firsts = {a: b for a, b in pairs}
     for name, module in model.named_modules():
