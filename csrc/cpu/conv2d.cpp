@@ -46,14 +46,20 @@
 // faulted on every call). float16 (oneDNN's float16 micro-kernel needs AVX512-FP16) and bfloat16
 // without the micro-kernel take the widening path: float32 copies of x, w (and dy) through the
 // float32 kernels, each output rounded once.
+// float32 with stride 1, >= 8 channels per group and a kernel larger than 1x1 runs the same direct
+// passes on the micro-kernel's float32 form (plain rows instead of VNNI pairs; f32_direct_applies),
+// measured 1.1-1.5x faster fwd+bwd than the tiled BLAS kernel on 3x3 / 5x5 with 8-32 channels per
+// group, level with it at 64-128 channels on 28x28-56x56, within noise (up to 10% slower) at 8x8
+// (2-core Intel Xeon, AVX-512); 1x1 convs stay on the tiled kernel, which hands each image to the
+// BLAS as one GEMM.
 //
 // Traffic (float32): forward reads x once (plus the padded copy: one more read + write of x), the
 // gathered tiles live in L2 (R S times the input's bytes pass through L2, not memory), w is read
 // once per tile from L2, y written once: ~4 (2 N C H W + N K P Q) bytes from memory. torch's
 // unfused im2col path (slow_conv2d) materialises col per sample (4 P Q CRS bytes written and read
-// back); oneDNN's direct convolution (the baseline) gathers nothing. bfloat16 direct passes: 2 bytes
-// per element, the input (or dy) read once and its grid image written once and read R S times from
-// L2 (one sample's image per tile), no gather; wgrad also writes dy^T once.
+// back); oneDNN's direct convolution (the baseline) gathers nothing. Direct passes: 2 (bfloat16) or
+// 4 (float32) bytes per element, the input (or dy) read once and its grid image written once and
+// read R S times from L2 (one sample's image per tile), no gather; wgrad also writes dy^T once.
 //
 // Numerics. Accumulation in the input dtype through BLAS (float32 / float64); float32 for float16 /
 // bfloat16 (the micro-kernel's float32 C, or the float32 kernels on widened copies): y, dx, dW and db
@@ -63,8 +69,10 @@
 // contributions of each pixel in (c, r, s, p, q) order, dW sums over samples in chunk order.
 // Scratch: two tile buffers per thread (<= max(kColBudget, CRS x (kMinCols + Q)) + Kg x tile
 // columns) and, with padding, the padded input (and dx) of the thread's chunk: O(input), never
-// O(N P Q CRS). The bfloat16 direct passes repack the input and dy once (O(input + dy)); buffers up
-// to 16 MiB are kept per calling thread between calls (Scratch).
+// O(N P Q CRS). The direct passes repack the input and dy once (O(input + dy)); buffers up to
+// 16 MiB are kept per calling thread between calls (Scratch). float32 direct passes accumulate in
+// float32 over the taps in order (r, s) and the channels within a tap: the same sums as the tiled
+// kernel's GEMM in a different order, within the 2x-torch rule like it; db is one at::sum of dy.
 //
 // Preconditions (check_conv2d_args): 4-D x and w of the same floating dtype and device, groups
 // divides C and K, w.size(1) == C / groups, positive stride/dilation, non-negative padding, P, Q >= 1.
@@ -513,6 +521,23 @@ bool bf16_brgemm_usable() {
   return works;
 }
 
+// Whether oneDNN's float32 brgemm micro-kernel runs here (the same conditions; a plain-row B).
+bool f32_brgemm_usable() {
+  if (!at::globalContext().userEnabledMkldnn()) return false;
+  static const bool works = [] {
+    try {
+      const float a[4] = {1.f, 2.f, 3.f, 4.f}, b[4] = {5.f, 6.f, 7.f, 8.f};
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      at::native::cpublas::brgemm(2, 2, 2, 2, 2, 2, false, a, b, c, /*is_vnni=*/false);
+      at::native::cpublas::brgemm_release(false);
+      return c[0] == 19.f && c[1] == 22.f && c[2] == 43.f && c[3] == 50.f;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return works;
+}
+
 inline int64_t round_up2(int64_t v) { return (v + 1) & ~int64_t(1); }
 
 // out[2 q] = a[q], out[2 q + 1] = b[q] (0 when b is null) for q < n: two bfloat16 rows as one VNNI
@@ -796,19 +821,20 @@ class Scratch {
   T* ptr_ = nullptr;
 };
 
-// ---- bfloat16, stride 1: gather-free passes on the same micro-kernel --------------------------------
+// ---- bfloat16 and float32, stride 1: gather-free passes on the same micro-kernel ---------------------
 //
 // With stride 1, tap (r, s) of the outputs in a tile of whole rows reads one contiguous run of the
 // input laid out on its padded grid (Hs rows of Wp pixels, Wp even). Computing those outputs on the
 // grid too (Wp - Q discarded columns per row) makes each tap one GEMM over the channels whose B is a
 // strided view of the input: no im2col gather, the R S taps accumulate into one float32 tile:
 //   forward: Y (Kg x L) = sum_{r, s} W_rs (Kg x Cg) X_grid[off(r, s) ..] (Cg x L), off = r dh Wp + s dw,
-//            X repacked once into channel-pair VNNI planes, W_rs once per call;
+//            X repacked once into channel-pair VNNI planes (float32: plain planes), W_rs once
+//            per call;
 //   dgrad:   the same on dy zero-extended by the kernel's reach, with the taps flipped and W_rs^T:
 //            dX (Cg x L) = sum W_flip_rs^T (Cg x Kg) DY_grid[off ..];
 //   wgrad:   dW_rs^T (Cg x Kg) += X_grid[off ..] (Cg x L) DY_grid^T (L x Kg): A is x on its grid as
 //            plain rows (any tap offset is a pointer offset), B is dy on x's grid (zero in the
-//            discarded columns) transposed once into pixel-pair VNNI.
+//            discarded columns) transposed once into pixel-pair VNNI (float32: plain rows).
 // Each brgemm call reduces over Cg (forward), Kg (dgrad) or a tile's L pixels (wgrad); measured
 // here at ~500 GFLOP/s single-thread in cache for M, N >= 16 and K >= 64 (AVX512-BF16).
 // Exactness: every product a kept output sums is one the tiled kernel forms too (input zeros from
@@ -816,16 +842,33 @@ class Scratch {
 // columns: exact zeros when W (dgrad) and x (wgrad) are finite, so those passes check that first and
 // leave non-finite operands to the tiled kernel (NaN where torch has NaN, nowhere else).
 
-// Whether every element is finite (no inf / NaN exponent).
-bool all_finite_bf16(const at::Tensor& t) {
-  const c10::BFloat16* p = t.const_data_ptr<c10::BFloat16>();
+// Whether an element's exponent is all ones (inf / NaN).
+inline uint32_t nonfinite(c10::BFloat16 v) { return uint32_t((v.x & 0x7f80) == 0x7f80); }
+inline uint32_t nonfinite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+}
+
+// Whether every element is finite.
+template <typename T>
+bool all_finite(const at::Tensor& t) {
+  const T* p = t.const_data_ptr<T>();
   std::atomic<bool> bad{false};
   at::parallel_for(0, t.numel(), int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
     uint32_t any = 0;
-    for (int64_t i = i0; i < i1; ++i) any |= uint32_t((p[i].x & 0x7f80) == 0x7f80);
+    for (int64_t i = i0; i < i1; ++i) any |= nonfinite(p[i]);
     if (any) bad = true;
   });
   return !bad;
+}
+
+// Elements per VNNI group of B: bfloat16 pairs two rows (K = 2 per 32-bit word), float32 none.
+template <typename T>
+constexpr int64_t kPair = std::is_same_v<T, c10::BFloat16> ? 2 : 1;
+template <typename T>
+inline int64_t round_up_pair(int64_t v) {
+  return (v + kPair<T> - 1) / kPair<T> * kPair<T>;
 }
 
 // Below this many channels in a tap's reduction, the per-tap GEMMs are too short (K = 2, 4) and the
@@ -833,11 +876,19 @@ bool all_finite_bf16(const at::Tensor& t) {
 constexpr int64_t kDirectMinChannels = 8;
 
 bool direct_fwd_applies(const Conv2dGeometry& g) { return g.sh == 1 && g.sw == 1 && g.Cg >= kDirectMinChannels; }
-bool direct_dgrad_applies(const Conv2dGeometry& g, const at::Tensor& w) {
-  return g.sh == 1 && g.sw == 1 && g.Kg >= kDirectMinChannels && all_finite_bf16(w);
+// float32 takes the direct passes only beyond 1x1: a 1x1 conv is one GEMM per image already, which
+// the tiled kernel hands whole to the BLAS (measured 2.0-2.3x torch there, 1.2-1.3x through the
+// per-tile micro-kernel calls).
+bool f32_direct_applies(const Conv2dGeometry& g) {
+  return direct_fwd_applies(g) && g.R * g.S > 1 && f32_brgemm_usable();
 }
+template <typename T>
+bool direct_dgrad_applies(const Conv2dGeometry& g, const at::Tensor& w) {
+  return g.sh == 1 && g.sw == 1 && g.Kg >= kDirectMinChannels && all_finite<T>(w);
+}
+template <typename T>
 bool direct_wgrad_applies(const Conv2dGeometry& g, const at::Tensor& x) {
-  return g.sh == 1 && g.sw == 1 && g.Cg >= kDirectMinChannels && all_finite_bf16(x);
+  return g.sh == 1 && g.sw == 1 && g.Cg >= kDirectMinChannels && all_finite<T>(x);
 }
 
 // Pixels per tile on a grid of `cols` columns: whole rows, about `target` output columns (forward and
@@ -850,27 +901,32 @@ inline int64_t direct_tile_rows(int64_t cols, int64_t total_rows, int64_t target
 }
 
 // One image's channels [0, nc) (Hsrc x Wsrc each, contiguous) on a grid of rows x cols pixels, placed
-// at (oh, ow) (cropped where outside, zero elsewhere), as channel-pair VNNI planes: element (c, j)
-// at (c / 2) 2 plane + 2 j + c % 2; the pad channel of an odd nc is zero.
-void pack_channel_pairs(const c10::BFloat16* src, int64_t nc, int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow,
-                        int64_t rows, int64_t cols, c10::BFloat16* dst) {
-  using S = c10::BFloat16;
+// at (oh, ow) (cropped where outside, zero elsewhere). bfloat16: channel-pair VNNI planes, element
+// (c, j) at (c / 2) 2 plane + 2 j + c % 2, the pad channel of an odd nc zero; float32: plain planes.
+template <typename S>
+void pack_channel_pairs(const S* src, int64_t nc, int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow, int64_t rows,
+                        int64_t cols, S* dst) {
+  constexpr int64_t P = kPair<S>;
   const int64_t plane = rows * cols, j0 = std::clamp<int64_t>(ow, 0, cols),
                 j1 = std::clamp<int64_t>(ow + Wsrc, 0, cols);
-  for (int64_t c = 0; c < nc; c += 2) {
+  for (int64_t c = 0; c < nc; c += P) {
     const S* a = src + c * Hsrc * Wsrc;
-    const S* b = c + 1 < nc ? a + Hsrc * Wsrc : nullptr;
+    const S* b = P == 2 && c + 1 < nc ? a + Hsrc * Wsrc : nullptr;
     S* d = dst + c * plane;
     for (int64_t i = 0; i < rows; ++i) {
-      S* row = d + 2 * i * cols;
+      S* row = d + P * i * cols;
       const int64_t h = i - oh;
       if (h < 0 || h >= Hsrc || j1 <= j0) {
-        std::fill(row, row + 2 * cols, S(0.f));
+        std::fill(row, row + P * cols, S(0.f));
         continue;
       }
-      std::fill(row, row + 2 * j0, S(0.f));
-      interleave_pair(a + h * Wsrc + (j0 - ow), b ? b + h * Wsrc + (j0 - ow) : nullptr, row + 2 * j0, j1 - j0);
-      std::fill(row + 2 * j1, row + 2 * cols, S(0.f));
+      std::fill(row, row + P * j0, S(0.f));
+      if constexpr (P == 2) {
+        interleave_pair(a + h * Wsrc + (j0 - ow), b ? b + h * Wsrc + (j0 - ow) : nullptr, row + 2 * j0, j1 - j0);
+      } else {
+        std::memcpy(row + j0, a + h * Wsrc + (j0 - ow), sizeof(S) * (j1 - j0));
+      }
+      std::fill(row + P * j1, row + P * cols, S(0.f));
     }
   }
 }
@@ -878,16 +934,17 @@ void pack_channel_pairs(const c10::BFloat16* src, int64_t nc, int64_t Hsrc, int6
 // W_rs per tap and group: out[((r S + s) G + gi) M Np + m Np + n] = W[gi Kg + k][c][r][s] with
 // (m, n) = (k, c) (forward: Kg x Cgp) or, transposed and flipped, (m, n) = (c, k) at tap
 // (R-1-r, S-1-s) (dgrad: Cg x Kgp); zero pad columns.
-Scratch<c10::BFloat16> pack_tap_weights(const Conv2dGeometry& g, const c10::BFloat16* w, bool dgrad) {
-  const int64_t RS = g.R * g.S, M = dgrad ? g.Cg : g.Kg, Np = round_up2(dgrad ? g.Kg : g.Cg);
-  Scratch<c10::BFloat16> buf(kTaps, RS * g.G * M * Np);
-  c10::BFloat16* const out = buf.get();
-  std::fill(out, out + RS * g.G * M * Np, c10::BFloat16(0.f));
+template <typename S>
+Scratch<S> pack_tap_weights(const Conv2dGeometry& g, const S* w, bool dgrad) {
+  const int64_t RS = g.R * g.S, M = dgrad ? g.Cg : g.Kg, Np = round_up_pair<S>(dgrad ? g.Kg : g.Cg);
+  Scratch<S> buf(kTaps, RS * g.G * M * Np);
+  S* const out = buf.get();
+  std::fill(out, out + RS * g.G * M * Np, S(0.f));
   for (int64_t gi = 0; gi < g.G; ++gi) {
     for (int64_t k = 0; k < g.Kg; ++k) {
       for (int64_t c = 0; c < g.Cg; ++c) {
         for (int64_t t = 0; t < RS; ++t) {
-          const c10::BFloat16 v = w[((gi * g.Kg + k) * g.Cg + c) * RS + t];
+          const S v = w[((gi * g.Kg + k) * g.Cg + c) * RS + t];
           const int64_t tap = dgrad ? RS - 1 - t : t;  // (R-1-r) S + (S-1-s) = RS - 1 - (r S + s)
           out[((tap * g.G + gi) * M + (dgrad ? c : k)) * Np + (dgrad ? k : c)] = v;
         }
@@ -897,11 +954,13 @@ Scratch<c10::BFloat16> pack_tap_weights(const Conv2dGeometry& g, const c10::BFlo
   return buf;
 }
 
-// C (M x N, float32, ldc) (+)= A (M x K, lda) B, B in VNNI with leading dimension ldb (>= N): the
-// general form of brgemm_bf16 (B's row pairs ldb pixels apart: one plane of a channel-pair image).
-inline void brgemm_bf16_ldb(int64_t M, int64_t N, int64_t K, const c10::BFloat16* a, int64_t lda,
-                            const c10::BFloat16* b, int64_t ldb, float* c, int64_t ldc, bool add_c) {
-  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add_c, a, b, c, /*is_vnni=*/true);
+// C (M x N, float32, ldc) (+)= A (M x K, lda) B with leading dimension ldb (>= N); bfloat16: B in
+// VNNI, the general form of brgemm_bf16 (B's row pairs ldb pixels apart: one plane of a channel-pair
+// image); float32: plain rows.
+template <typename S>
+inline void brgemm_ldb(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda, const S* b, int64_t ldb, float* c,
+                       int64_t ldc, bool add_c) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add_c, a, b, c, /*is_vnni=*/kPair<S> == 2);
 }
 
 // The shared skeleton of the direct forward and dgrad: an output (N, G Mo, Ho, Wo) from the
@@ -909,9 +968,9 @@ inline void brgemm_bf16_ldb(int64_t M, int64_t N, int64_t K, const c10::BFloat16
 // work item is one sample's tile of output rows, contiguous runs of items per thread;
 // epilogue(n, gi, h, m, src) stores output row h of channel m from the float32 row src (cols values,
 // the first Wo kept).
-template <typename Epilogue>
-void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, int64_t rows, int64_t cols,
-                 const c10::BFloat16* taps, int64_t Mo, int64_t Ho, const Epilogue& epilogue) {
+template <typename S, typename Epilogue>
+void direct_pass(const Conv2dGeometry& g, const S* in, int64_t Kp, int64_t rows, int64_t cols, const S* taps,
+                 int64_t Mo, int64_t Ho, const Epilogue& epilogue) {
   const int64_t plane = rows * cols, RS = g.R * g.S, tile = direct_tile_rows(cols, Ho);
   const int64_t tiles = (Ho + tile - 1) / tile, items = g.N * tiles;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(items, at::get_num_threads()));
@@ -924,10 +983,11 @@ void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, i
         const int64_t n = item / tiles, h0 = (item % tiles) * tile, h1 = std::min(Ho, h0 + tile);
         const int64_t L = (h1 - h0) * cols;
         for (int64_t gi = 0; gi < g.G; ++gi) {
-          const c10::BFloat16* b = in + (n * g.G + gi) * Kp * plane;
+          const S* b = in + (n * g.G + gi) * Kp * plane;
           for (int64_t t = 0; t < RS; ++t) {
             const int64_t off = (h0 + (t / g.S) * g.dh) * cols + (t % g.S) * g.dw;
-            brgemm_bf16_ldb(Mo, L, Kp, taps + (t * g.G + gi) * Mo * Kp, Kp, b + 2 * off, plane, acc, L, t > 0);
+            brgemm_ldb(Mo, L, Kp, taps + (t * g.G + gi) * Mo * Kp, Kp, b + kPair<S> * off, plane, acc, L,
+                       t > 0);
           }
           for (int64_t h = h0; h < h1; ++h) {
             for (int64_t m = 0; m < Mo; ++m) epilogue(n, gi, h, m, acc + m * L + (h - h0) * cols);
@@ -935,8 +995,22 @@ void direct_pass(const Conv2dGeometry& g, const c10::BFloat16* in, int64_t Kp, i
         }
       }
     }
-    at::native::cpublas::brgemm_release(true);
+    at::native::cpublas::brgemm_release(kPair<S> == 2);
   });
+}
+
+// dst[0, n) = src + b, then max(., 0) when relu (float32 output).
+inline void bias_act_store(const float* src, float b, bool relu, float* dst, int64_t n) {
+  using V = Vectorized<float>;
+  constexpr int64_t L = V::size();
+  const V vb(b), zero(0.f);
+  int64_t i = 0;
+  for (; i < n; i += L) {
+    const int64_t k = std::min<int64_t>(L, n - i);
+    V v = V::loadu(src + i, k) + vb;
+    if (relu) v = at::vec::maximum(v, zero);
+    v.store(dst + i, k);
+  }
 }
 
 // dst[0, n) = narrow(src + b), then max(., 0) when relu.
@@ -965,12 +1039,13 @@ struct InputGrid {
 // The channel-pair image (N, G, Cgrp rounded up to even / 2, rows x cols, 2) of src (N, Csrc, Hsrc,
 // Wsrc; groups of Cgrp channels) placed at (oh, ow) on the grid, plus zeros for the (S-1) dw pixels
 // the last tile's discarded columns read past the end. In scratch slot kImage.
-Scratch<c10::BFloat16> pack_image(const Conv2dGeometry& g, const c10::BFloat16* src, int64_t Csrc, int64_t Cgrp,
-                                  int64_t Hsrc, int64_t Wsrc, int64_t oh, int64_t ow, int64_t rows, int64_t cols) {
-  const int64_t Cp = round_up2(Cgrp), block = Cp * rows * cols, slack = 2 * ((g.S - 1) * g.dw + 1);
-  Scratch<c10::BFloat16> buf(kImage, g.N * g.G * block + slack);
-  c10::BFloat16* const out = buf.get();
-  std::fill(out + g.N * g.G * block, out + g.N * g.G * block + slack, c10::BFloat16(0.f));
+template <typename S>
+Scratch<S> pack_image(const Conv2dGeometry& g, const S* src, int64_t Csrc, int64_t Cgrp, int64_t Hsrc, int64_t Wsrc,
+                      int64_t oh, int64_t ow, int64_t rows, int64_t cols) {
+  const int64_t Cp = round_up_pair<S>(Cgrp), block = Cp * rows * cols, slack = kPair<S> * ((g.S - 1) * g.dw + 1);
+  Scratch<S> buf(kImage, g.N * g.G * block + slack);
+  S* const out = buf.get();
+  std::fill(out + g.N * g.G * block, out + g.N * g.G * block + slack, S(0.f));
   at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / g.G, gi = i % g.G;
@@ -981,16 +1056,16 @@ Scratch<c10::BFloat16> pack_image(const Conv2dGeometry& g, const c10::BFloat16* 
   return buf;
 }
 
+template <typename S>
 void conv2d_fwd_direct(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                        bool relu, at::Tensor& y) {
-  using S = c10::BFloat16;
   const InputGrid grid(g);
   const auto xv = pack_image(g, x.const_data_ptr<S>(), g.C, g.Cg, g.H, g.W, g.ph, g.pw, grid.rows, grid.cols);
   const auto taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/false);
   std::vector<float> b32(static_cast<size_t>(g.K), 0.f);
   if (bias.defined()) convert_n(bias.const_data_ptr<S>(), b32.data(), g.K);
   S* yp = y.mutable_data_ptr<S>();
-  direct_pass(g, xv.get(), round_up2(g.Cg), grid.rows, grid.cols, taps.get(), g.Kg, g.P,
+  direct_pass(g, xv.get(), round_up_pair<S>(g.Cg), grid.rows, grid.cols, taps.get(), g.Kg, g.P,
               [&](int64_t n, int64_t gi, int64_t p, int64_t k, const float* src) {
                 const int64_t kk = gi * g.Kg + k;
                 bias_act_store(src, b32[kk], relu, yp + ((n * g.K + kk) * g.P + p) * g.Q, g.Q);
@@ -1000,14 +1075,14 @@ void conv2d_fwd_direct(const Conv2dGeometry& g, const at::Tensor& x, const at::T
 // dx(h, w) = sum_{r', s', k} W[k][c][R-1-r'][S-1-s'] dy_ext[k][h + r' dh][w + s' dw] with dy_ext = dy
 // placed at ((R-1) dh - ph, (S-1) dw - pw) on a grid of H + (R-1) dh rows of W + (S-1) dw pixels
 // (rounded up to even), zero elsewhere (cropped where the padding exceeds the kernel's reach).
+template <typename S>
 void conv2d_dgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx) {
-  using S = c10::BFloat16;
   const int64_t rows = g.H + (g.R - 1) * g.dh, cols = round_up2(g.W + (g.S - 1) * g.dw);
   const auto dyv = pack_image(g, dy.const_data_ptr<S>(), g.K, g.Kg, g.P, g.Q, (g.R - 1) * g.dh - g.ph,
                               (g.S - 1) * g.dw - g.pw, rows, cols);
   const auto taps = pack_tap_weights(g, w.const_data_ptr<S>(), /*dgrad=*/true);
   S* dxp = dx.mutable_data_ptr<S>();
-  direct_pass(g, dyv.get(), round_up2(g.Kg), rows, cols, taps.get(), g.Cg, g.H,
+  direct_pass(g, dyv.get(), round_up_pair<S>(g.Kg), rows, cols, taps.get(), g.Cg, g.H,
               [&](int64_t n, int64_t gi, int64_t h, int64_t c, const float* src) {
                 convert_n(src, dxp + ((n * g.C + gi * g.Cg + c) * g.H + h) * g.W, g.W);
               });
@@ -1018,8 +1093,9 @@ void conv2d_dgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
 // pixels, zero in the discarded columns) transposed into pixel-pair VNNI: element (j, k) at
 // (j / 2) 2 Kg + 2 k + j % 2, one 32-bit word per (pixel pair, k). One float32 partial (RS, G, Cg, Kg)
 // per thread chunk, summed in chunk order, rounded once into dW.
+template <typename S>
 void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw) {
-  using S = c10::BFloat16;
+  constexpr int64_t P = kPair<S>;
   const InputGrid grid(g);
   const int64_t plane = grid.plane(), cols = grid.cols, RS = g.R * g.S, PW = g.P * cols;
   const S* xp = x.const_data_ptr<S>();
@@ -1029,7 +1105,7 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
   const Scratch<S> xg_buf(kGrid, g.N * g.C * plane + slack);
   S* const xg = xg_buf.get();
   std::fill(xg + g.N * g.C * plane, xg + g.N * g.C * plane + slack, S(0.f));
-  // dy^T on the grid: [n][gi][PW / 2][Kg][2] (PW is even: cols is).
+  // dy^T on the grid: [n][gi][PW / P][Kg][P] (PW is even: cols is).
   const Scratch<S> dyt_buf(kGridT, g.N * g.K * PW);
   S* const dyt = dyt_buf.get();
   at::parallel_for(0, g.N * g.G, 1, [&](int64_t i0, int64_t i1) {
@@ -1050,12 +1126,11 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
       for (int64_t p = 0; p < g.P; ++p) {
         for (int64_t k = 0; k < g.Kg; ++k) {
           const S* src = dyp + ((n * g.K + gi * g.Kg + k) * g.P + p) * g.Q;
-          S* o = d + (p * cols / 2 * g.Kg + k) * 2;
+          S* o = d + (p * cols / P * g.Kg + k) * P;
           int64_t q = 0;
-          for (; q + 1 < g.Q; q += 2, o += 2 * g.Kg) std::memcpy(o, src + q, 2 * sizeof(S));
-          for (; q < cols; q += 2, o += 2 * g.Kg) {  // the last odd column, then the discarded ones
-            o[0] = q < g.Q ? src[q] : S(0.f);
-            o[1] = S(0.f);
+          for (; q + P - 1 < g.Q; q += P, o += P * g.Kg) std::memcpy(o, src + q, P * sizeof(S));
+          for (; q < cols; q += P, o += P * g.Kg) {  // the last odd column, then the discarded ones
+            for (int64_t e = 0; e < P; ++e) o[e] = q + e < g.Q ? src[q + e] : S(0.f);
           }
         }
       }
@@ -1078,12 +1153,12 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
           for (int64_t t = 0; t < RS; ++t) {
             const int64_t off = (p0 + (t / g.S) * g.dh) * cols + (t % g.S) * g.dw;
             const S* a = xg + (n * g.C + gi * g.Cg) * plane + off;
-            brgemm_bf16_ldb(g.Cg, g.Kg, L, a, plane, b, g.Kg, acc + (t * g.G + gi) * g.Cg * g.Kg, g.Kg, true);
+            brgemm_ldb(g.Cg, g.Kg, L, a, plane, b, g.Kg, acc + (t * g.G + gi) * g.Cg * g.Kg, g.Kg, true);
           }
         }
       }
     }
-    at::native::cpublas::brgemm_release(true);
+    at::native::cpublas::brgemm_release(P == 2);
   });
   for (int64_t c = 1; c < chunks; ++c) {
     at::vec::map2<float>([](auto a, auto b) { return a + b; }, part, part, part + c * part_size, part_size);
@@ -1115,16 +1190,30 @@ void conv2d_bwd_general(const Conv2dGeometry& g, const at::Tensor& dy, const at:
     // Gather-free passes where they apply (stride 1; finite inputs where they read padding, see
     // above), the tiled gather kernel for the rest.
     bool dx_done = dx == nullptr, dw_done = dw == nullptr;
-    if (!dx_done && direct_dgrad_applies(g, w)) {
-      conv2d_dgrad_direct(g, dy, w, *dx);
+    if (!dx_done && direct_dgrad_applies<c10::BFloat16>(g, w)) {
+      conv2d_dgrad_direct<c10::BFloat16>(g, dy, w, *dx);
       dx_done = true;
     }
-    if (!dw_done && direct_wgrad_applies(g, x)) {
-      conv2d_wgrad_direct(g, dy, x, *dw);
+    if (!dw_done && direct_wgrad_applies<c10::BFloat16>(g, x)) {
+      conv2d_wgrad_direct<c10::BFloat16>(g, dy, x, *dw);
       dw_done = true;
     }
     if (!dx_done || !dw_done) conv2d_bwd_brgemm(g, dy, x, w, dx_done ? nullptr : dx, dw_done ? nullptr : dw);
     if (db) conv2d_bias_grad_bf16(g, dy, *db);
+  } else if (dt == at::kFloat && f32_direct_applies(g)) {
+    // float32 stride 1: the gather-free passes on the float32 micro-kernel where they apply, the
+    // tiled BLAS kernel for the rest; db as one reduction of dy.
+    const bool dx_direct = dx != nullptr && direct_dgrad_applies<float>(g, w);
+    const bool dw_direct = dw != nullptr && direct_wgrad_applies<float>(g, x);
+    if (dx_direct) conv2d_dgrad_direct<float>(g, dy, w, *dx);
+    if (dw_direct) conv2d_wgrad_direct<float>(g, dy, x, *dw);
+    at::Tensor* dx_rest = dx_direct ? nullptr : dx;
+    at::Tensor* dw_rest = dw_direct ? nullptr : dw;
+    if (dx_rest != nullptr || dw_rest != nullptr) {
+      conv2d_bwd_kernel<float>(g, dy, x, w, dx_rest, dw_rest, db);
+    } else if (db) {
+      at::sum_out(*db, dy, {0, 2, 3});
+    }
   } else if (dt == at::kHalf || dt == at::kBFloat16) {
     // Widening path: float32 copies through the float32 kernel, each gradient rounded once.
     const auto f32 = opts.dtype(at::kFloat);
@@ -1162,10 +1251,12 @@ at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std:
     cpu::conv2d_fwd_direct_grouped(g, x, w, bias, relu, y);  // depthwise / few channels per group
   } else if (y.numel() > 0 && dt == at::kBFloat16 && bf16_brgemm_usable()) {
     if (direct_fwd_applies(g)) {
-      conv2d_fwd_direct(g, x, w, bias, relu, y);
+      conv2d_fwd_direct<c10::BFloat16>(g, x, w, bias, relu, y);
     } else {
       conv2d_fwd_brgemm(g, x, w, bias, relu, y);
     }
+  } else if (y.numel() > 0 && dt == at::kFloat && f32_direct_applies(g)) {
+    conv2d_fwd_direct<float>(g, x, w, bias, relu, y);  // stride 1, >= 8 channels per group, not 1x1
   } else if (y.numel() > 0 && (dt == at::kHalf || dt == at::kBFloat16)) {
     // Widening path: float32 copies through the float32 kernel, the output rounded once.
     const at::Tensor b32 = bias.defined() ? bias.to(at::kFloat) : at::Tensor();
