@@ -73,14 +73,7 @@ def providers(ctx: Context, dtype: torch.dtype) -> dict[str, Callable[[list[torc
         "torch_foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
         "torch_fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
     }
-    table = fastops.backends()
-    for backend in ("native", "triton"):
-        usable, reason = table.get(backend, {}).get(ctx.device, (False, "not listed by fastops.backends()"))
-        if backend == "triton" and ctx.device == "cpu":
-            usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
-        if not usable:
-            ctx.skip(OP, f"fastops_{backend}", reason, dtype=dtype)
-            continue
+    for backend in ctx.fastops_backends(OP, dtype):
         out[f"fastops_{backend}"] = lambda ps, b=backend: fastops.optim.Adam(ps, lr=1e-3, backend=b)
     return out
 

@@ -111,17 +111,9 @@ def providers(
         eager = lambda x, w, b: F.conv2d(x, w, b, stride, pad, 1, groups)  # noqa: E731
     torch._dynamo.reset()
     out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager, "torch_compile": torch.compile(eager, dynamic=False)}
-    table = fastops.backends()
     act = "relu" if relu else None
-    for backend in ("native", "triton"):
-        usable, reason = table.get(backend, {}).get(ctx.device, (False, "not listed by fastops.backends()"))
-        if backend == "triton" and ctx.device == "cpu":
-            usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
-        if usable and fastops._backend.why_not(OP, backend, ctx.device, dtype):
-            usable, reason = False, fastops._backend.why_not(OP, backend, ctx.device, dtype)
-        if not usable:
-            ctx.skip(op, f"fastops_{backend}", reason, dtype=dtype)
-            continue
+    probe = lambda be: fastops._backend.why_not(OP, be, ctx.device, dtype) or ""  # noqa: E731
+    for backend in ctx.fastops_backends(op, dtype, probe):
         out[f"fastops_{backend}"] = lambda x, w, b, be=backend: FF.conv2d(
             x, w, b, stride, pad, 1, groups, activation=act, backend=be
         )

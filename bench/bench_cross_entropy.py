@@ -81,7 +81,6 @@ def make_check(
 def providers(ctx: Context, dtype: torch.dtype) -> dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]]:
     """name -> (forward(logits, target), passes) for the providers that can run here; the others
     are recorded with ctx.skip."""
-    import fastops
     import fastops.functional as FF
 
     out: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
@@ -90,16 +89,8 @@ def providers(ctx: Context, dtype: torch.dtype) -> dict[str, tuple[Callable[...,
     torch._dynamo.reset()  # a fresh compile per case: no silent fallback past the recompile limit
     out["torch_compile"] = (torch.compile(F.cross_entropy, dynamic=False), ("fwd", "bwd", "fwd+bwd"))
 
-    table = fastops.backends()
-    for backend in ("native", "triton"):
-        usable, reason = table.get(backend, {}).get(ctx.device, (False, "not listed by fastops.backends()"))
-        if backend == "triton" and ctx.device == "cpu":
-            usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
-        if usable:
-            reason = _probe(lambda x, t, b=backend: FF.cross_entropy(x, t, backend=b), ctx.device, dtype)
-        if reason:
-            ctx.skip(OP, f"fastops_{backend}", reason, dtype=dtype)
-            continue
+    probe = lambda be: _probe(lambda x, t: FF.cross_entropy(x, t, backend=be), ctx.device, dtype)  # noqa: E731
+    for backend in ctx.fastops_backends(OP, dtype, probe):
         fwd = lambda x, t, b=backend: FF.cross_entropy(x, t, backend=b)  # noqa: E731
         out[f"fastops_{backend}"] = (fwd, ("fwd", "bwd", "fwd+bwd"))
         if backend == "native":

@@ -89,7 +89,6 @@ def make_check(
 
 def providers(ctx: Context, dtype: torch.dtype) -> dict[str, Callable[..., torch.Tensor]]:
     """name -> forward(x, weight, target) for the providers that can run here (others: ctx.skip)."""
-    import fastops
     import fastops.functional as FF
 
     def eager(x: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -98,16 +97,8 @@ def providers(ctx: Context, dtype: torch.dtype) -> dict[str, Callable[..., torch
     out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager}
     torch._dynamo.reset()
     out["torch_compile"] = torch.compile(eager, dynamic=False)
-    table = fastops.backends()
-    for backend in ("native", "triton"):
-        usable, reason = table.get(backend, {}).get(ctx.device, (False, "not listed by fastops.backends()"))
-        if backend == "triton" and ctx.device == "cpu":
-            usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
-        if usable:
-            reason = _probe(lambda x, w, t, b=backend: FF.linear_cross_entropy(x, w, t, backend=b), ctx.device, dtype)
-        if reason:
-            ctx.skip(OP, f"fastops_{backend}", reason, dtype=dtype)
-            continue
+    probe = lambda be: _probe(lambda x, w, t: FF.linear_cross_entropy(x, w, t, backend=be), ctx.device, dtype)  # noqa: E731
+    for backend in ctx.fastops_backends(OP, dtype, probe):
         out[f"fastops_{backend}"] = lambda x, w, t, b=backend: FF.linear_cross_entropy(x, w, t, backend=b)
     liger, why = _liger()
     if liger is None or ctx.device != "cuda":

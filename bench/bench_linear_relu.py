@@ -73,24 +73,14 @@ def make_check(
 def providers(ctx: Context, dtype: torch.dtype) -> dict[str, Callable[..., torch.Tensor]]:
     """name -> forward(x, weight, bias) for the providers that can run here; the others are
     recorded with ctx.skip."""
-    import fastops
     import fastops.functional as FF
 
     out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager}
     torch._dynamo.reset()
     out["torch_compile"] = torch.compile(eager, dynamic=False)
-    table = fastops.backends()
-    for backend in ("native", "triton"):
-        usable, reason = table.get(backend, {}).get(ctx.device, (False, "not listed by fastops.backends()"))
-        if backend == "triton" and ctx.device == "cpu":
-            usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
-        fn = lambda x, w, b, be=backend: FF.linear_relu(x, w, b, backend=be)  # noqa: E731
-        if usable:
-            reason = _probe(fn, ctx.device, dtype)
-        if reason:
-            ctx.skip(OP, f"fastops_{backend}", reason, dtype=dtype)
-            continue
-        out[f"fastops_{backend}"] = fn
+    probe = lambda be: _probe(lambda x, w, b: FF.linear_relu(x, w, b, backend=be), ctx.device, dtype)  # noqa: E731
+    for backend in ctx.fastops_backends(OP, dtype, probe):
+        out[f"fastops_{backend}"] = lambda x, w, b, be=backend: FF.linear_relu(x, w, b, backend=be)
     if ctx.device == "cuda":
         ctx.skip(OP, "fastops_native_cublaslt", "the cuBLASLt epilogue path is not implemented", dtype=dtype)
     return out

@@ -73,6 +73,27 @@ class Context:
 
     # -- measuring -------------------------------------------------------------------------------
 
+    def fastops_backends(self, op: str, dtype: torch.dtype, probe: Callable[[str], str] | None = None) -> list[str]:
+        """The fastops backends (``"native"``, ``"triton"``) to time for ``op`` in ``dtype`` here; each
+        other one is recorded with :meth:`skip` and fastops' reason, or ``probe(backend)``'s (a
+        non-empty string: why a tiny call failed). The Triton interpreter on CPU is never timed."""
+        import fastops
+
+        table = fastops.backends()
+        runnable = []
+        for backend in ("native", "triton"):
+            usable, reason = table.get(backend, {}).get(self.device, (False, "not listed by fastops.backends()"))
+            if backend == "triton" and self.device == "cpu":
+                usable, reason = False, "the Triton interpreter on CPU is a test path, not a performance path"
+            if usable and probe is not None:
+                reason = probe(backend)
+                usable = not reason
+            if usable:
+                runnable.append(backend)
+            else:
+                self.skip(op, f"fastops_{backend}", reason, dtype=dtype)
+        return runnable
+
     def _rate(self, work: Work, pass_: str, dtype: torch.dtype, ms: float) -> tuple[str, float, float | None]:
         """(metric, value, % of ceiling) for one timed pass."""
         if work.flops is not None:

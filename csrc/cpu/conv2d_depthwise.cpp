@@ -233,6 +233,22 @@ struct TapRuns {
   bool contiguous_rows = false;
 };
 
+// rows(std::integral_constant<int, n>{}) for the last n = 1..7 rows of a plane (none for n = 0): the
+// row count is a template argument of the row kernels, so each remainder is its own instantiation.
+template <typename Rows>
+inline void for_row_block(int64_t n, const Rows& rows) {
+  switch (n) {
+    case 7: rows(std::integral_constant<int, 7>{}); break;
+    case 6: rows(std::integral_constant<int, 6>{}); break;
+    case 5: rows(std::integral_constant<int, 5>{}); break;
+    case 4: rows(std::integral_constant<int, 4>{}); break;
+    case 3: rows(std::integral_constant<int, 3>{}); break;
+    case 2: rows(std::integral_constant<int, 2>{}); break;
+    case 1: rows(std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
 // One output plane (P rows of Q, ld apart) from the grid image at src: output row p starts at
 // src + p row_step, tap t at off[t] from there.
 template <typename S>
@@ -256,16 +272,7 @@ void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off,
                                                     idx, bias, relu, out + p * ld + q0, ld, n);
         };
         for (; p + 8 <= P; p += 8) rows(std::integral_constant<int, 8>{});
-        switch (P - p) {
-          case 7: rows(std::integral_constant<int, 7>{}); break;
-          case 6: rows(std::integral_constant<int, 6>{}); break;
-          case 5: rows(std::integral_constant<int, 5>{}); break;
-          case 4: rows(std::integral_constant<int, 4>{}); break;
-          case 3: rows(std::integral_constant<int, 3>{}); break;
-          case 2: rows(std::integral_constant<int, 2>{}); break;
-          case 1: rows(std::integral_constant<int, 1>{}); break;
-          default: break;
-        }
+        for_row_block(P - p, rows);
       }
       return;
     }
@@ -283,16 +290,7 @@ void gather_plane(const compute_t<S>* src, int64_t row_step, const int64_t* off,
       gather_rows<S, decltype(nr)::value>(src + p * row_step + q0, row_step, off, wt, ntaps, bias, relu,
                                           out + p * ld + q0, ld, n);
     };
-    switch (P - p) {
-      case 7: rows(std::integral_constant<int, 7>{}); break;
-      case 6: rows(std::integral_constant<int, 6>{}); break;
-      case 5: rows(std::integral_constant<int, 5>{}); break;
-      case 4: rows(std::integral_constant<int, 4>{}); break;
-      case 3: rows(std::integral_constant<int, 3>{}); break;
-      case 2: rows(std::integral_constant<int, 2>{}); break;
-      case 1: rows(std::integral_constant<int, 1>{}); break;
-      default: break;
-    }
+    for_row_block(P - p, rows);
   }
 }
 

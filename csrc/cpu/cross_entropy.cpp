@@ -63,6 +63,7 @@
 #include <vector>
 
 #include "cpu/reduced_float.h"
+#include "cpu/vec_exp.h"
 #include "fastops.h"
 
 namespace fastops {
@@ -75,26 +76,9 @@ using cpu::is_reduced_v;
 using cpu::load_wide;
 using cpu::store_narrow;
 using cpu::store_narrow2;
+using cpu::vexp;
+using cpu::vexp_keep_nan;
 using cpu::widen;
-
-template <typename T>
-inline Vectorized<T> vexp(const Vectorized<T>& v) {
-  return v.exp();
-}
-// ATen's polynomial exp_u20 (<= 20 ulp, ~2.4e-6 relative) costs about half of Sleef's 1-ulp exp;
-// softmax probabilities and the log of their sum need no more than that in float32, and the tests
-// hold the result to 2e-5 of the float64 reference. float64 keeps Sleef's 1-ulp exp.
-template <>
-inline Vectorized<float> vexp(const Vectorized<float>& v) {
-  return v.exp_u20();
-}
-// exp_u20 maps NaN to a finite garbage value. The row kernels never feed it NaN (a row whose m or ls
-// is not finite is written without exp); the lane-parallel kernels, whose lanes are different rows,
-// blend NaN back in so a NaN row (and an all -inf row, whose x - m is NaN) stays NaN, as torch's.
-template <typename T>
-inline Vectorized<T> vexp_keep_nan(const Vectorized<T>& v) {
-  return Vectorized<T>::blendv(vexp(v), v, v.isnan());
-}
 
 // Logits, targets and weights as the kernels see them: S is the storage type of the logits (and of
 // probability targets), T = compute_t<S> the arithmetic type (float for float16 / bfloat16 /

@@ -38,6 +38,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "cpu/vec_exp.h"
 #include "fastops.h"
 #include "linear_cross_entropy_driver.h"
 
@@ -47,15 +48,7 @@ namespace {
 using at::vec::Vectorized;
 using lce::ChunkView;
 using lce::RowParams;
-
-template <typename T>
-inline Vectorized<T> vexp(const Vectorized<T>& v) {
-  return v.exp();
-}
-template <>
-inline Vectorized<float> vexp(const Vectorized<float>& v) {
-  return v.exp_u20();
-}
+using cpu::vexp;
 
 template <typename T>
 using wide_t = std::conditional_t<std::is_same_v<T, float>, double, T>;

@@ -17,6 +17,7 @@ for, so a well-formed traced call passes.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -80,3 +81,19 @@ def check_same_device(op: str, **tensors: TensorArg) -> None:
                 first = (arg, t)
             elif t.device != first[1].device:
                 raise ValueError(f"{op}: {arg} is on {t.device} but {first[0]} is on {first[1].device}")
+
+
+def check_ignore_index(op: str, ignore_index: int) -> None:
+    """TypeError unless ignore_index is an integer, ValueError unless it fits in int64 (the ``int`` of
+    the cross-entropy ops' schemas).
+
+    Checked in Python because the dispatcher's own error for an out-of-range int ("Expected a value
+    of type 'int' ... but instead found type 'int'") does not say what is wrong, and the torch
+    composition would compare the targets against it silently.
+    """
+    try:
+        value = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {value}")

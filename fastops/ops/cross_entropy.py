@@ -12,7 +12,6 @@ autograd). Both ops are differentiable (see :mod:`fastops.ops._autograd`).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
@@ -22,7 +21,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from fastops import _backend, reference
 from fastops.ops import _autograd, namespace
-from fastops.ops._contract import INT64_MAX, INT64_MIN, check_same_device, dtype_str, shape_str
+from fastops.ops._contract import check_ignore_index, check_same_device, dtype_str, shape_str
 
 OP = "cross_entropy"
 REDUCTIONS = ("none", "mean", "sum")
@@ -140,21 +139,6 @@ class Geometry(NamedTuple):
     @property
     def rows(self) -> int:
         return self.B * self.D
-
-
-def check_ignore_index(op: str, ignore_index: int) -> None:
-    """TypeError unless ignore_index is an integer, ValueError unless it fits in int64 (the ops' ``int``).
-
-    Checked in Python because the dispatcher's own error for an out-of-range int ("Expected a value
-    of type 'int' ... but instead found type 'int'") does not say what is wrong, and the torch
-    composition would compare the targets against it silently.
-    """
-    try:
-        value = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {value}")
 
 
 def check_op_args(

@@ -20,7 +20,6 @@ argument contract, the same messages as csrc/fastops.h's check_linear_cross_entr
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
@@ -30,7 +29,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from fastops import _backend, reference
 from fastops.ops import _autograd, namespace
-from fastops.ops._contract import INT64_MAX, INT64_MIN, check_same_device, dtype_str, num_str, shape_str
+from fastops.ops._contract import check_ignore_index, check_same_device, dtype_str, num_str, shape_str
 
 OP = "linear_cross_entropy"
 FWD = "linear_cross_entropy_fwd"  # the registered op the API calls: its checks' messages start with this name
@@ -72,17 +71,6 @@ def chunk_rows_for(N: int, H: int, V: int, chunk_rows: int = 0) -> int:
     if rows >= 8:
         rows -= rows % 8
     return max(1, min(rows, N))
-
-
-def check_ignore_index(op: str, ignore_index: int) -> None:
-    """TypeError unless ignore_index is an int, ValueError unless it fits in int64 (the ops' ``int``; the
-    dispatcher's own error for a wider one does not say what is wrong)."""
-    try:
-        ii = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
-    if not INT64_MIN <= ii <= INT64_MAX:
-        raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {ii}")
 
 
 def check_op_args(
