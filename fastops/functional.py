@@ -73,12 +73,16 @@ def cross_entropy(
         and _ce.cpu_auto_uses_torch(input)
     ):
         # Too small for the kernel to pay for its dispatch (see fastops/ops/cross_entropy.py): torch's
-        # own cross-entropy, after the contract so that bad input gets the same error.
+        # own cross-entropy, after the contract so that bad input gets the same error. Torch refuses
+        # an out-of-range class index itself; only then are the targets read for the contract's text.
         _ce.check_call(input, target, weight, label_smoothing)
-        _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
-        return F.cross_entropy(
-            input, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
-        )
+        try:
+            return F.cross_entropy(
+                input, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+            )
+        except (IndexError, RuntimeError):
+            _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+            raise
     if name is None or needs_extra_grads:  # no registered op will check them
         _ce.check_call(input, target, weight, label_smoothing)
     if name is None:
@@ -145,7 +149,10 @@ def conv2d(
     if name == "native" and x.device.type == "cpu" and _is_auto(backend):
         # A shape class the native CPU kernel was measured slower on runs torch's own conv2d (see
         # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
-        if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st):
+        input_needs_grad = torch.is_grad_enabled() and x.requires_grad
+        if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) or _conv.cpu_auto_first_layer_uses_torch(
+            x.dtype, weight.shape, groups, input_needs_grad
+        ):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
             out = F.conv2d(x, weight, bias, st, pad, dil, groups)
             out = F.relu(out) if activation == "relu" else out

@@ -46,6 +46,11 @@ _backend.register_op(
 #   float64  native 1.08-7.3x except dense 1x1 (0.90x).
 # So auto sends a class to torch's conv2d where native was measured slower; an explicit
 # backend="native" (and FASTOPS_BACKEND=native) always runs the kernel.
+# First layers (groups 1, C <= 4: RGB or grey images) win through their dgrad, which a network's
+# first conv rarely needs: its input is the data. Without it (2-core Intel Xeon, session
+# 2026-12-06, fwd + wgrad, the input not requiring grad): N64 C1 8x8 K16 0.86x, N8 C3 32x32 K16
+# 0.75x (with dgrad: 1.32x and 1.23x). So a float32 first layer whose input needs no gradient
+# runs torch's conv2d too (cpu_auto_first_layer_uses_torch: a call-time rule, as it reads the input).
 
 
 def cpu_auto_uses_torch(
@@ -72,6 +77,20 @@ def cpu_auto_uses_torch(
     if dtype == torch.float64 and cg >= 16 and r == s == 1:
         return "float64 dense 1x1 convs"
     return ""
+
+
+def cpu_auto_first_layer_uses_torch(
+    dtype: torch.dtype, weight_shape: tuple[int, ...] | torch.Size, groups: int, input_needs_grad: bool
+) -> str:
+    """Why ``backend="auto"`` runs torch's ``F.conv2d`` for this CPU call of a float32 first layer
+    (groups 1, at most 4 input channels) whose input needs no gradient, or ``""``; the other
+    classes are :func:`cpu_auto_uses_torch`'s."""
+    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4 or int(weight_shape[1]) > 4:
+        return ""
+    return "" if input_needs_grad else FIRST_LAYER_CLASS
+
+
+FIRST_LAYER_CLASS = "float32 first-layer convs (C <= 4) whose input needs no gradient"
 
 
 # ---- the registered ops' argument contract (csrc/fastops.h check_conv2d_args, same order, same text) -
