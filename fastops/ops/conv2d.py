@@ -44,6 +44,12 @@ _backend.register_op(
 #            0.92-0.95x at small spatial sizes (1.04-1.07x at 56x56 / 28x28, given up for one rule).
 #   float16  native 3.7-19.6x everywhere (torch has no fast CPU half conv).
 #   float64  native 1.08-7.3x except dense 1x1 (0.90x).
+# Rechecked on a 2-core Intel Xeon (AVX-512, AMX) in the full bench of session 2026-12-06, after the
+# float32 direct passes: float32 dense 3x3 0.64-0.85x (1.29x at C32 16x16, single-run noise of
+# 10-15%), 5x5 0.69x, 8 groups of 8 0.73x, depthwise 1.18-6.79x, 1x1 1.30-1.80x; bfloat16 dense
+# stride-1 3x3 at 28-56 px 0.48-0.59x (torch runs AMX there), 5x5 0.67x. The same classes lose.
+# Not routed yet, machine-dependent: bfloat16 8 groups of 8 (0.77x here, 2.29x on the AMD run) and
+# bfloat16 first layers with the fused ReLU (0.79x here, 0.95x on AMD; 1.22-1.64x without it).
 # So auto sends a class to torch's conv2d where native was measured slower; an explicit
 # backend="native" (and FASTOPS_BACKEND=native) always runs the kernel.
 # First layers (groups 1, C <= 4: RGB or grey images) win through their dgrad, which a network's
