@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.14.1
 # digits data set of the training demo; transformers builds the tiny causal LMs of tests/test_hf.py
 # from configs (no downloads). They feed tests/test_swap.py, tests/test_hf.py, the examples and the demo.
 MODEL_DEPS ?= torchvision==0.29.1 scikit-learn transformers==5.24.0
-DEPS := numpy pytest hypothesis expecttest ruff ninja matplotlib setuptools wheel rich pandas
+DEPS := numpy pytest pytest-xdist hypothesis expecttest ruff ninja matplotlib setuptools wheel rich pandas
 
 # nvcc's toolkit, the archs to build when no GPU is visible, and the CUDA switch for both builds.
 export CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
@@ -39,8 +39,13 @@ lint: setup
 	$(VENV)/bin/ruff check fastops tests bench buildsupport examples
 	$(VENV)/bin/ruff format --check fastops tests bench buildsupport examples
 
+# pytest-xdist: one worker per core, at most 4 (each worker's torch runs its own intra-op threads).
+# worksteal: the Triton-interpreter gradchecks take up to a minute each, so idle workers take queued
+# tests from busy ones instead of waiting out a fixed split. conftest.py gives every worker one seed.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 pytest: build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 ctest: setup
 	PYTHON=$(PY) bash scripts/cmake_test.sh

@@ -19,6 +19,11 @@ os.environ.setdefault("FASTOPS_POISON", "1")
 # files that still import them from here (tests import helpers from fastops.testing).
 from fastops.testing import FUZZ_EXAMPLES, FUZZ_PROFILES, HAS_CUDA, SEED, device_backend_params  # noqa: E402, F401
 
+# pytest-xdist workers are started from this process's environment after this file is imported:
+# pinning the seed here gives every worker the run's one seed (the header's), so a failure on any
+# worker replays with FASTOPS_TEST_SEED=<seed>.
+os.environ["FASTOPS_TEST_SEED"] = str(SEED)
+
 if HAS_CUDA:
     # Tests compare CUDA results with torch's own: fp32 matmul/conv must be IEEE fp32, not TF32
     # (whose ~3e-4 relative error is above the fp32 tolerances).
