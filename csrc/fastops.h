@@ -187,6 +187,36 @@ inline void check_cross_entropy_bwd_args(const char* op, const CrossEntropyGeome
   }
 }
 
+// The two public forms of cross_entropy_bwd, the same on every device: a new gradient, or the gradient
+// written over logits. `Into` is the device's pass (op name for messages, ..., the output to fill); it
+// checks every argument itself, so no device guard is taken here: logits may not even be on the
+// backend's device yet, and contiguous() and the allocation follow logits' own device.
+using CrossEntropyBwdInto = void (*)(const char* op, const at::Tensor& grad_loss, const at::Tensor& logits,
+                                     const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                     const at::Tensor& stats, int64_t ignore_index, double label_smoothing,
+                                     at::Tensor& out);
+
+template <CrossEntropyBwdInto Into>
+at::Tensor cross_entropy_bwd_entry(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& weight, const at::Tensor& stats,
+                                   int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
+  const at::Tensor logits = logits_.contiguous();
+  at::Tensor out = new_output(logits.sizes(), logits.options());
+  Into("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, out);
+  return out;
+}
+
+template <CrossEntropyBwdInto Into>
+void cross_entropy_bwd_inplace_entry(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& weight, const at::Tensor& stats,
+                                     int64_t ignore_index, double label_smoothing) {
+  const BelowAutograd below_autograd;
+  TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
+  at::Tensor out = logits;
+  Into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, out);
+}
+
 // ---- conv2d -----------------------------------------------------------------------------------
 
 // Implicit-GEMM view of one conv2d (design.md letters): input (N, C, H, W), weight (K, Cg, R, S),

@@ -55,6 +55,21 @@ def device_backend_params(
     return params
 
 
+def triton_device_params() -> list[object]:
+    """pytest params ``device`` for tests that call the Triton ops directly: ``cpu`` when the Triton
+    interpreter runs them on CPU tensors, and ``cuda`` marked ``gpu`` (skipped without a GPU)."""
+    import pytest  # only the tests need it
+
+    from fastops import triton as fastops_triton
+
+    params: list[object] = []
+    if fastops_triton.interpreting():
+        params.append(pytest.param("cpu", id="cpu"))
+    gpu_marks = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")]
+    params.append(pytest.param("cuda", id="cuda", marks=gpu_marks))
+    return params
+
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -117,6 +132,12 @@ def _describe(actual: torch.Tensor, expected: torch.Tensor) -> str:
         f"(got {actual.flatten()[idx].item() if actual.numel() else None}, "
         f"expected {expected.flatten()[idx].item() if expected.numel() else None})"
     )
+
+
+def assert_same_nonfinite(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """``actual`` has NaN, and +-inf, exactly where ``expected`` does (the sign of an inf included)."""
+    assert torch.equal(torch.isnan(actual), torch.isnan(expected)), f"{what}: NaN pattern differs"
+    assert torch.equal(torch.isinf(actual), torch.isinf(expected)), f"{what}: inf pattern differs"
 
 
 def to_unit_scale(

@@ -20,6 +20,7 @@ from fastops.testing import (
     HAS_CUDA,
     LOW_PRECISION,
     assert_close_to_reference,
+    assert_same_nonfinite,
     device_backend_params,
     kernel_dtypes,
     low_precision_native_cpu,
@@ -172,9 +173,7 @@ def test_cpu_bfloat16_direct_passes_nonfinite():
         for name, got, exp in zip(
             ("output", "grad_input", "grad_weight", "grad_bias"), (out, *grads), (ref, *ref_grads)
         ):
-            what = f"{name} with inf in {where}{list(index)}"
-            assert torch.equal(torch.isnan(got), torch.isnan(exp)), f"{what}: NaN pattern differs"
-            assert torch.equal(torch.isinf(got), torch.isinf(exp)), f"{what}: inf pattern differs"
+            assert_same_nonfinite(got, exp, f"{name} with inf in {where}{list(index)}")
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))

@@ -30,7 +30,7 @@ import fastops
 import fastops.functional as FF
 import fastops.triton
 from fastops.ops import STEMS
-from fastops.testing import HAS_CUDA, TOLERANCES, make_tensor
+from fastops.testing import HAS_CUDA, TOLERANCES, make_tensor, triton_device_params
 
 pytestmark = [
     pytest.mark.triton,
@@ -46,22 +46,7 @@ OPS = torch.ops.fastops_triton
 INF, NAN = float("inf"), float("nan")
 
 
-def _devices() -> list[object]:
-    """CPU under the interpreter; CUDA (marked gpu) when a GPU is visible and triton compiles for it."""
-    params: list[object] = []
-    if fastops.triton.interpreting():
-        params.append(pytest.param("cpu", id="cpu"))
-    params.append(
-        pytest.param(
-            "cuda",
-            id="cuda",
-            marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")],
-        )
-    )
-    return params
-
-
-DEVICES = _devices()
+DEVICES = triton_device_params()
 FLOAT_DTYPES = [torch.float32, torch.float64]
 
 

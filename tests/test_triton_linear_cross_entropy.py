@@ -12,11 +12,10 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA
 
 import fastops
 import fastops.triton
-from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous
+from fastops.testing import assert_close_to_reference, make_tensor, noncontiguous, triton_device_params
 
 pytestmark = pytest.mark.triton
 
@@ -31,21 +30,7 @@ N, H, V, CHUNK = 37, 19, 131, 8
 IGNORE = -100
 
 
-def _devices() -> list[object]:
-    params: list[object] = []
-    if fastops.triton.interpreting():
-        params.append(pytest.param("cpu", id="cpu"))
-    params.append(
-        pytest.param(
-            "cuda",
-            id="cuda",
-            marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")],
-        )
-    )
-    return params
-
-
-DEVICES = _devices()
+DEVICES = triton_device_params()
 
 # name -> (ignore rows, class weights, label smoothing, softcap, z_loss, bias)
 CONFIGS = {

@@ -618,33 +618,12 @@ void cross_entropy_bwd_into(const char* op, const at::Tensor& grad_loss_, const 
   });
 }
 
-at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits_, const at::Tensor& target,
-                                 const std::optional<at::Tensor>& weight, const at::Tensor& stats,
-                                 int64_t ignore_index, double label_smoothing) {
-  const BelowAutograd below_autograd;
-  const at::Tensor logits = logits_.contiguous();
-  at::Tensor out = new_output(logits.sizes(), logits.options());
-  cross_entropy_bwd_into("cross_entropy_bwd", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing,
-                         out);
-  return out;
-}
-
-void cross_entropy_bwd_inplace_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
-                                   const std::optional<at::Tensor>& weight, const at::Tensor& stats,
-                                   int64_t ignore_index, double label_smoothing) {
-  const BelowAutograd below_autograd;
-  TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
-  at::Tensor out = logits;
-  cross_entropy_bwd_into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index,
-                         label_smoothing, out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
-  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
-  m.impl("cross_entropy_bwd_", &cross_entropy_bwd_inplace_cpu);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_entry<cross_entropy_bwd_into>);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd_inplace_entry<cross_entropy_bwd_into>);
 }
 
 }  // namespace fastops
