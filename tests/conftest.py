@@ -31,8 +31,18 @@ if HAS_CUDA:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def pytest_report_header(config):
+def _seed_line() -> str:
     return f"fastops: FASTOPS_TEST_SEED={SEED} TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"
+
+
+def pytest_report_header(config):
+    return _seed_line()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # The header is not printed under -q (CI's mode): the seed goes at the end too, so a failure can
+    # always be replayed with FASTOPS_TEST_SEED=<seed>.
+    terminalreporter.write_line(_seed_line())
 
 
 @pytest.fixture(autouse=True)

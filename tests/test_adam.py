@@ -123,6 +123,19 @@ def test_every_param_dtype(device, backend, dtype):
         _run_against_torch(backend, device, dtype, cls_name, amsgrad, 0.1, False, False)
 
 
+@pytest.mark.parametrize("device,backend", KERNELS)
+def test_empty_params_with_stride_zero_state(device, backend):
+    # Regression (property fuzz, seed of the 12-06 CI run): an empty parameter whose state came out
+    # of an elementwise op has strides (0, 1, 0); it has no elements that could share memory, so
+    # every backend steps it (the Triton path's Python contract refused it as overlapping).
+    p = torch.empty((2, 0, 1), device=device)
+    state = [torch.empty_like(p) * 2 for _ in range(3)]  # exp_avg, exp_avg_sq, max_exp_avg_sq
+    assert all(t.stride() == (0, 1, 0) for t in state)
+    steps = [torch.tensor(1.0, device=device)]
+    namespace(backend, "adam").adam_step_([p], [p * 2], [state[0]], [state[1]], [state[2]], steps, **_kwargs())
+    assert steps[0].item() == 2.0 and p.shape == (2, 0, 1)
+
+
 def _fresh_step_args(n=3, amsgrad=True, device="cpu", dtype=torch.float32):
     ps = [torch.randn(s, device=device, dtype=dtype) for s in [(5, 3), (17,), ()]][:n]
     gs = [torch.randn_like(p) for p in ps]

@@ -38,7 +38,11 @@ SCHEMA = (
 
 def may_overlap(t: torch.Tensor) -> bool:
     """True when two elements of ``t`` may share memory (csrc/fastops.h may_overlap): stride 0 on a
-    dimension of size > 1, or strides that, sorted, do not each exceed the span of the smaller ones."""
+    dimension of size > 1, or strides that, sorted, do not each exceed the span of the smaller ones.
+    A tensor without elements has none to share (ATen's has_internal_overlap says No), whatever its
+    strides: elementwise ops give an empty (2, 0, 1) input the strides (0, 1, 0)."""
+    if t.numel() == 0:
+        return False
     dims = sorted((abs(st), n) for st, n in zip(t.stride(), t.shape) if n > 1)
     span = 0
     for stride, size in dims:
