@@ -3,7 +3,9 @@
 Every native CUDA kernel path once, on small shapes, float16 and bfloat16 conv2d included: the
 tensor-core implicit GEMM with vector gathers (channels % 8 == 0), with per-element gathers (RGB
 stem), with a base pointer that is not 16-byte aligned (a view at storage offset 1), and with
-split-K; then cross_entropy, linear_relu (SIMT and WMMA) and the Adam step once each. Results are
+split-K; then cross_entropy, linear_relu (SIMT and WMMA), linear_cross_entropy and the Adam step once
+each, and last every registered op once per call of its opcheck examples (fastops.ops.OPS: a new op
+runs here with no edit). Results are
 compared with fastops.reference run in float64 (TF32 is switched off as well, so nothing on the
 reference side rounds to 10 mantissa bits). Exit status 0 when every result is within its dtype's
 tolerance.
@@ -22,6 +24,7 @@ import torch
 import fastops.functional as FF
 import fastops.optim
 from fastops import reference
+from fastops.ops import STEMS, load, namespace
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 # Max abs error over max |reference|, against the float64 reference.
@@ -154,6 +157,16 @@ def _others(chk: Checker, dev: str, dtypes: list[torch.dtype]) -> None:
                 chk.close(f"adam {dtype} param{i}", ps[i], ref, max(tol, 1e-6))
 
 
+def _every_registered_op(chk: Checker, dev: str) -> None:
+    """Every registered native op once per call of its ``opcheck_examples`` (the op registry,
+    ``fastops.ops.OPS``): the kernels of an op without a workload above still run under the
+    sanitizers. Run for the memory accesses; the op tests check the values."""
+    for stem in STEMS:
+        for op, args, kwargs in load(stem).opcheck_examples(namespace("native", stem), dev, "native"):
+            op(*args, **kwargs)
+            chk.checks += 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the workload; return 0 when every result matches the float64 reference."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         _conv(chk, args.device, dtype, args.quick)
     _others(chk, args.device, dtypes)
+    _every_registered_op(chk, args.device)
     if args.device == "cuda":
         torch.cuda.synchronize()
     print(f"gpu_sanitize: {chk.checks} checks,", "ok" if chk.failures == 0 else f"{chk.failures} failures")

@@ -171,3 +171,28 @@ def test_torch_compile_fullgraph(stem: str, device: str, backend: str) -> None:
         for g, w in zip(gots, wants):
             torch.testing.assert_close(g, w, equal_nan=True)
     assert seen
+
+
+def test_every_kernel_is_named_after_its_op() -> None:
+    """Each CUDA ``__global__`` kernel and each ``@triton.jit`` kernel (helpers start with ``_``)
+    is named ``<stem>_...`` for a stem of the registry: scripts/gpu_suite.sh filters the sanitizers
+    to our kernels by these prefixes, read from ``fastops.ops.OPS``, so a kernel named otherwise
+    would go unchecked."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cuda = [p for ext in ("*.cu", "*.cuh") for p in (root / "csrc" / "cuda").glob(ext)]
+    bounds = r"__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s*"  # its argument may call a function
+    names = {
+        *(n for p in cuda for n in re.findall(r"__global__\s+void\s+(\w+)", re.sub(bounds, "", p.read_text()))),
+        *(
+            n
+            for p in (root / "fastops" / "triton").glob("*.py")
+            for n in re.findall(r"@triton\.jit\s+def (\w+)", p.read_text())
+        ),
+    }
+    names = {n for n in names if not n.startswith("_")}
+    assert len(names) >= 10, f"the kernel scan found too few kernels: {sorted(names)}"
+    bad = sorted(n for n in names if not any(n.startswith(f"{s}_") for s in STEMS))
+    assert not bad, f"kernels not named <stem>_...: {bad}"

@@ -71,7 +71,7 @@ struct RowSumsOp {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) lce_row_kernel(ChunkView<T> cv, RowParams<T> p) {
+__global__ void __launch_bounds__(kThreads) linear_cross_entropy_row_kernel(ChunkView<T> cv, RowParams<T> p) {
   __shared__ T smem_max[cuda::kWarpSize + 1];
   __shared__ RowSums<T> smem_sums[cuda::kWarpSize + 1];
   const int64_t r = blockIdx.x;
@@ -153,7 +153,8 @@ struct CudaRowKernel {
   template <typename T>
   void operator()(const ChunkView<T>& cv, const RowParams<T>& p) const {
     if (cv.n == 0) return;
-    lce_row_kernel<T><<<static_cast<unsigned>(cv.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(cv, p);
+    linear_cross_entropy_row_kernel<T>
+        <<<static_cast<unsigned>(cv.n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(cv, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
