@@ -1113,14 +1113,16 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
       const int64_t n = i / g.G, gi = i % g.G;
       for (int64_t c = gi * g.Cg; c < (gi + 1) * g.Cg; ++c) {
         S* dst = xg + (n * g.C + c) * plane;
-        std::fill(dst, dst + g.ph * cols + g.pw, S(0.f));  // top rows, and the left border of the first
+        std::fill(dst, dst + g.ph * cols, S(0.f));  // top rows
         for (int64_t h = 0; h < g.H; ++h) {
-          S* row = dst + (h + g.ph) * cols + g.pw;
-          std::memcpy(row, xp + ((n * g.C + c) * g.H + h) * g.W, sizeof(S) * g.W);
-          // right border of this row and left border of the next
-          std::fill(row + g.W, row + cols, S(0.f));
+          // Each row's own borders only: with ph == 0 there is no bottom row to hold the last row's
+          // right border, and the next plane (another thread's) starts right after it.
+          S* line = dst + (h + g.ph) * cols;
+          std::fill(line, line + g.pw, S(0.f));
+          std::memcpy(line + g.pw, xp + ((n * g.C + c) * g.H + h) * g.W, sizeof(S) * g.W);
+          std::fill(line + g.pw + g.W, line + cols, S(0.f));
         }
-        std::fill(dst + (g.H + g.ph) * cols + g.pw, dst + plane, S(0.f));  // bottom rows
+        std::fill(dst + (g.H + g.ph) * cols, dst + plane, S(0.f));  // bottom rows
       }
       S* d = dyt + (n * g.G + gi) * g.Kg * PW;
       for (int64_t p = 0; p < g.P; ++p) {
