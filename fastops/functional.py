@@ -150,9 +150,10 @@ def conv2d(
         # A shape class the native CPU kernel was measured slower on runs torch's own conv2d (see
         # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
         input_needs_grad = torch.is_grad_enabled() and x.requires_grad
-        if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) or _conv.cpu_auto_first_layer_uses_torch(
-            x.dtype, weight.shape, groups, input_needs_grad
-        ):
+        slower = _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) and not _winograd_wins(
+            x, weight, st, pad, dil, groups
+        )
+        if slower or _conv.cpu_auto_first_layer_uses_torch(x.dtype, weight.shape, groups, input_needs_grad):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
             out = F.conv2d(x, weight, bias, st, pad, dil, groups)
             out = F.relu(out) if activation == "relu" else out
@@ -305,6 +306,17 @@ def linear_cross_entropy(
 def _is_auto(backend: str) -> bool:
     """Whether ``backend`` leaves the choice to fastops (``"auto"`` with no ``FASTOPS_BACKEND``)."""
     return backend == "auto" and os.environ.get("FASTOPS_BACKEND", "auto") == "auto"
+
+
+def _winograd_wins(
+    x: torch.Tensor, weight: torch.Tensor, st: list[int], pad: list[int], dil: list[int], groups: int
+) -> bool:
+    """Whether a normalised CPU conv2d call (x 4-D) is in :func:`fastops.ops.conv2d.cpu_auto_winograd_class`
+    with at least ``WINOGRAD_MIN_PIXELS`` output pixels: ``backend="auto"`` runs it natively."""
+    if x.dim() != 4 or not _conv.cpu_auto_winograd_class(x.dtype, weight.shape, st, pad, dil, groups):
+        return False
+    p, q = (_conv.out_size(int(x.shape[2 + i]), int(weight.shape[2 + i]), st[i], pad[i], dil[i]) for i in range(2))
+    return p * q >= _conv.WINOGRAD_MIN_PIXELS
 
 
 def _kernel_backend(op: str, backend: str, device: str, dtype: torch.dtype) -> str | None:

@@ -106,6 +106,18 @@ def _runs_on(module: nn.Module, backend: str) -> str:
         w = module.weight
         why = _conv.cpu_auto_uses_torch(w.dtype, w.shape, list(module.stride))
         dtype = str(w.dtype).replace("torch.", "")
+        padding = [1, 1] if module.padding == "same" else [0, 0] if module.padding == "valid" else module.padding
+        if (
+            why
+            and module.padding_mode == "zeros"
+            and _conv.cpu_auto_winograd_class(
+                w.dtype, w.shape, list(module.stride), list(padding), list(module.dilation), module.groups
+            )
+        ):
+            return (
+                f" (CPU {dtype}: native Winograd for outputs of at least {_conv.WINOGRAD_MIN_PIXELS} pixels, "
+                f"else torch's conv2d, native measured slower on smaller ones)"
+            )
         if why:
             return f" (CPU {dtype}: torch's conv2d, native measured slower on {why})"
         if _conv.cpu_auto_first_layer_uses_torch(w.dtype, w.shape, module.groups, False):

@@ -208,6 +208,94 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
         torch.set_num_threads(saved)
 
 
+# float32 on CPU runs 3x3 stride-1 convs (groups 1, padding <= 2, >= 16 channels in and out) as
+# Winograd F(2x2, 3x3) (csrc/cpu/conv2d_winograd.cpp), the weight gradient from 32 channels: every
+# padding it takes (dgrad pads dy by 2 - p), odd output sizes (a partial last tile row / column),
+# outputs of one row or column, images narrower than a vector of tiles (the gather transform) and
+# wider, blocks spanning samples, the fused ReLU, channels_last, and fwd / dgrad on Winograd while
+# wgrad is not (K < 32).
+SWEEP_CPU_WINOGRAD = [
+    ((2, 32, 9, 7), (40, 32, 3, 3), 1, 0, 1, 1, True, False),
+    ((3, 32, 8, 8), (32, 32, 3, 3), 1, 1, 1, 1, True, False),
+    ((2, 48, 5, 6), (33, 48, 3, 3), 1, 2, 1, 1, False, False),
+    ((2, 32, 11, 13), (32, 32, 3, 3), 1, (2, 0), 1, 1, True, True),
+    ((1, 40, 1, 4), (32, 40, 3, 3), 1, (1, 2), 1, 1, True, False),
+    ((2, 32, 35, 37), (36, 32, 3, 3), 1, "same", 1, 1, True, False),
+    ((5, 16, 6, 12), (24, 16, 3, 3), 1, 1, 1, 1, True, False),
+    ((1, 16, 3, 40), (16, 16, 3, 3), 1, (0, 1), 1, 1, False, True),
+]
+
+
+@pytest.mark.parametrize("case", SWEEP_CPU_WINOGRAD, ids=_case_id)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_cpu_float32_winograd(case, activation):
+    x, w, b, kw = _make(case, torch.float32, "cpu")
+    _check_against_reference("native", x, w, b, {**kw, "activation": activation}, f"float32 {activation}")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_winograd_blocks_and_thread_chunks(threads):
+    # Blocks of whole tile rows, at least one per thread, split across threads; the weight gradient
+    # sums one partial per thread chunk. Batch 7 of 15x15 (8 tile rows each) and of 40x40 (one block
+    # per few rows, wide images), with 1-3 threads: every split must agree.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for case in [
+            ((7, 32, 15, 15), (32, 32, 3, 3), 1, 1, 1, 1, True, False),
+            ((3, 64, 40, 40), (48, 64, 3, 3), 1, 1, 1, 1, True, False),
+        ]:
+            x, w, b, kw = _make(case, torch.float32, "cpu")
+            _check_against_reference("native", x, w, b, kw, f"threads={threads}")
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_cpu_winograd_nonfinite_and_huge_operands():
+    # Winograd mixes each 4x4 input patch (and 2x2 dy tile) before multiplying, so one inf would turn
+    # a whole tile's outputs into NaN where the direct sum has inf: non-finite x, w or dy send the pass
+    # to the direct kernels. So do operands large enough that a transformed intermediate could
+    # overflow where the direct sum does not (x ~ 1e18, w ~ 1e17 here: the outputs ~1e35 are finite).
+    # Output and gradients must be inf / NaN exactly where the float64 reference's are, and the huge
+    # case within the float32 tolerance after scaling.
+    case = SWEEP_CPU_WINOGRAD[1]  # x (3, 32, 8, 8), w (32, 32, 3, 3), padding 1
+    seed = int(torch.randint(0, 2**31, ()).item())
+    for where, index, value in (
+        ("x", (0, 3, 4, 0), float("inf")),
+        ("x", (2, 31, 7, 7), float("nan")),
+        ("w", (0, 0, 1, 0), float("-inf")),
+        ("w", (31, 5, 2, 2), float("nan")),
+        ("dy", (1, 7, 0, 5), float("inf")),
+    ):
+        x, w, b, kw = _make(case, torch.float32, "cpu")
+        if where != "dy":
+            (x if where == "x" else w)[index] = value
+        fastops_conv = lambda *a, **k: FF.conv2d(*a, backend="native", **k)  # noqa: E731
+        if where == "dy":  # planted in the gradient seed by a hook on the output
+
+            def planted(fn, index=index, value=value):
+                def run(*a, **k):
+                    out = fn(*a, **k)
+                    out.register_hook(
+                        lambda g: g.index_put((*map(torch.tensor, index),), torch.tensor(value, dtype=g.dtype))
+                    )
+                    return out
+
+                return run
+
+            out, grads = _run(planted(fastops_conv), x, w, b, kw, seed)
+            ref, ref_grads = _run(planted(reference.conv2d), x.double(), w.double(), b.double(), kw, seed)
+        else:
+            out, grads = _run(fastops_conv, x, w, b, kw, seed)
+            ref, ref_grads = _run(reference.conv2d, x.double(), w.double(), b.double(), kw, seed)
+        for name, got, exp in zip(
+            ("output", "grad_input", "grad_weight", "grad_bias"), (out, *grads), (ref, *ref_grads)
+        ):
+            assert_same_nonfinite(got, exp, f"{name} with {value} in {where}{list(index)}")
+    x, w, b, kw = _make(case, torch.float32, "cpu")
+    _check_against_reference("native", x * 1e18, w * 1e17, b * 1e35, kw, "huge operands")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device visible")
 @pytest.mark.parametrize(
@@ -674,3 +762,39 @@ def test_swap_report_names_what_each_cpu_conv_runs():
     assert "torch's conv2d, native measured slower on float32 dense convs" in lines[3], lines
     explicit = str(fastops.swap(nn.Sequential(nn.Conv2d(16, 32, 3)), backend="native"))
     assert "CPU" not in explicit, explicit  # an explicit backend runs what it names
+
+
+# (weight shape, stride, padding, dilation, groups, input H = W, runs native): the float32 Winograd class
+# runs native under auto only with 32-256 channels in and out and at least 28 x 28 output pixels.
+WINOGRAD_AUTO = [
+    ((32, 32, 3, 3), 1, 1, 1, 1, 28, True),
+    ((48, 40, 3, 3), 1, 2, 1, 1, 26, True),  # 28 x 28 out
+    ((48, 40, 3, 3), 1, 0, 1, 1, 29, False),  # 27 x 27 out
+    ((32, 32, 3, 3), 1, 1, 1, 1, 14, False),
+    ((16, 32, 3, 3), 1, 1, 1, 1, 28, False),  # K < 32
+    ((32, 16, 3, 3), 1, 1, 1, 1, 28, False),  # C < 32
+    ((32, 32, 3, 3), 2, 1, 1, 1, 56, False),  # stride 2
+    ((32, 32, 3, 3), 1, 2, 2, 1, 28, False),  # dilation 2
+    ((32, 32, 3, 3), 1, 3, 1, 1, 28, False),  # padding 3
+    ((64, 16, 3, 3), 1, 1, 1, 2, 28, False),  # groups 2
+    ((32, 32, 5, 5), 1, 2, 1, 1, 28, False),
+]
+
+
+@pytest.mark.parametrize("ws,stride,padding,dilation,groups,hw,native", WINOGRAD_AUTO, ids=str)
+def test_auto_runs_native_winograd_on_large_float32_3x3(ws, stride, padding, dilation, groups, hw, native):
+    x = make_tensor((1, ws[1] * groups, hw, hw), torch.float32).requires_grad_()
+    w = make_tensor(ws, torch.float32, scale=(ws[1] * 9) ** -0.5).requires_grad_()
+    y = FF.conv2d(x, w, None, stride, padding, dilation, groups)
+    assert _runs_torch(y) != native
+    ref = reference.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
+    got, exp, same = to_unit_scale(y, ref, F.conv2d(x, w, None, stride, padding, dilation, groups))
+    assert_close_to_reference(got, exp, torch_same_dtype=same, what="auto")
+
+
+def test_swap_report_states_the_winograd_size_rule():
+    model = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding="same"), nn.Conv2d(16, 32, 3))
+    lines = str(fastops.swap(model)).splitlines()
+    for line in lines[1:3]:
+        assert "(CPU float32: native Winograd for outputs of at least 784 pixels, else torch's conv2d" in line, lines
+    assert "torch's conv2d, native measured slower on float32 dense convs" in lines[3], lines

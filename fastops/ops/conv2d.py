@@ -57,6 +57,16 @@ _backend.register_op(
 # 2026-12-06, fwd + wgrad, the input not requiring grad): N64 C1 8x8 K16 0.86x, N8 C3 32x32 K16
 # 0.75x (with dgrad: 1.32x and 1.23x). So a float32 first layer whose input needs no gradient
 # runs torch's conv2d too (cpu_auto_first_layer_uses_torch: a call-time rule, as it reads the input).
+# float32 3x3 stride-1 convs (groups 1, dilation 1, padding <= 2, C and K >= 16) run Winograd
+# F(2x2, 3x3) in the native kernel since session 2026-12-06 (csrc/cpu/conv2d_winograd.cpp). Measured
+# fwd+bwd against F.conv2d, 2-core Intel Xeon (AVX-512), batch 8, two alternating runs:
+#   32-256 channels (C = K) at 28x28 and 56x56: 1.02-1.44x (C32 28 1.02/1.32, C32 56 1.10/1.19,
+#   C64 28 1.32/1.37, C64 56 1.27/1.27, C128 28 1.07-1.33, C256 28 1.17/1.44);
+#   at 8x8-16x16 it still loses: C32 14 0.82/0.99, C64 14 0.64/0.84, C128 14 0.77/0.83, C64 8 0.79-0.89,
+#   C256 14 0.98/1.22, C512 7 0.62-0.65; C16 at 32x32 0.67-0.77.
+# So auto runs native for that class with 32 <= C, K <= 256 when the output has at least 28 x 28
+# pixels, torch's conv2d otherwise (cpu_auto_winograd_class plus a call-time rule on the output size,
+# in functional.conv2d).
 
 
 def cpu_auto_uses_torch(
@@ -97,6 +107,36 @@ def cpu_auto_first_layer_uses_torch(
 
 
 FIRST_LAYER_CLASS = "float32 first-layer convs (C <= 4) whose input needs no gradient"
+
+# The class auto runs on the native Winograd kernel (see the comment above): output pixels, channels.
+WINOGRAD_MIN_PIXELS = 28 * 28
+WINOGRAD_CHANNELS = (32, 256)
+
+
+def cpu_auto_winograd_class(
+    dtype: torch.dtype,
+    weight_shape: tuple[int, ...] | torch.Size,
+    stride: list[int] | tuple[int, int],
+    padding: list[int] | tuple[int, int],
+    dilation: list[int] | tuple[int, int],
+    groups: int,
+) -> bool:
+    """Whether a CPU conv2d is in the class whose native kernel runs Winograd and wins at large
+    outputs (``weight_shape`` ``(K, C / groups, R, S)``): ``backend="auto"`` runs the native kernel
+    for such a call with at least ``WINOGRAD_MIN_PIXELS`` output pixels although
+    :func:`cpu_auto_uses_torch` names its class (measurements in the comment above)."""
+    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4:
+        return False
+    k, c, r, s = (int(v) for v in weight_shape)
+    lo, hi = WINOGRAD_CHANNELS
+    return (
+        (r, s) == (3, 3)
+        and list(stride) == [1, 1]
+        and list(dilation) == [1, 1]
+        and all(0 <= p <= 2 for p in padding)
+        and lo <= c <= hi
+        and lo <= k <= hi
+    )
 
 
 # ---- the registered ops' argument contract (csrc/fastops.h check_conv2d_args, same order, same text) -
