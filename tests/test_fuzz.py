@@ -296,17 +296,26 @@ def conv2d_cases(draw: st.DrawFn, tiny: bool) -> dict[str, Any]:
     """Every F.conv2d argument form: int / pair / 'same' / 'valid' padding, strides, dilations,
     groups (depthwise included), unbatched, channels_last input and / or weight, fused ReLU."""
     groups = draw(st.integers(1, 2 if tiny else 3))
-    cg, kg = draw(st.integers(1, 2 if tiny else 4)), draw(st.integers(1, 2 if tiny else 4))
+    # The CPU kernel changes route with the channel counts: direct row kernels up to 4 per group, the
+    # gather-free passes from 8, Winograd (3x3 stride 1, groups 1) from 16 in and out, its weight
+    # gradient from 32; the native draws reach all of them.
+    # A third of the native draws are in Winograd's class, which random geometry would almost never hit.
+    winograd = not tiny and draw(st.integers(0, 2)) == 0
+    channels = st.integers(1, 2) if tiny else st.sampled_from([1, 2, 3, 4, 8, 16, 17, 32, 33])
+    cg, kg = draw(channels), draw(channels)
     r, s = draw(st.integers(1, 3 if tiny else 5)), draw(st.integers(1, 3 if tiny else 5))
     dilation = (draw(st.integers(1, 2 if tiny else 3)), draw(st.integers(1, 2 if tiny else 3)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    if winograd:
+        groups, r, s, dilation, stride = 1, 3, 3, (1, 1), (1, 1)
+        cg, kg = draw(st.sampled_from([16, 17, 32, 33])), draw(st.sampled_from([16, 17, 32, 33]))
     pad_form = draw(st.sampled_from(["int", "pair", "same", "valid"]))
     if pad_form == "int":
-        p = draw(st.integers(0, 3))
+        p = draw(st.integers(0, 2 if winograd else 3))
         padding: int | tuple[int, int] | str = p
         pads = (p, p)
     elif pad_form == "pair":
-        pads = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+        pads = (draw(st.integers(0, 2 if winograd else 3)), draw(st.integers(0, 2 if winograd else 3)))
         padding = pads
     else:
         padding, pads = pad_form, (0, 0)
