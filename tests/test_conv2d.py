@@ -789,7 +789,9 @@ def test_auto_runs_native_winograd_on_large_float32_3x3(ws, stride, padding, dil
     assert _runs_torch(y) != native
     ref = reference.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
     got, exp, same = to_unit_scale(y, ref, F.conv2d(x, w, None, stride, padding, dilation, groups))
-    assert_close_to_reference(got, exp, torch_same_dtype=same, what="auto")
+    # torch's own float32 conv may miss the kernels' tight bound on these 28 x 28 sums of 288-800
+    # products (it does on some seeds), so a call auto hands to torch is held to 2x torch's error.
+    assert_close_to_reference(got, exp, torch_same_dtype=same, what="auto", is_torch_composition=not native)
 
 
 def test_swap_report_states_the_winograd_size_rule():
