@@ -9,12 +9,16 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/native/ConvUtils.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 #include <c10/util/safe_numerics.h>
+#include <c10/util/strides.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <utility>
 #if defined(__linux__)
@@ -22,8 +26,54 @@
 #endif
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <vector>
+
+namespace fastops {
+
+// Error messages are built here, not by c10::str. c10::str formats numbers through an
+// std::ostringstream instantiated in this library, and on the lent H100 (torch 2.11, the image's
+// /opt/gcc) every such message crashed the process (SIGSEGV) where the same check without a number,
+// or with numbers through std::to_string, raised cleanly: each TORCH_CHECK here gets one finished
+// std::string, which c10::str passes through untouched. The text is c10::str's: integers in
+// decimal, doubles as ostream's default (printf's %g), ArrayRef as [a, b], dtypes and devices by name.
+namespace detail {
+inline void msg_append(std::string& out, const char* v) { out += v; }
+inline void msg_append(std::string& out, const std::string& v) { out += v; }
+inline void msg_append(std::string& out, char v) { out += v; }
+inline void msg_append(std::string& out, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  out += buf;
+}
+template <typename T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, char>, int> = 0>
+inline void msg_append(std::string& out, T v) {
+  out += std::to_string(v);
+}
+inline void msg_append(std::string& out, at::IntArrayRef v) {
+  out += '[';
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+  out += ']';
+}
+inline void msg_append(std::string& out, const std::vector<int64_t>& v) { msg_append(out, at::IntArrayRef(v)); }
+inline void msg_append(std::string& out, c10::ScalarType v) { out += c10::toString(v); }
+inline void msg_append(std::string& out, const c10::Device& v) { out += v.str(); }
+}  // namespace detail
+
+template <typename... Args>
+inline std::string msg(const Args&... args) {
+  std::string out;
+  (detail::msg_append(out, args), ...);
+  return out;
+}
+
+}  // namespace fastops
+
+#define FASTOPS_CHECK(cond, ...) TORCH_CHECK(cond, ::fastops::msg(__VA_ARGS__))
+#define FASTOPS_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::fastops::msg(__VA_ARGS__))
+#define FASTOPS_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, ::fastops::msg(__VA_ARGS__))
+#define FASTOPS_CHECK_INDEX(cond, ...) TORCH_CHECK_INDEX(cond, ::fastops::msg(__VA_ARGS__))
 
 namespace fastops {
 
@@ -116,46 +166,46 @@ inline CrossEntropyGeometry check_cross_entropy_args(
     const char* op, const at::Tensor& logits, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, double label_smoothing) {
   CrossEntropyGeometry g;
-  TORCH_CHECK_VALUE(logits.dim() >= 1, op, ": logits must have shape (C,), (N, C) or (N, C, d1, ...), got ",
+  FASTOPS_CHECK_VALUE(logits.dim() >= 1, op, ": logits must have shape (C,), (N, C) or (N, C, d1, ...), got ",
                     shape_str(logits.sizes()));
-  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op,
+  FASTOPS_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op,
                    ": logits must be a floating tensor, got ", logits.scalar_type());
   const int64_t cdim = logits.dim() == 1 ? 0 : 1;
   g.C = logits.size(cdim);
-  TORCH_CHECK_VALUE(g.C >= 1, op, ": logits must have at least one class, got shape ", shape_str(logits.sizes()));
+  FASTOPS_CHECK_VALUE(g.C >= 1, op, ": logits must have at least one class, got shape ", shape_str(logits.sizes()));
   g.B = logits.dim() == 1 ? 1 : logits.size(0);
   for (int64_t i = 0; i < logits.dim(); ++i) {
     if (i == cdim) continue;
     g.row_shape.push_back(logits.size(i));
     if (i >= 2) g.D *= logits.size(i);
   }
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+  FASTOPS_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
                     ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
-  TORCH_CHECK_VALUE(target.device() == logits.device(), op, ": target is on ", target.device(),
+  FASTOPS_CHECK_VALUE(target.device() == logits.device(), op, ": target is on ", target.device(),
                     " but logits are on ", logits.device());
   g.probs = at::isFloatingType(target.scalar_type());
   if (g.probs) {
-    TORCH_CHECK_VALUE(target.sizes() == logits.sizes(), op,
+    FASTOPS_CHECK_VALUE(target.sizes() == logits.sizes(), op,
                       ": class-probability target must have logits' shape ", shape_str(logits.sizes()),
                       ", got ", shape_str(target.sizes()));
-    TORCH_CHECK_TYPE(target.scalar_type() == logits.scalar_type(), op,
+    FASTOPS_CHECK_TYPE(target.scalar_type() == logits.scalar_type(), op,
                      ": class-probability target must have logits' dtype ", logits.scalar_type(), ", got ",
                      target.scalar_type());
   } else {
-    TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op,
+    FASTOPS_CHECK_TYPE(target.scalar_type() == at::kLong, op,
                      ": class-index target must be int64 (or float class probabilities), got ",
                      target.scalar_type());
-    TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(g.row_shape), op, ": class-index target must have shape ",
+    FASTOPS_CHECK_VALUE(target.sizes() == at::IntArrayRef(g.row_shape), op, ": class-index target must have shape ",
                       shape_str(g.row_shape), " for logits of shape ", shape_str(logits.sizes()), ", got ",
                       shape_str(target.sizes()));
   }
   if (weight.has_value()) {
     const at::Tensor& w = *weight;
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.C, op, ": weight must have shape (", g.C,
+    FASTOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.C, op, ": weight must have shape (", g.C,
                       ",) (one per class), got ", shape_str(w.sizes()));
-    TORCH_CHECK_TYPE(w.scalar_type() == logits.scalar_type(), op, ": weight must have logits' dtype ",
+    FASTOPS_CHECK_TYPE(w.scalar_type() == logits.scalar_type(), op, ": weight must have logits' dtype ",
                      logits.scalar_type(), ", got ", w.scalar_type());
-    TORCH_CHECK_VALUE(w.device() == logits.device(), op, ": weight is on ", w.device(), " but logits are on ",
+    FASTOPS_CHECK_VALUE(w.device() == logits.device(), op, ": weight is on ", w.device(), " but logits are on ",
                       logits.device());
   }
   return g;
@@ -178,11 +228,11 @@ inline void check_cross_entropy_bwd_args(const char* op, const CrossEntropyGeome
   for (const auto& [name, t, shape] :
        {std::tuple<const char*, const at::Tensor&, const std::vector<int64_t>&>{"grad_loss", grad_loss, g.row_shape},
         {"stats", stats, stats_shape}}) {
-    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", shape_str(shape),
+    FASTOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", shape_str(shape),
                       ", got ", shape_str(t.sizes()));
-    TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", logits.scalar_type(),
+    FASTOPS_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", logits.scalar_type(),
                      " logits, got ", t.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == logits.device(), op, ": ", name, " is on ", t.device(), " but logits are on ",
+    FASTOPS_CHECK_VALUE(t.device() == logits.device(), op, ": ", name, " is on ", t.device(), " but logits are on ",
                       logits.device());
   }
 }
@@ -212,7 +262,7 @@ void cross_entropy_bwd_inplace_entry(const at::Tensor& grad_loss, const at::Tens
                                      const std::optional<at::Tensor>& weight, const at::Tensor& stats,
                                      int64_t ignore_index, double label_smoothing) {
   const BelowAutograd below_autograd;
-  TORCH_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
+  FASTOPS_CHECK_VALUE(logits.is_contiguous(), "cross_entropy_bwd_: logits must be contiguous to be overwritten");
   at::Tensor out = logits;
   Into("cross_entropy_bwd_", grad_loss, logits, target, weight, stats, ignore_index, label_smoothing, out);
 }
@@ -234,33 +284,33 @@ struct Conv2dGeometry {
 inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                         int64_t groups) {
-  TORCH_CHECK_VALUE(x.dim() == 4, op, ": input must have shape (N, C, H, W), got ", shape_str(x.sizes()));
-  TORCH_CHECK_VALUE(weight.dim() == 4, op, ": weight must have shape (K, C/groups, R, S), got ",
+  FASTOPS_CHECK_VALUE(x.dim() == 4, op, ": input must have shape (N, C, H, W), got ", shape_str(x.sizes()));
+  FASTOPS_CHECK_VALUE(weight.dim() == 4, op, ": weight must have shape (K, C/groups, R, S), got ",
                     shape_str(weight.sizes()));
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": input must be a floating tensor, got ",
+  FASTOPS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": input must be a floating tensor, got ",
                    x.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have input's dtype ",
+  FASTOPS_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have input's dtype ",
                    x.scalar_type(), ", got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but input is on ",
+  FASTOPS_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but input is on ",
                     x.device());
-  TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+  FASTOPS_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
                     ": stride, padding and dilation must have 2 elements each");
-  TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
-  TORCH_CHECK_VALUE(dilation[0] > 0 && dilation[1] > 0, op, ": dilation must be positive, got ", dilation);
-  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, got ", padding);
-  TORCH_CHECK_VALUE(groups > 0, op, ": groups must be positive, got ", groups);
+  FASTOPS_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
+  FASTOPS_CHECK_VALUE(dilation[0] > 0 && dilation[1] > 0, op, ": dilation must be positive, got ", dilation);
+  FASTOPS_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, got ", padding);
+  FASTOPS_CHECK_VALUE(groups > 0, op, ": groups must be positive, got ", groups);
   Conv2dGeometry g;
   g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
   g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
   g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
   g.G = groups;
-  TORCH_CHECK_VALUE(g.C % groups == 0, op, ": groups=", groups, " must divide the input channels C=", g.C);
-  TORCH_CHECK_VALUE(g.K % groups == 0, op, ": groups=", groups, " must divide the output channels K=", g.K,
+  FASTOPS_CHECK_VALUE(g.C % groups == 0, op, ": groups=", groups, " must divide the input channels C=", g.C);
+  FASTOPS_CHECK_VALUE(g.K % groups == 0, op, ": groups=", groups, " must divide the output channels K=", g.K,
                     " (weight.size(0))");
   g.Cg = g.C / groups, g.Kg = g.K / groups;
-  TORCH_CHECK_VALUE(weight.size(1) == g.Cg, op, ": weight must have shape (", g.K, ", ", g.Cg, ", R, S) for ",
+  FASTOPS_CHECK_VALUE(weight.size(1) == g.Cg, op, ": weight must have shape (", g.K, ", ", g.Cg, ", R, S) for ",
                     g.C, " input channels and groups=", groups, ", got ", shape_str(weight.sizes()));
-  TORCH_CHECK_VALUE(g.R > 0 && g.S > 0 && g.K > 0, op, ": weight must be non-empty, got ",
+  FASTOPS_CHECK_VALUE(g.R > 0 && g.S > 0 && g.K > 0, op, ": weight must be non-empty, got ",
                     shape_str(weight.sizes()));
   // Overflow-checked: padding or dilation near 2^62 must be an error naming them, not signed
   // overflow (undefined behaviour) and a message with wrapped numbers.
@@ -269,48 +319,80 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
                         c10::mul_overflows(g.dw, g.S - 1, &eff_w) || c10::add_overflows(eff_w, int64_t(1), &eff_w) ||
                         c10::mul_overflows(g.ph, int64_t(2), &hp) || c10::add_overflows(hp, g.H, &hp) ||
                         c10::mul_overflows(g.pw, int64_t(2), &wp) || c10::add_overflows(wp, g.W, &wp);
-  TORCH_CHECK_VALUE(!overflow, op, ": padding ", padding, " or dilation ", dilation,
+  FASTOPS_CHECK_VALUE(!overflow, op, ": padding ", padding, " or dilation ", dilation,
                     " is too large: the padded input or the dilated kernel exceeds 2^63 - 1 elements per side");
-  TORCH_CHECK_VALUE(hp >= eff_h && wp >= eff_w, op, ": output size would be <= 0: padded input ", hp, "x", wp,
+  FASTOPS_CHECK_VALUE(hp >= eff_h && wp >= eff_w, op, ": output size would be <= 0: padded input ", hp, "x", wp,
                     " is smaller than the dilated kernel ", eff_h, "x", eff_w);
   g.P = (hp - eff_h) / g.sh + 1;
   g.Q = (wp - eff_w) / g.sw + 1;
   int64_t numel = g.N;
-  TORCH_CHECK_VALUE(!c10::mul_overflows(numel, g.K, &numel) && !c10::mul_overflows(numel, g.P, &numel) &&
+  FASTOPS_CHECK_VALUE(!c10::mul_overflows(numel, g.K, &numel) && !c10::mul_overflows(numel, g.P, &numel) &&
                         !c10::mul_overflows(numel, g.Q, &numel),
                     op, ": padding ", padding, " or stride ", stride, " gives an output of shape (", g.N, ", ", g.K,
                     ", ", g.P, ", ", g.Q, "), more than 2^63 - 1 elements");
   return g;
 }
 
-// torch's rule for conv outputs: channels_last when the input or the weight is (and is not also
-// plain contiguous), else contiguous. Every backend's ops and fake kernels follow it.
-inline at::MemoryFormat conv_memory_format(const at::Tensor& x, const at::Tensor& w) {
+// torch's layout for conv outputs (y, grad_x, grad_weight), asked of torch itself: the backend
+// F.conv2d would pick for these operands and that backend's memory format. It is not one rule:
+// channels_last follows a channels_last x or w on CPU and through cuDNN, but cuDNN keeps float64
+// contiguous and CUDA's own depthwise kernel is always contiguous (seen on an H100, torch 2.11,
+// where the former rule here gave channels_last). The choice does not depend on grad mode in server
+// builds (only mobile's XNNPACK path does); no_grad pins it all the same, so the fake kernels
+// (fastops/ops/conv2d.py: memory_format) and these kernels agree. Operands torch's conv would
+// refuse (an empty reduction, C = 0) keep the rule both share there: channels_last when x or w is.
+inline at::MemoryFormat conv_memory_format(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (x.size(1) > 0) {
+    const c10::AutoGradMode no_grad(false);
+    const int64_t zero[2] = {0, 0};
+    const auto backend = at::native::select_conv_backend(
+        x, w, std::nullopt, c10::fromIntArrayRefSlow(stride), c10::fromIntArrayRefSlow(padding),
+        c10::fromIntArrayRefSlow(dilation), false, c10::fromIntArrayRefSlow(zero), c10::SymInt(groups), std::nullopt);
+    return at::native::_determine_backend_memory_format(x, w, backend);
+  }
   auto cl = [](const at::Tensor& t) {
     return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
   };
   return cl(x) || cl(w) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// t in memory format fmt with the strides torch gives a new tensor of that format. t.contiguous(fmt)
+// keeps t as it is when t already counts as contiguous in fmt, whatever the strides of its size-1
+// dims: a (2, 8, 1, 1) output computed channels_last has strides (8, 1, 8, 8), torch's (8, 1, 1, 1).
+// Those strides address the same elements, so the canonical ones are a view of t.
+inline at::Tensor in_memory_format(const at::Tensor& t, at::MemoryFormat fmt) {
+  at::Tensor r = t.contiguous(fmt);
+  if (r.dim() != 4 || r.numel() == 0) return r;
+  std::vector<int64_t> canon;
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    canon = c10::get_channels_last_strides_2d(r.sizes());
+  } else {
+    const auto d = c10::contiguous_strides(r.sizes());
+    canon.assign(d.begin(), d.end());
+  }
+  return r.strides() == at::IntArrayRef(canon) ? r : r.as_strided(r.sizes(), canon, r.storage_offset());
+}
+
 inline void check_conv2d_bias(const char* op, const Conv2dGeometry& g, const at::Tensor& x,
                               const std::optional<at::Tensor>& bias) {
   if (!bias.has_value()) return;
   const at::Tensor& b = *bias;
-  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.K, op, ": bias must have shape (", g.K,
+  FASTOPS_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.K, op, ": bias must have shape (", g.K,
                     ",) (one per output channel), got ", shape_str(b.sizes()));
-  TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have input's dtype ", x.scalar_type(),
+  FASTOPS_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have input's dtype ", x.scalar_type(),
                    ", got ", b.scalar_type());
-  TORCH_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but input is on ", x.device());
+  FASTOPS_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but input is on ", x.device());
 }
 
 inline void check_conv2d_grad_out(const char* op, const Conv2dGeometry& g, const at::Tensor& x,
                                   const at::Tensor& grad_out) {
   const std::vector<int64_t> expected{g.N, g.K, g.P, g.Q};
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), op, ": grad_out must have shape ",
+  FASTOPS_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), op, ": grad_out must have shape ",
                     shape_str(expected), ", got ", shape_str(grad_out.sizes()));
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have input's dtype ",
+  FASTOPS_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have input's dtype ",
                    x.scalar_type(), ", got ", grad_out.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(),
+  FASTOPS_CHECK_VALUE(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(),
                     " but input is on ", x.device());
 }
 
@@ -325,24 +407,24 @@ struct LinearReluGeometry {
 inline LinearReluGeometry check_linear_relu_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                                                  const std::optional<at::Tensor>& bias) {
   LinearReluGeometry g;
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape (*, K), got a 0-d tensor");
-  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must have shape (N, K), got ", shape_str(weight.sizes()));
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
+  FASTOPS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  FASTOPS_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape (*, K), got a 0-d tensor");
+  FASTOPS_CHECK_VALUE(weight.dim() == 2, op, ": weight must have shape (N, K), got ", shape_str(weight.sizes()));
+  FASTOPS_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
                    ", got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
+  FASTOPS_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
                     x.device());
   g.K = x.size(-1);
   g.N = weight.size(0);
-  TORCH_CHECK_VALUE(weight.size(1) == g.K, op, ": weight must have shape (N, ", g.K, ") for x of shape ",
+  FASTOPS_CHECK_VALUE(weight.size(1) == g.K, op, ": weight must have shape (N, ", g.K, ") for x of shape ",
                     shape_str(x.sizes()), " (K = x.shape[-1] = ", g.K, "), got ", shape_str(weight.sizes()));
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.N, op, ": bias must have shape (", g.N,
+    FASTOPS_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.N, op, ": bias must have shape (", g.N,
                       ",) (one per output feature), got ", shape_str(b.sizes()));
-    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
+    FASTOPS_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
                      ", got ", b.scalar_type());
-    TORCH_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
+    FASTOPS_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
   }
   g.M = 1;
   for (int64_t i = 0; i + 1 < x.dim(); ++i) {
@@ -356,11 +438,11 @@ inline LinearReluGeometry check_linear_relu_args(const char* op, const at::Tenso
 inline void check_linear_relu_bwd_args(const char* op, const LinearReluGeometry& g, const at::Tensor& x,
                                        const at::Tensor& grad_out, const at::Tensor& out) {
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", grad_out}, {"out", out}}) {
-    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(g.out_shape), op, ": ", name, " must have shape ",
+    FASTOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(g.out_shape), op, ": ", name, " must have shape ",
                       shape_str(g.out_shape), ", got ", shape_str(t.sizes()));
-    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+    FASTOPS_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
                      ", got ", t.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+    FASTOPS_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
   }
 }
 
@@ -378,48 +460,48 @@ inline LinearCrossEntropyGeometry check_linear_cross_entropy_args(
     const at::Tensor& target, const std::optional<at::Tensor>& class_weight, double label_smoothing, double softcap,
     double z_loss, int64_t reduction, int64_t chunk_rows) {
   LinearCrossEntropyGeometry g;
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (N, H), got ", shape_str(x.sizes()));
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), op, ": weight must have shape (V, ", x.size(1),
+  FASTOPS_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (N, H), got ", shape_str(x.sizes()));
+  FASTOPS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  FASTOPS_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), op, ": weight must have shape (V, ", x.size(1),
                     ") for x of shape ", shape_str(x.sizes()), ", got ", shape_str(weight.sizes()));
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
+  FASTOPS_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
                    ", got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
+  FASTOPS_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
                     x.device());
   g.N = x.size(0), g.H = x.size(1), g.V = weight.size(0);
-  TORCH_CHECK_VALUE(g.V >= 1, op, ": weight must have at least one class (row), got shape ",
+  FASTOPS_CHECK_VALUE(g.V >= 1, op, ": weight must have at least one class (row), got shape ",
                     shape_str(weight.sizes()));
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.V, op, ": bias must have shape (", g.V, ",), got ",
+    FASTOPS_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.V, op, ": bias must have shape (", g.V, ",), got ",
                       shape_str(b.sizes()));
-    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
+    FASTOPS_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
                      ", got ", b.scalar_type());
-    TORCH_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
+    FASTOPS_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
   }
-  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == g.N, op, ": target must have shape (", g.N,
+  FASTOPS_CHECK_VALUE(target.dim() == 1 && target.size(0) == g.N, op, ": target must have shape (", g.N,
                     ",) for x of shape ", shape_str(x.sizes()), ", got ", shape_str(target.sizes()));
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be int64 class indices, got ",
+  FASTOPS_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be int64 class indices, got ",
                    target.scalar_type());
-  TORCH_CHECK_VALUE(target.device() == x.device(), op, ": target is on ", target.device(), " but x is on ",
+  FASTOPS_CHECK_VALUE(target.device() == x.device(), op, ": target is on ", target.device(), " but x is on ",
                     x.device());
   if (class_weight.has_value()) {
     const at::Tensor& w = *class_weight;
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.V, op, ": class_weight must have shape (", g.V, ",), got ",
+    FASTOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.V, op, ": class_weight must have shape (", g.V, ",), got ",
                       shape_str(w.sizes()));
-    TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op, ": class_weight must be floating, got ",
+    FASTOPS_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op, ": class_weight must be floating, got ",
                      w.scalar_type());
-    TORCH_CHECK_VALUE(w.device() == x.device(), op, ": class_weight is on ", w.device(), " but x is on ",
+    FASTOPS_CHECK_VALUE(w.device() == x.device(), op, ": class_weight is on ", w.device(), " but x is on ",
                       x.device());
   }
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+  FASTOPS_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
                     ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
-  TORCH_CHECK_VALUE(softcap >= 0.0 && std::isfinite(softcap), op, ": softcap must be >= 0 and finite, got ",
+  FASTOPS_CHECK_VALUE(softcap >= 0.0 && std::isfinite(softcap), op, ": softcap must be >= 0 and finite, got ",
                     softcap);
-  TORCH_CHECK_VALUE(z_loss >= 0.0 && std::isfinite(z_loss), op, ": z_loss must be >= 0 and finite, got ", z_loss);
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+  FASTOPS_CHECK_VALUE(z_loss >= 0.0 && std::isfinite(z_loss), op, ": z_loss must be >= 0 and finite, got ", z_loss);
+  FASTOPS_CHECK_VALUE(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
                     reduction);
-  TORCH_CHECK_VALUE(chunk_rows >= 0, op, ": chunk_rows must be >= 0, got ", chunk_rows);
+  FASTOPS_CHECK_VALUE(chunk_rows >= 0, op, ": chunk_rows must be >= 0, got ", chunk_rows);
   return g;
 }
 
@@ -449,25 +531,25 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
                             double weight_decay, double eps, bool amsgrad, const std::optional<at::Tensor>& grad_scale,
                             const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
+  FASTOPS_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
                     op, ": params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length, got ", n,
                     ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size(), ", ", state_steps.size());
-  TORCH_CHECK_VALUE(max_exp_avg_sqs.size() == (amsgrad ? n : 0), op, ": max_exp_avg_sqs must have ",
+  FASTOPS_CHECK_VALUE(max_exp_avg_sqs.size() == (amsgrad ? n : 0), op, ": max_exp_avg_sqs must have ",
                     amsgrad ? n : 0, " tensors (amsgrad=", amsgrad, "), got ", max_exp_avg_sqs.size());
-  TORCH_CHECK_VALUE(lr >= 0.0, op, ": Invalid learning rate: ", lr);
-  TORCH_CHECK_VALUE(eps >= 0.0, op, ": Invalid epsilon value: ", eps);
-  TORCH_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, op, ": Invalid beta parameter at index 0: ", beta1);
-  TORCH_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, op, ": Invalid beta parameter at index 1: ", beta2);
-  TORCH_CHECK_VALUE(weight_decay >= 0.0, op, ": Invalid weight_decay value: ", weight_decay);
+  FASTOPS_CHECK_VALUE(lr >= 0.0, op, ": Invalid learning rate: ", lr);
+  FASTOPS_CHECK_VALUE(eps >= 0.0, op, ": Invalid epsilon value: ", eps);
+  FASTOPS_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, op, ": Invalid beta parameter at index 0: ", beta1);
+  FASTOPS_CHECK_VALUE(beta2 >= 0.0 && beta2 < 1.0, op, ": Invalid beta parameter at index 1: ", beta2);
+  FASTOPS_CHECK_VALUE(weight_decay >= 0.0, op, ": Invalid weight_decay value: ", weight_decay);
   if (n == 0) return;
   const at::Device dev = params[0].device();
   const at::ScalarType dt = params[0].scalar_type();
-  TORCH_CHECK_TYPE(at::isFloatingType(dt), op, ": params must be floating, got ", dt);
+  FASTOPS_CHECK_TYPE(at::isFloatingType(dt), op, ": params must be floating, got ", dt);
   auto check_scalar = [&](const char* name, const std::optional<at::Tensor>& t) {
     if (!t.has_value()) return;
-    TORCH_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must have one element, got shape ", shape_str(t->sizes()));
-    TORCH_CHECK_VALUE(t->device() == dev, op, ": ", name, " is on ", t->device(), " but params are on ", dev);
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating, got ",
+    FASTOPS_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must have one element, got shape ", shape_str(t->sizes()));
+    FASTOPS_CHECK_VALUE(t->device() == dev, op, ": ", name, " is on ", t->device(), " but params are on ", dev);
+    FASTOPS_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating, got ",
                      t->scalar_type());
   };
   check_scalar("lr_tensor", lr_tensor);
@@ -475,20 +557,20 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
   check_scalar("found_inf", found_inf);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
-    TORCH_CHECK_VALUE(p.device() == dev, op, ": all params must be on one device; params[0] is on ", dev,
+    FASTOPS_CHECK_VALUE(p.device() == dev, op, ": all params must be on one device; params[0] is on ", dev,
                       " but params[", i, "] is on ", p.device());
-    TORCH_CHECK_TYPE(p.scalar_type() == dt, op, ": all params must have one dtype; params[0] is ", dt,
+    FASTOPS_CHECK_TYPE(p.scalar_type() == dt, op, ": all params must have one dtype; params[0] is ", dt,
                      " but params[", i, "] is ", p.scalar_type());
-    TORCH_CHECK_VALUE(!grads[i].is_sparse(), op,
+    FASTOPS_CHECK_VALUE(!grads[i].is_sparse(), op,
                       ": Adam does not support sparse gradients, please consider SparseAdam instead (grads[", i,
                       "])");
-    TORCH_CHECK_VALUE(p.layout() == at::kStrided, op, ": params[", i, "] must be a strided (dense) tensor");
+    FASTOPS_CHECK_VALUE(p.layout() == at::kStrided, op, ": params[", i, "] must be a strided (dense) tensor");
     // Written in place: an overlapping layout would make the result depend on the element order.
     const std::pair<const char*, const at::Tensor*> written[] = {
         {"params", &p}, {"exp_avgs", &exp_avgs[i]}, {"exp_avg_sqs", &exp_avg_sqs[i]},
         {"max_exp_avg_sqs", amsgrad ? &max_exp_avg_sqs[i] : nullptr}, {"state_steps", &state_steps[i]}};
     for (const auto& [name, t] : written) {
-      TORCH_CHECK_VALUE(t == nullptr || !may_overlap(*t), op, ": ", name, "[", i,
+      FASTOPS_CHECK_VALUE(t == nullptr || !may_overlap(*t), op, ": ", name, "[", i,
                         "] has elements that share memory (an expanded or overlapping as_strided view); it is "
                         "written in place, so it must not");
     }
@@ -497,15 +579,15 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
         {"max_exp_avg_sqs", amsgrad ? &max_exp_avg_sqs[i] : nullptr}};
     for (const auto& [name, t] : same) {
       if (t == nullptr) continue;
-      TORCH_CHECK_VALUE(t->sizes() == p.sizes(), op, ": ", name, "[", i, "] must have params[", i, "]'s shape ",
+      FASTOPS_CHECK_VALUE(t->sizes() == p.sizes(), op, ": ", name, "[", i, "] must have params[", i, "]'s shape ",
                         shape_str(p.sizes()), ", got ", shape_str(t->sizes()));
-      TORCH_CHECK_TYPE(t->scalar_type() == dt, op, ": ", name, "[", i, "] must have the params' dtype ", dt,
+      FASTOPS_CHECK_TYPE(t->scalar_type() == dt, op, ": ", name, "[", i, "] must have the params' dtype ", dt,
                        ", got ", t->scalar_type());
-      TORCH_CHECK_VALUE(t->device() == dev, op, ": ", name, "[", i, "] is on ", t->device(),
+      FASTOPS_CHECK_VALUE(t->device() == dev, op, ": ", name, "[", i, "] is on ", t->device(),
                         " but params are on ", dev);
     }
     const at::Tensor& s = state_steps[i];
-    TORCH_CHECK_VALUE(s.numel() == 1 && s.scalar_type() == at::kFloat && s.device() == dev, op, ": state_steps[",
+    FASTOPS_CHECK_VALUE(s.numel() == 1 && s.scalar_type() == at::kFloat && s.device() == dev, op, ": state_steps[",
                       i, "] must be a one-element float32 tensor on ", dev, ", got ", s.scalar_type(), " of shape ",
                       shape_str(s.sizes()), " on ", s.device());
   }

@@ -81,7 +81,7 @@ inline void check_targets(const char* op, const at::Tensor& target, int64_t V, i
   if (!bad.any().item<bool>()) return;
   const int64_t r = bad.nonzero().select(1, 0)[0].item<int64_t>();
   const int64_t v = target[r].item<int64_t>();
-  TORCH_CHECK_INDEX(false, op, ": target[", r, "] = ", v, " is out of bounds for ", V, " classes (expected 0 <= target < ",
+  FASTOPS_CHECK_INDEX(false, op, ": target[", r, "] = ", v, " is out of bounds for ", V, " classes (expected 0 <= target < ",
                     V, ", or target == ignore_index ", ignore_index, ")");
 }
 
@@ -187,14 +187,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
   const auto acc_opts = x_.options().dtype(acc);
   if (grad_loss != nullptr) {
     const std::vector<int64_t> gshape = reduction == 0 ? std::vector<int64_t>{N} : std::vector<int64_t>{};
-    TORCH_CHECK_VALUE(grad_loss->sizes() == at::IntArrayRef(gshape), op, ": grad_loss must have shape ",
+    FASTOPS_CHECK_VALUE(grad_loss->sizes() == at::IntArrayRef(gshape), op, ": grad_loss must have shape ",
                       shape_str(gshape), ", got ", shape_str(grad_loss->sizes()));
-    TORCH_CHECK_VALUE(stats_in->sizes() == at::IntArrayRef({2, N}), op, ": stats must have shape (2, ", N,
+    FASTOPS_CHECK_VALUE(stats_in->sizes() == at::IntArrayRef({2, N}), op, ": stats must have shape (2, ", N,
                       "), got ", shape_str(stats_in->sizes()));
     for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad_loss", grad_loss}, {"stats", stats_in}}) {
-      TORCH_CHECK_TYPE(t->scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", dt, " x, got ",
+      FASTOPS_CHECK_TYPE(t->scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", dt, " x, got ",
                        t->scalar_type());
-      TORCH_CHECK_VALUE(t->device() == x_.device(), op, ": ", name, " is on ", t->device(), " but x is on ",
+      FASTOPS_CHECK_VALUE(t->device() == x_.device(), op, ": ", name, " is on ", t->device(), " but x is on ",
                         x_.device());
     }
   }

@@ -137,8 +137,9 @@ def conv2d(
 
     Returns:
         ``(N, K, P, Q)`` (``(K, P, Q)`` for unbatched input) in input's dtype, with
-        ``P = (H + 2 ph - dh (R - 1) - 1) // sh + 1`` and likewise ``Q``. channels_last when input or
-        weight is channels_last (torch's rule), else contiguous. Gradients flow to input, weight, bias.
+        ``P = (H + 2 ph - dh (R - 1) - 1) // sh + 1`` and likewise ``Q``, in the memory format F.conv2d
+        gives (channels_last when input or weight is, except where torch's backend keeps it
+        contiguous: float64 and depthwise on CUDA). Gradients flow to input, weight, bias.
     """
     if isinstance(input, torch.Tensor):  # torch's policy: conv2d runs in the autocast dtype
         input, weight, bias = _autocast(input.device.type, False, input, weight, bias)
@@ -163,8 +164,7 @@ def conv2d(
         name = _backend.resolve(_conv.OP, backend, x.device.type, x.dtype)
     if name == "torch":
         out = reference.conv2d(x, weight, bias, st, pad, dil, groups, activation)
-        if _conv.is_channels_last(x) or _conv.is_channels_last(weight):
-            out = out.contiguous(memory_format=torch.channels_last)
+        out = _conv.in_memory_format(out, _conv.memory_format(x, weight, st, pad, dil, groups))
     else:
         channels_last = not unbatched and (_conv.is_channels_last(x) or _conv.is_channels_last(weight))
         out = _conv.ops(name).conv2d_fwd(x, weight, bias, st, pad, dil, groups, activation == "relu")

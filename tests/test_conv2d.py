@@ -179,6 +179,44 @@ def test_cpu_bfloat16_direct_passes_nonfinite():
             assert_same_nonfinite(got, exp, f"{name} with inf in {where}{list(index)}")
 
 
+@pytest.mark.parametrize("device,backend", ALL)
+def test_output_strides_are_torchs(device, backend):
+    """y carries exactly F.conv2d's strides, grad_x and grad_weight its layout: its memory format (asked of torch:
+    channels_last follows a channels_last operand, except where torch's backend keeps contiguous, as
+    cuDNN does for float64 on an H100) and that format's own strides for size-1 dims. A (2, 4, 1, 1)
+    output computed in one layout also counts as contiguous in the other, and was returned with the
+    strides it was computed in, e.g. (4, 1, 1, 1) where torch gives (4, 1, 4, 4)."""
+    cases = [  # x shape, w shape, padding, groups, which operand is channels_last
+        ((2, 8, 3, 3), (4, 8, 3, 3), 0, 1, "w"),  # 1x1 output
+        ((2, 8, 3, 3), (4, 8, 3, 3), 0, 1, "x"),
+        ((2, 8, 3, 3), (4, 8, 3, 3), 0, 1, ""),
+        ((2, 8, 5, 4), (8, 1, 3, 3), 1, 8, "x"),  # depthwise: CUDA's own kernel is contiguous
+        ((1, 6, 1, 7), (6, 3, 1, 3), 0, 2, "w"),  # H = P = 1
+    ]
+    for dtype in kernel_dtypes(device, backend):
+        for xs, ws, pad, groups, cl in cases:
+            x = make_tensor(xs, dtype, device)
+            w = make_tensor(ws, dtype, device)
+            if "x" in cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if "w" in cl:
+                w = w.contiguous(memory_format=torch.channels_last)
+            xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+            xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+            ref = F.conv2d(xr, wr, None, 1, pad, 1, groups)
+            out = FF.conv2d(xf, wf, None, 1, pad, 1, groups, backend=backend)
+            what = f"{dtype} x{xs} w{ws} cl={cl!r}"
+            assert out.stride() == ref.stride(), f"{what}: y strides {out.stride()} != torch's {ref.stride()}"
+            g = make_tensor(ref.shape, dtype, device).contiguous(memory_format=torch.channels_last)
+            gx, gw = torch.autograd.grad(ref, (xr, wr), g)
+            fx, fw = torch.autograd.grad(out, (xf, wf), g)
+            # the gradients' layout (torch gives grad_weight the weight's own strides in size-1 dims);
+            # the torch backend's gradients are autograd's through its composition of slices
+            for name, a, b in (("grad_x", fx, gx), ("grad_weight", fw, gw)) if backend != "torch" else ():
+                layout = [(t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)) for t in (a, b)]
+                assert layout[0] == layout[1], f"{what}: {name} strides {a.stride()}, torch's {b.stride()}"
+
+
 @pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))
 def test_tiled_rows_and_large_channels(device, backend):
     # More output rows than one column tile holds (CRS x rows x Q > 128k elements): several tiles

@@ -439,6 +439,7 @@ def test_bad_inputs_raise_clear_errors(device: str) -> None:
     _, stats, *_ = OPS.linear_cross_entropy_fwd(x, weight, bias, target, cw, IGNORE, 0.0, 0.0, 0.0, 0, 0, False)
     scalars = (IGNORE, 0.0, 0.0, 0.0, 0, 0)
     with pytest.raises(ValueError, match=r"grad_loss must have shape \(4,\), got \(\)"):
-        OPS.linear_cross_entropy_bwd(torch.ones(()), x, weight, bias, target, cw, stats, *scalars)
+        OPS.linear_cross_entropy_bwd(torch.ones((), device=device), x, weight, bias, target, cw, stats, *scalars)
+    ones = torch.ones(4, device=device)
     with pytest.raises(TypeError, match="stats must be Float for Float x, got Double"):
-        OPS.linear_cross_entropy_bwd(torch.ones(4), x, weight, bias, target, cw, stats.double(), *scalars)
+        OPS.linear_cross_entropy_bwd(ones, x, weight, bias, target, cw, stats.double(), *scalars)

@@ -209,7 +209,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
   if (lr_tensor.has_value()) {
     lr = lr_tensor->item<double>();
-    TORCH_CHECK_VALUE(lr >= 0.0, "adam_step_: Invalid learning rate: ", lr);
+    FASTOPS_CHECK_VALUE(lr >= 0.0, "adam_step_: Invalid learning rate: ", lr);
   }
   const double inv_scale = grad_scale.has_value() ? 1.0 / grad_scale->item<double>() : 1.0;
 

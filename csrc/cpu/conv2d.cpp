@@ -81,7 +81,7 @@
 // Preconditions (check_conv2d_args): 4-D x and w of the same floating dtype and device, groups
 // divides C and K, w.size(1) == C / groups, positive stride/dilation, non-negative padding, P, Q >= 1.
 // Non-contiguous inputs are made contiguous here; the kernels write NCHW and the outputs are returned
-// in torch's conv layout (channels_last when x or w is, conv_memory_format in csrc/fastops.h).
+// in the layout F.conv2d gives them (conv_memory_format in csrc/fastops.h).
 //
 // References: Chellapilla et al., "High Performance Convolutional Neural Networks for Document
 // Processing" (2006) for im2col + GEMM; CUTLASS's implicit-GEMM conv docs for the M/N/K naming.
@@ -1187,7 +1187,7 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
 
 void check_cpu_dtype(const char* op, const at::Tensor& x) {
   const auto dt = x.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+  FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
                    ": the CPU kernels take float16, bfloat16, float32 or float64 input, got ", dt);
 }
 
@@ -1292,7 +1292,7 @@ at::Tensor conv2d_fwd_cpu(const at::Tensor& x_, const at::Tensor& w_, const std:
     });
   }
   // The kernels work in NCHW; a channels_last call gets its output in torch's layout.
-  return y.contiguous(conv_memory_format(x_, w_));
+  return in_memory_format(y, conv_memory_format(x_, w_, stride, padding, dilation, groups));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_,
@@ -1323,9 +1323,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cpu(const at::Tensor& 
   } else {
     conv2d_bwd_general(g, dy, x, w, mask[0] ? &dx : nullptr, mask[1] ? &dw : nullptr, mask[2] ? &db : nullptr);
   }
-  const at::MemoryFormat out_format = conv_memory_format(x_, w_);
-  if (mask[0]) dx = dx.contiguous(out_format);
-  if (mask[1]) dw = dw.contiguous(out_format);
+  const at::MemoryFormat out_format = conv_memory_format(x_, w_, stride, padding, dilation, groups);
+  if (mask[0]) dx = in_memory_format(dx, out_format);
+  if (mask[1]) dw = in_memory_format(dw, out_format);
   return {dx, dw, db};
 }
 

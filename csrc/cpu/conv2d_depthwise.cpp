@@ -599,7 +599,7 @@ void conv2d_fwd_direct_grouped(const Conv2dGeometry& g, const at::Tensor& x, con
     case at::kHalf:
       return fwd_impl<c10::Half>(g, x, w, bias, relu, y);
     default:
-      TORCH_CHECK(false, "conv2d_fwd: no direct grouped kernel for ", x.scalar_type());
+      FASTOPS_CHECK(false, "conv2d_fwd: no direct grouped kernel for ", x.scalar_type());
   }
 }
 
@@ -615,7 +615,7 @@ void conv2d_bwd_direct_grouped(const Conv2dGeometry& g, const at::Tensor& dy, co
     case at::kHalf:
       return bwd_impl<c10::Half>(g, dy, x, w, dx, dw, db);
     default:
-      TORCH_CHECK(false, "conv2d_bwd: no direct grouped kernel for ", x.scalar_type());
+      FASTOPS_CHECK(false, "conv2d_bwd: no direct grouped kernel for ", x.scalar_type());
   }
 }
 

@@ -98,7 +98,7 @@ struct Args {
 
 template <typename S>
 inline void check_index(int64_t yv, int64_t r, const Args<S>& a) {
-  TORCH_CHECK_INDEX(yv >= 0 && yv < a.C, "cross_entropy: target[", r, "] = ", yv, " is out of bounds for ", a.C,
+  FASTOPS_CHECK_INDEX(yv >= 0 && yv < a.C, "cross_entropy: target[", r, "] = ", yv, " is out of bounds for ", a.C,
                     " classes (expected 0 <= target < ", a.C, ", or target == ignore_index ", a.ignore_index, ")");
 }
 
@@ -561,7 +561,7 @@ Args<S> make_args(const CrossEntropyGeometry& g, const at::Tensor& logits, const
 
 void check_cpu_dtype(const char* op, const at::Tensor& logits) {
   const auto dt = logits.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+  FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
                    ": the CPU kernel takes float16, bfloat16, float32 or float64 logits, got ", dt,
                    " (use backend='torch' for other dtypes)");
 }

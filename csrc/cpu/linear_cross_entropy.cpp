@@ -193,7 +193,7 @@ struct CpuRowKernel {
 void check_cpu(const char* op, const at::Tensor& x) {
   const auto dt = x.scalar_type();
   if (!at::isFloatingType(dt)) return;
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+  FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
                    ": the CPU kernel takes float16, bfloat16, float32 or float64 x, got ", dt,
                    " (use backend='torch' for other dtypes)");
 }

@@ -44,7 +44,10 @@
 // followed by separate bias and ReLU kernels.
 //
 // Numerics: accumulation in float32 (float64 for float64 input; at::opmath_type), one rounding
-// to the output dtype after bias and ReLU. The ReLU is written `v <= 0 ? 0 : v` so that NaN stays
+// to the output dtype after bias and ReLU. SIMT sums each K-step's 16 products apart and adds that
+// partial to the running sum with Kahan compensation, so the error stays near one rounding of the
+// result however long Kr is (a weight gradient's N P Q): a plain running sum grows like sqrt(Kr)
+// ulp, and missed the float32 tolerance on an H100 at Kr = 5740. The ReLU is written `v <= 0 ? 0 : v` so that NaN stays
 // NaN, as torch.relu does (fmax would drop it).
 //
 // Preconditions (check_conv2d_args, csrc/fastops.h): 4-D operands of the same dtype and device,
@@ -166,6 +169,16 @@ struct WgradGemm {
   }
 };
 
+// acc += v with Kahan compensation comp (the sum is acc - comp). Once acc is inf or NaN the
+// compensation would turn NaN ((inf - acc) - v) and poison later finite steps: it is dropped then,
+// and inf / NaN propagate as in a plain sum.
+template <typename Acc>
+__device__ __forceinline__ void kahan_add(Acc& acc, Acc& comp, Acc v) {
+  const Acc y = v - comp, t = acc + y;
+  comp = isfinite(t) ? (t - acc) - y : Acc(0);
+  acc = t;
+}
+
 // C (M x Ncols) of group blockIdx.z = A (M x Kr) B (Kr x Ncols), A and B gathered by `op`.
 template <typename Acc, typename Op>
 __global__ void __launch_bounds__(kThreads)
@@ -177,7 +190,10 @@ __global__ void __launch_bounds__(kThreads)
   // Thread (ty, tx) owns rows ty + 16 i and columns tx + 16 j (i, j < 4): strided so that
   // neighbouring threads read neighbouring shared-memory words (no bank conflicts on Bs).
   const int tx = tid % 16, ty = tid / 16;
-  Acc acc[4][4] = {};
+  // Each K-tile's products sum into part, which joins acc with Kahan compensation (acc - comp is
+  // the sum so far): a plain running sum over a weight gradient's N P Q terms (5740 in the tests)
+  // grew its error like sqrt(N P Q) ulp, past the float32 tolerance on an H100.
+  Acc acc[4][4] = {}, comp[4][4] = {};
   for (int64_t k0 = 0; k0 < Kr; k0 += kTileK) {
     // 64 x 16 = 1024 elements per operand, 4 per thread; consecutive threads take consecutive m
     // (A) / n (B), which are the contiguous directions of x / w for most shapes.
@@ -192,6 +208,7 @@ __global__ void __launch_bounds__(kThreads)
       Bs[bk][bn] = (gn < Ncols && gk2 < Kr) ? op.b(gk2, gn, g) : Acc(0);
     }
     __syncthreads();
+    Acc part[4][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
       Acc av[4], bv[4];
@@ -202,8 +219,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        for (int j = 0; j < 4; ++j) part[i][j] += av[i] * bv[j];
     }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) kahan_add(acc[i][j], comp[i][j], part[i][j]);
     __syncthreads();
   }
 #pragma unroll
@@ -211,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t gm = m0 + ty + 16 * i, gn = n0 + tx + 16 * j;
-      if (gm < M && gn < Ncols) op.store(gm, gn, g, acc[i][j]);
+      if (gm < M && gn < Ncols) op.store(gm, gn, g, acc[i][j] - comp[i][j]);
     }
   }
 }
@@ -240,7 +261,7 @@ template <typename Acc, typename Op>
 void launch_gemm(const Op& op, int64_t M, int64_t Ncols, int64_t Kr, int64_t G) {
   if (M == 0 || Ncols == 0) return;
   const int64_t gx = (M + kTileM - 1) / kTileM, gy = (Ncols + kTileN - 1) / kTileN;
-  TORCH_CHECK(gx <= std::numeric_limits<int32_t>::max() && gy <= 65535 && G <= 65535,
+  FASTOPS_CHECK(gx <= std::numeric_limits<int32_t>::max() && gy <= 65535 && G <= 65535,
               "conv2d: problem too large for one launch (grid ", gx, " x ", gy, " x ", G, ")");
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(G));
   conv2d_implicit_gemm_simt_kernel<Acc, Op>
@@ -415,7 +436,7 @@ void launch_igemm_wmma(const Op& op, int G, const at::Tensor& like) {
   const SplitPlan plan = plan_splits(op.M, op.Nc, op.Kr, G, sms);
   const int64_t gx = (int64_t(op.M) + kTcM - 1) / kTcM, gy = (int64_t(op.Nc) + kTcN - 1) / kTcN;
   const int64_t gz = int64_t(G) * plan.splits;
-  TORCH_CHECK(gy <= 65535 && gz <= 65535, "conv2d: problem too large for one launch (grid ", gx, " x ", gy, " x ",
+  FASTOPS_CHECK(gy <= 65535 && gz <= 65535, "conv2d: problem too large for one launch (grid ", gx, " x ", gy, " x ",
               gz, ")");
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor ws;
@@ -475,7 +496,7 @@ at::Tensor conv2d_fwd_cuda(const at::Tensor& x_, const at::Tensor& w_, const std
   const auto g = check_conv2d_args("conv2d_fwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_bias("conv2d_fwd", g, x_, bias_);
   const c10::cuda::CUDAGuard guard(x_.device());
-  const at::MemoryFormat out_format = conv_memory_format(x_, w_);
+  const at::MemoryFormat out_format = conv_memory_format(x_, w_, stride, padding, dilation, groups);
   const at::Tensor bias = bias_.has_value() ? bias_->contiguous() : at::Tensor();
   const bool tc = use_tensor_cores(x_, g);
   const at::MemoryFormat work_format = tc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -507,7 +528,7 @@ at::Tensor conv2d_fwd_cuda(const at::Tensor& x_, const at::Tensor& w_, const std
       launch_gemm<Acc>(op, g.N * g.P * g.Q, g.Kg, g.crs(), g.G);
     });
   }
-  return y.contiguous(out_format);
+  return in_memory_format(y, out_format);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cuda(const at::Tensor& dy_, const at::Tensor& x_,
@@ -518,7 +539,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cuda(const at::Tensor&
   const auto g = check_conv2d_args("conv2d_bwd", x_, w_, stride, padding, dilation, groups);
   check_conv2d_grad_out("conv2d_bwd", g, x_, dy_);
   const c10::cuda::CUDAGuard guard(x_.device());
-  const at::MemoryFormat out_format = conv_memory_format(x_, w_);
+  const at::MemoryFormat out_format = conv_memory_format(x_, w_, stride, padding, dilation, groups);
   const bool tc = use_tensor_cores(x_, g);
   const at::MemoryFormat work_format = tc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_.contiguous(work_format), w = w_.contiguous(work_format), dy = dy_.contiguous(work_format);
@@ -578,8 +599,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_bwd_cuda(const at::Tensor&
       }
     });
   }
-  if (mask[0]) dx = dx.contiguous(out_format);
-  if (mask[1]) dw = dw.contiguous(out_format);
+  if (mask[0]) dx = in_memory_format(dx, out_format);
+  if (mask[1]) dw = in_memory_format(dw, out_format);
   return {dx, dw, db};
 }
 

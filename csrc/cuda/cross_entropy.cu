@@ -63,8 +63,11 @@
 // rounding at ulp(m) swamps a small loss. The relative sums are re-based (shift difference times
 // the partial's weight sum, a term <= 0 too) when a max moves. expf/logf (<= 2 ulp, full range) rather
 // than __expf, whose error grows as 2 + 1.16 |x| ulp: |x - m| reaches ~90 for fp32, i.e. ~100 ulp.
-// Each thread sums ~C / (group * VEC) vectors, then a log2(group)-deep tree: error grows like
-// (C / group + log group) ulp, not C ulp. Special values, as the CPU kernel (and torch) do:
+// Each thread sums ~C / (group * VEC) vectors with Kahan compensation, and the log2(group)-deep
+// merge tree carries the compensations through exact two-sums; ls = log(s - sc) in float64. A
+// plain float32 sum that holds exp(0) = 1 (the max came first) drops every term below ulp(1) / 2:
+// with x = 2 randn(262144), x_0 = 30 that tail, 1.8e-7, is the whole loss of the row, and even the
+// exact sum rounded to float32 before the log would be off by up to 30% of it. Special values, as the CPU kernel (and torch) do:
 //   * -inf logits contribute exp = 0; the online update and the merge never form -inf - -inf
 //     (a thread or group that has seen only -inf keeps m = -inf, s = 0, relative sums taken
 //     against 0). A row of only -inf has m = -inf: a NaN loss and gradient row, as torch.
@@ -152,6 +155,7 @@ template <typename A>
 struct RowAcc {
   A m;      // running max (never NaN: fmax)
   A s;      // sum exp(x - m); carries NaN
+  A sc;     // s's Kahan compensation: the sum is s - sc (see row_acc_add)
   A sxr;    // sum w_c (x_c - shift(m))        (label smoothing only)
   A ws;     // sum w_c over the elements seen  (label smoothing only)
   A swt;    // sum w_c t_c                     (probabilities only)
@@ -160,7 +164,7 @@ struct RowAcc {
 
 template <typename A>
 __device__ __forceinline__ RowAcc<A> row_acc_identity() {
-  return RowAcc<A>{-inf_acc<A>(), A(0), A(0), A(0), A(0), A(0)};
+  return RowAcc<A>{-inf_acc<A>(), A(0), A(0), A(0), A(0), A(0), A(0)};
 }
 
 // The value the relative sums are taken against: m, or 0 while m is -inf (all elements so far are
@@ -190,15 +194,25 @@ __device__ __forceinline__ void rebase_sums(RowAcc<A>& acc, A m_new) {
   }
 }
 
-// Symmetric in (a, b) except where nvcc contracts one side of r.s into an FMA (last bit); only
-// lane 0's merged value is ever read, so that cannot split a row. A side with m = -inf below the
+// A product rounded on its own: nvcc never contracts it into an FMA.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
+// Symmetric in (a, b) up to rounding in the compensation (only lane 0's merged value is ever
+// read, so that cannot split a row). The products are rounded on their own (mul_rn): an FMA
+// contracted into r.s would break the two-sum's exactness. A side with m = -inf below the
 // other scales by exp(-inf) = 0, so the identity (-inf, 0, ...) is neutral.
 template <typename A>
 struct MergeRowAcc {
   __device__ __forceinline__ RowAcc<A> operator()(RowAcc<A> a, RowAcc<A> b) const {
     RowAcc<A> r;
     r.m = max_acc(a.m, b.m);
-    r.s = a.s * exp_below_max(a.m, r.m) + b.s * exp_below_max(b.m, r.m);
+    const A ea = exp_below_max(a.m, r.m), eb = exp_below_max(b.m, r.m);
+    // two-sum: xa + xb == r.s + err exactly, so the low part lost here joins the compensations
+    const A xa = mul_rn(a.s, ea), xb = mul_rn(b.s, eb);
+    r.s = xa + xb;
+    const A bv = r.s - xa, err = (xa - (r.s - bv)) + (xb - bv);
+    r.sc = (a.sc * ea + b.sc * eb) - err;
     rebase_sums(a, r.m);
     rebase_sums(b, r.m);
     r.sxr = a.sxr + b.sxr;
@@ -220,12 +234,21 @@ __device__ __forceinline__ void row_acc_add(RowAcc<A>& acc, const A (&x)[N], con
 #pragma unroll
   for (int k = 1; k < N; ++k) vmax = max_acc(vmax, x[k]);
   if (vmax > acc.m) {
-    acc.s *= exp_acc(acc.m - vmax);
+    const A scale = exp_acc(acc.m - vmax);
+    acc.s *= scale;
+    acc.sc *= scale;
     if (smooth || t != nullptr) rebase_sums(acc, vmax);
     acc.m = vmax;
   }
 #pragma unroll
-  for (int k = 0; k < N; ++k) acc.s += x[k] == -inf_acc<A>() ? A(0) : exp_below_max(x[k], acc.m);
+  for (int k = 0; k < N; ++k) {
+    // Kahan: once s holds exp(0) = 1 (the max came first), every term below ulp(1) / 2 would be
+    // dropped by a plain add; a long row's tail of such terms is the whole loss of a confident row
+    const A term = (x[k] == -inf_acc<A>() ? A(0) : exp_below_max(x[k], acc.m)) - acc.sc;
+    const A sum = acc.s + term;
+    acc.sc = (sum - acc.s) - term;
+    acc.s = sum;
+  }
   const A shift = sum_shift(acc.m);
   if (smooth) {
 #pragma unroll
@@ -266,7 +289,8 @@ __device__ __forceinline__ void finish_fwd_row(const CeArgs<T, A>& a, int64_t r,
                                                const T* x_row, int64_t x_stride, A* loss, A* stats) {
   const A e = a.eps, C = static_cast<A>(a.C);
   const A W = a.wsum != nullptr ? *a.wsum : C;
-  const A ls = log_acc(acc.s);
+  // s - sc in double: a float32 s near 1 is 6e-8 apart, as large as a confident row's whole loss
+  const A ls = static_cast<A>(log(static_cast<double>(acc.s) - static_cast<double>(acc.sc)));
   const bool finite = acc.m > -inf_acc<A>() && acc.m < inf_acc<A>();
   stats[r] = acc.m;
   stats[a.rows + r] = ls;
@@ -631,9 +655,9 @@ void launch_bwd(const LaunchPlan& p, const CeArgs<T, A>& a, const A* grad, const
 }
 
 void check_cuda_logits(const char* op, const at::Tensor& logits) {
-  TORCH_CHECK_VALUE(logits.is_cuda(), op, ": the CUDA kernel needs logits on a CUDA device, got ", logits.device());
+  FASTOPS_CHECK_VALUE(logits.is_cuda(), op, ": the CUDA kernel needs logits on a CUDA device, got ", logits.device());
   const auto dt = logits.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble, op,
+  FASTOPS_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble, op,
                    ": the CUDA kernel takes float16, bfloat16, float32 or float64 logits, got ", dt);
 }
 
@@ -677,7 +701,7 @@ void raise_if_bad_target(const cuda::DeviceBadIndex& bad, const at::Tensor& targ
   const std::optional<int64_t> r = bad.first_bad();
   if (!r.has_value()) return;
   const int64_t v = target.reshape(-1)[*r].item<int64_t>();
-  TORCH_CHECK_INDEX(false, "cross_entropy: target[", *r, "] = ", v, " is out of bounds for ", C,
+  FASTOPS_CHECK_INDEX(false, "cross_entropy: target[", *r, "] = ", v, " is out of bounds for ", C,
                     " classes (expected 0 <= target < ", C, ", or target == ignore_index ", ignore_index, ")");
 }
 

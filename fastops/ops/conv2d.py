@@ -294,10 +294,39 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def memory_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """The layout of every conv2d op's y, grad_x and grad_weight (torch's rule, on every backend):
-    channels_last when x or weight is channels_last, else contiguous."""
-    return torch.channels_last if is_channels_last(x) or is_channels_last(weight) else torch.contiguous_format
+def memory_format(
+    x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int], dilation: list[int], groups: int
+) -> torch.memory_format:
+    """The layout of every conv2d op's y, grad_x and grad_weight: the one F.conv2d gives, asked of
+    torch (the backend it would pick for x (N, C, H, W) and weight (K, C / groups, R, S), and that
+    backend's format, as torch's own fake conv does). Mostly channels_last when x or weight is, but
+    cuDNN keeps float64 contiguous and CUDA's depthwise kernel is contiguous. The C++ ops ask the
+    same (``conv_memory_format`` in csrc/fastops.h); C = 0, which torch's conv refuses, keeps the
+    plain rule."""
+    if x.shape[1] == 0:
+        return torch.channels_last if is_channels_last(x) or is_channels_last(weight) else torch.contiguous_format
+    with torch.no_grad():  # the choice depends on grad mode only in mobile builds; pinned all the same
+        backend = torch._C._select_conv_backend(x, weight, None, stride, padding, dilation, False, [0, 0], groups)
+    return torch._C._conv_determine_backend_memory_format(x, weight, backend)
+
+
+# Dynamo cannot trace _select_conv_backend (it returns no tensor): under torch.compile the choice is
+# made once at trace time (torch.compiler.assume_constant_result's mark, set without importing
+# dynamo). Tensor inputs' dtype, device and strides are guarded anyway; with dynamic shapes a size
+# that would switch torch's backend keeps the traced layout (strides only, never values).
+memory_format._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def in_memory_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """t in ``fmt`` with the strides torch gives a new tensor of that format: ``t.contiguous(fmt)``
+    keeps t when it already counts as contiguous in fmt, whatever the strides of its size-1 dims
+    (a (2, 8, 1, 1) tensor computed channels_last has strides (8, 1, 8, 8), torch's are (8, 1, 1, 1))."""
+    t = t.contiguous(memory_format=fmt)
+    if t.dim() != 4 or t.numel() == 0:
+        return t
+    _, c, h, w = t.shape
+    canon = (h * w * c, 1, w * c, c) if fmt == torch.channels_last else (c * h * w, h * w, w, 1)
+    return t if t.stride() == canon else t.as_strided(t.shape, canon, t.storage_offset())
 
 
 def fwd_fake(
@@ -317,7 +346,8 @@ def fwd_fake(
     k, _, r, s = weight.shape
     p = out_size(h, r, stride[0], padding[0], dilation[0])
     q = out_size(w, s, stride[1], padding[1], dilation[1])
-    return x.new_empty((n, k, p, q)).contiguous(memory_format=memory_format(x, weight))
+    fmt = memory_format(x, weight, stride, padding, dilation, groups)
+    return x.new_empty((n, k, p, q)).contiguous(memory_format=fmt)
 
 
 def bwd_fake(
@@ -334,7 +364,7 @@ def bwd_fake(
     (K,)); a masked-off output is an empty ``(0,)`` tensor."""
     check_same_device("conv2d_bwd", grad_out=grad_out, x=x, weight=weight)
     check_geometry_range("conv2d_bwd", x.shape, weight.shape, stride, padding, dilation)
-    fmt = memory_format(x, weight)
+    fmt = memory_format(x, weight, stride, padding, dilation, groups)
     empty = x.new_empty((0,))
     return (
         x.new_empty(x.shape).contiguous(memory_format=fmt) if output_mask[0] else empty,
@@ -454,7 +484,7 @@ def _fwd_composition(
 ) -> torch.Tensor:
     """conv2d_fwd as torch ops (the reference), in the op's memory format."""
     y = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, "relu" if relu else None)
-    return y.contiguous(memory_format=memory_format(x, weight))
+    return in_memory_format(y, memory_format(x, weight, stride, padding, dilation, groups))
 
 
 def _bwd_composition(

@@ -28,20 +28,25 @@
 # more (torch.isfinite(w).all(), on the device) to choose its path (Numerics).
 #
 # Numerics: accumulation in float32 (float64 for float64 input); fp32 tl.dot uses IEEE precision
-# (no TF32), so fp32 results match the float64 reference to ~1e-6 relative. bias and ReLU are
-# applied to the fp32 accumulator before the single rounding to the output dtype. ReLU is
+# (no TF32), and each K-tile's float32 dot joins the running sum with Kahan compensation
+# (_kahan_add): on a GPU `acc += tl.dot(...)` becomes one dot accumulating into acc, a running sum
+# over the whole reduction whose error grows like sqrt(GEMM_K) ulp (a weight gradient's N P Q = 5740
+# missed the float32 tolerance on an H100). So fp32 results match the float64 reference to ~1e-6
+# relative. fp16 / bf16 keep the plain accumulation (their bound is 2x torch's own error). bias
+# and ReLU are applied to the fp32 accumulator before the single rounding to the output dtype. ReLU is
 # where(acc <= 0, 0, acc), not tl.maximum (which maps NaN to 0 on a GPU): NaN stays NaN, as torch.relu.
 # inf/NaN, as torch: the forward and wgrad multiply the gather's zero padding like torch's im2col
-# does (an inf weight at a padded tap gives NaN in y, an inf dy meeting padding NaN in dw: torch
-# gives the same). dgrad's masked taps are not padding but taps that meet no output pixel; torch
+# does (an inf weight at a padded tap gives NaN in y, an inf dy meeting padding NaN in dw: torch on
+# the CPU gives the same; cuDNN skips padded taps, so on CUDA its dw is +-inf there, seen on an
+# H100). dgrad's masked taps are not padding but taps that meet no output pixel; torch
 # (col2im) adds nothing for them, while in a dot their zero A element times an inf/NaN weight is
 # NaN. So a weight with any inf/NaN (a device-side flag, no host sync) takes an exact path: one
 # reduction index at a time, an outer product whose masked (pixel, tap) pairs add exact zeros
 # (slow, but only a diverged model has such weights).
 #
 # Preconditions (checked on the host by fastops.ops.conv2d.check_op_args, csrc/fastops.h's rules and
-# text): contiguous NCHW operands (made so here; the outputs go back in the ops' memory_format(x, weight), channels_last
-# when either operand is), the native ops' argument rules (a non-empty weight among them), and
+# text): contiguous NCHW operands (made so here; the outputs go back in the layout F.conv2d gives,
+# the ops' memory_format), the native ops' argument rules (a non-empty weight among them), and
 # the support table's dtypes: fp16/bf16/fp32/fp64 on CUDA, fp32/fp64 on CPU under TRITON_INTERPRET=1.
 #
 # References: NVIDIA CUTLASS "Implicit GEMM Convolution" (docs/implicit_gemm_convolution.md);
@@ -59,7 +64,15 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from fastops.ops import conv2d as contract
-from fastops.ops.conv2d import bwd_fake, check_op_args, check_op_bias, check_op_grad_out, fwd_fake, memory_format
+from fastops.ops.conv2d import (
+    bwd_fake,
+    check_op_args,
+    check_op_bias,
+    check_op_grad_out,
+    fwd_fake,
+    in_memory_format,
+    memory_format,
+)
 from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
@@ -84,6 +97,16 @@ def _configs() -> list[triton.Config]:
     return configs
 
 
+@triton.jit
+def _kahan_add(acc, comp, part):  # noqa: ANN001, ANN202
+    """(acc, comp) after adding part with Kahan compensation (the sum is acc - comp). A non-finite
+    acc drops the compensation ((inf - acc) - part would be NaN): inf / NaN propagate as in a plain sum."""
+    y = part - comp
+    t = acc + y
+    comp = tl.where(tl.abs(t) < float("inf"), (t - acc) - y, 0.0)
+    return t, comp
+
+
 @triton.autotune(configs=_configs(), key=["GEMM_M", "GEMM_N", "GEMM_K"])
 @triton.jit
 def conv2d_fwd_implicit_gemm_kernel(
@@ -106,6 +129,7 @@ def conv2d_fwd_implicit_gemm_kernel(
     x_base = (n * C + g * Cg) * H * W  # (BLOCK_M,) int64
     w_rows = (g * Kg + kn) * GEMM_K  # (BLOCK_N,) int64
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
+    comp = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
     for k0 in range(0, GEMM_K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (c, r, s)
         kk_ok = kk < GEMM_K
@@ -118,10 +142,12 @@ def conv2d_fwd_implicit_gemm_kernel(
         a_off = x_base[:, None] + (c[None, :].to(tl.int64) * H + hi) * W + wi
         a = tl.load(x_ptr + a_off, mask=a_ok, other=0.0)
         b = tl.load(w_ptr + w_rows[None, :] + kk[:, None], mask=kk_ok[:, None] & k_ok[None, :], other=0.0)
-        if IEEE:
-            acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+        if IEEE:  # float32: each K-tile's dot joins the sum compensated (Numerics)
+            acc, comp = _kahan_add(acc, comp, tl.dot(a, b, input_precision="ieee", out_dtype=acc_t))
         else:
             acc += tl.dot(a, b, out_dtype=acc_t)
+    if IEEE:
+        acc = acc - comp
     if HAS_BIAS:
         acc += tl.load(b_ptr + g * Kg + kn, mask=k_ok, other=0.0).to(acc_t)[None, :]
     if RELU:
@@ -177,6 +203,7 @@ def conv2d_dgrad_implicit_gemm_kernel(
     n = m // W // H
     dy_base = (n * K + g * Kg) * P * Q
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
+    comp = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
     if tl.load(w_finite_ptr) != 0:
         for k0 in range(0, GEMM_K, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)  # reduction index: (k, r, s)
@@ -184,8 +211,8 @@ def conv2d_dgrad_implicit_gemm_kernel(
                 dy_ptr, w_ptr, kk, m_ok, h, wq, dy_base, g * Kg, cn, c_ok,
                 P, Q, R, S, sh, sw, ph, pw, dh, dw, Cg, GEMM_K,
             )  # fmt: skip
-            if IEEE:
-                acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+            if IEEE:  # float32: each K-tile's dot joins the sum compensated (Numerics)
+                acc, comp = _kahan_add(acc, comp, tl.dot(a, b, input_precision="ieee", out_dtype=acc_t))
             else:
                 acc += tl.dot(a, b, out_dtype=acc_t)
     else:
@@ -199,6 +226,8 @@ def conv2d_dgrad_implicit_gemm_kernel(
                 P, Q, R, S, sh, sw, ph, pw, dh, dw, Cg, GEMM_K,
             )  # fmt: skip
             acc += tl.where(a_ok, a.to(acc_t) * b.to(acc_t), 0.0)  # (BLOCK_M, 1) x (1, BLOCK_N)
+    if IEEE:
+        acc = acc - comp
     dx_off = ((n * C)[:, None] + (g * Cg + cn)[None, :]) * H * W + (h * W + wq)[:, None]
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
@@ -222,6 +251,7 @@ def conv2d_wgrad_implicit_gemm_kernel(
     r = (j // S) % R
     c = j // S // R
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
+    comp = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_t)
     dbias = tl.zeros((BLOCK_M,), dtype=acc_t)
     for t0 in range(0, GEMM_K, BLOCK_K):
         t = (t0 + tl.arange(0, BLOCK_K)).to(tl.int64)  # reduction index: (n, p, q)
@@ -236,12 +266,14 @@ def conv2d_wgrad_implicit_gemm_kernel(
         b_ok = t_ok[:, None] & j_ok[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
         b_off = ((n * C)[:, None] + (g * Cg + c)[None, :]) * H * W + hi * W + wi
         b = tl.load(x_ptr + b_off, mask=b_ok, other=0.0)  # (BLOCK_K, BLOCK_N)
-        if IEEE:
-            acc += tl.dot(a, b, input_precision="ieee", out_dtype=acc_t)
+        if IEEE:  # float32: each K-tile's dot joins the sum compensated (Numerics)
+            acc, comp = _kahan_add(acc, comp, tl.dot(a, b, input_precision="ieee", out_dtype=acc_t))
         else:
             acc += tl.dot(a, b, out_dtype=acc_t)
         if BIAS_GRAD:
             dbias += tl.sum(a.to(acc_t), axis=1)
+    if IEEE:
+        acc = acc - comp
     dw_off = (g * Kg + km)[:, None] * GEMM_N + j[None, :]
     tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty), mask=k_ok[:, None] & j_ok[None, :])
     if BIAS_GRAD:
@@ -279,13 +311,13 @@ def conv2d_fwd(
     groups: int,
     relu: bool,
 ) -> torch.Tensor:
-    """y (N, K, P, Q) = act(conv2d(x, weight) + bias), x's dtype, in memory_format(x, weight)."""
+    """y (N, K, P, Q) = act(conv2d(x, weight) + bias), x's dtype, in memory_format(x, weight, ...)."""
     op = "conv2d_fwd"
     p_out, q_out = check_op_args(op, x, weight, stride, padding, dilation, groups)
     k = weight.shape[0]
     check_op_bias(op, x, k, bias)
     check_kernel_input(op, "conv2d", x, "input")
-    out_format = memory_format(x, weight)
+    out_format = memory_format(x, weight, stride, padding, dilation, groups)
     x, weight = x.contiguous(), weight.contiguous()
     y = new_output((x.shape[0], k, p_out, q_out), x.dtype, x.device)
     cg, r, s = weight.shape[1:]
@@ -297,7 +329,7 @@ def conv2d_fwd(
                 y += bias.view(1, -1, 1, 1)
             if relu:
                 y.clamp_min_(0)
-        return y.contiguous(memory_format=out_format)
+        return in_memory_format(y, out_format)
     b = bias.contiguous() if bias is not None else None
     wrap_triton(conv2d_fwd_implicit_gemm_kernel)[_grid(gm, gn, groups)](
         x, weight, b, y, *_geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups),
@@ -305,7 +337,7 @@ def conv2d_fwd(
         IEEE=x.dtype == torch.float32,
     )  # fmt: skip
     # The kernels work in NCHW; a channels_last call gets torch's layout back.
-    return y.contiguous(memory_format=out_format)
+    return in_memory_format(y, out_format)
 
 
 @triton_library_op(
@@ -325,7 +357,7 @@ def conv2d_bwd(
     groups: int,
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_weight in memory_format(x, weight), grad_bias); a masked-off output is an empty (0,)
+    """(grad_x, grad_weight in memory_format(x, weight, ...), grad_bias); a masked-off output is an empty (0,)
     tensor."""
     op = "conv2d_bwd"
     p_out, q_out = check_op_args(op, x, weight, stride, padding, dilation, groups)
@@ -333,7 +365,7 @@ def conv2d_bwd(
     k, cg, r, s = weight.shape
     check_op_grad_out(op, x, [n, k, p_out, q_out], grad_out)
     check_kernel_input(op, "conv2d", x, "input")
-    out_format = memory_format(x, weight)
+    out_format = memory_format(x, weight, stride, padding, dilation, groups)
     x, weight, dy = x.contiguous(), weight.contiguous(), grad_out.contiguous()
     geo = _geometry_args(x, weight, (p_out, q_out), stride, padding, dilation, groups)
     flags = dict(ACC_F64=x.dtype == torch.float64, IEEE=x.dtype == torch.float32)
@@ -367,9 +399,9 @@ def conv2d_bwd(
                 dy, x, dw_buf, db if output_mask[2] else None, *geo, gm, gn, gk, BIAS_GRAD=bool(output_mask[2]), **flags
             )
     if output_mask[0]:
-        dx = dx.contiguous(memory_format=out_format)
+        dx = in_memory_format(dx, out_format)
     if output_mask[1]:
-        dw = dw.contiguous(memory_format=out_format)
+        dw = in_memory_format(dw, out_format)
     return dx, dw, db
 
 
