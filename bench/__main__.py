@@ -19,6 +19,7 @@ The run refuses (exit status 3, nothing written) when a fastops backend it is as
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 
@@ -29,7 +30,16 @@ from . import common
 from .registry import discover, module_name
 from .report import console
 
-EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND_MISSING = 1, 2, 3
+EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND_MISSING, EXIT_STOPPED = 1, 2, 3, 124
+
+
+class Stopped(BaseException):
+    """SIGTERM (``timeout``, a CI runner) during the run: a BaseException, so no module's own
+    ``except Exception`` swallows it, and the rows measured so far are still written."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m bench") -> argparse.Namespace:
@@ -67,7 +77,8 @@ def missing_backends(device: str, required: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     """Run, print the summary, write the results. Exit status: 0 ok, 1 a check failed or a module
-    raised, 2 bad arguments, 3 a required backend is missing."""
+    raised, 2 bad arguments, 3 a required backend is missing, 124 SIGTERM stopped the run (the rows
+    measured until then are written all the same)."""
     args = parse_args(argv, prog)
     mods = discover()
     names = [module_name(m) for m in mods]
@@ -115,6 +126,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     common.log(f"ceilings: copy {c['copy_bandwidth_GBps']:.1f} GB/s; matmul {tf}")
 
     failed_modules = []
+    stopped = None
+    signal.signal(signal.SIGTERM, _stop)  # scripts/gpu_suite.sh's timeout: keep what was measured
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -137,16 +150,26 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
             common.log(f"[{name}]")
             try:
                 mod.run(ctx)
+            except Stopped as e:
+                stopped = str(e)
+                common.log(f"[{name}] stopped by {stopped}: the rows so far are written")
+                break
             except Exception:
                 failed_modules.append(name)
                 common.log(f"[{name}] raised; its rows so far are kept:\n{traceback.format_exc()}")
             progress.advance(task)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # writing the results; timeout's SIGKILL still ends it
     rows = ctx.rows
     common.fill_speedups(rows)
     common.summary_table(rows, title=f"fastops bench, {common.device_name(device)} ({device}, {threads})")
     command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+    if stopped:  # the record says the run is partial
+        command += f"  # stopped by {stopped}: partial"
     paths = common.write_results(rows, ctx, args.out, command=command)
     common.log(f"\nwrote {', '.join(str(p) for p in paths)} in {common.now() - start:.0f} s")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if stopped:
+        return EXIT_STOPPED
     bad = [r for r in rows if r.correct is False]
     if bad or failed_modules:
         common.log(f"{len(bad)} row(s) failed their check; modules that raised: {failed_modules or 'none'}")
