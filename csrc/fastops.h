@@ -167,9 +167,9 @@ inline CrossEntropyGeometry check_cross_entropy_args(
     const std::optional<at::Tensor>& weight, double label_smoothing) {
   CrossEntropyGeometry g;
   FASTOPS_CHECK_VALUE(logits.dim() >= 1, op, ": logits must have shape (C,), (N, C) or (N, C, d1, ...), got ",
-                    shape_str(logits.sizes()));
+                      shape_str(logits.sizes()));
   FASTOPS_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op,
-                   ": logits must be a floating tensor, got ", logits.scalar_type());
+                     ": logits must be a floating tensor, got ", logits.scalar_type());
   const int64_t cdim = logits.dim() == 1 ? 0 : 1;
   g.C = logits.size(cdim);
   FASTOPS_CHECK_VALUE(g.C >= 1, op, ": logits must have at least one class, got shape ", shape_str(logits.sizes()));
@@ -180,33 +180,33 @@ inline CrossEntropyGeometry check_cross_entropy_args(
     if (i >= 2) g.D *= logits.size(i);
   }
   FASTOPS_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
-                    ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
+                      ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
   FASTOPS_CHECK_VALUE(target.device() == logits.device(), op, ": target is on ", target.device(),
-                    " but logits are on ", logits.device());
+                      " but logits are on ", logits.device());
   g.probs = at::isFloatingType(target.scalar_type());
   if (g.probs) {
     FASTOPS_CHECK_VALUE(target.sizes() == logits.sizes(), op,
-                      ": class-probability target must have logits' shape ", shape_str(logits.sizes()),
-                      ", got ", shape_str(target.sizes()));
+                        ": class-probability target must have logits' shape ", shape_str(logits.sizes()),
+                        ", got ", shape_str(target.sizes()));
     FASTOPS_CHECK_TYPE(target.scalar_type() == logits.scalar_type(), op,
-                     ": class-probability target must have logits' dtype ", logits.scalar_type(), ", got ",
-                     target.scalar_type());
+                       ": class-probability target must have logits' dtype ", logits.scalar_type(), ", got ",
+                       target.scalar_type());
   } else {
     FASTOPS_CHECK_TYPE(target.scalar_type() == at::kLong, op,
-                     ": class-index target must be int64 (or float class probabilities), got ",
-                     target.scalar_type());
+                       ": class-index target must be int64 (or float class probabilities), got ",
+                       target.scalar_type());
     FASTOPS_CHECK_VALUE(target.sizes() == at::IntArrayRef(g.row_shape), op, ": class-index target must have shape ",
-                      shape_str(g.row_shape), " for logits of shape ", shape_str(logits.sizes()), ", got ",
-                      shape_str(target.sizes()));
+                        shape_str(g.row_shape), " for logits of shape ", shape_str(logits.sizes()), ", got ",
+                        shape_str(target.sizes()));
   }
   if (weight.has_value()) {
     const at::Tensor& w = *weight;
     FASTOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.C, op, ": weight must have shape (", g.C,
-                      ",) (one per class), got ", shape_str(w.sizes()));
+                        ",) (one per class), got ", shape_str(w.sizes()));
     FASTOPS_CHECK_TYPE(w.scalar_type() == logits.scalar_type(), op, ": weight must have logits' dtype ",
-                     logits.scalar_type(), ", got ", w.scalar_type());
+                       logits.scalar_type(), ", got ", w.scalar_type());
     FASTOPS_CHECK_VALUE(w.device() == logits.device(), op, ": weight is on ", w.device(), " but logits are on ",
-                      logits.device());
+                        logits.device());
   }
   return g;
 }
@@ -229,11 +229,11 @@ inline void check_cross_entropy_bwd_args(const char* op, const CrossEntropyGeome
        {std::tuple<const char*, const at::Tensor&, const std::vector<int64_t>&>{"grad_loss", grad_loss, g.row_shape},
         {"stats", stats, stats_shape}}) {
     FASTOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", shape_str(shape),
-                      ", got ", shape_str(t.sizes()));
+                        ", got ", shape_str(t.sizes()));
     FASTOPS_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", logits.scalar_type(),
-                     " logits, got ", t.scalar_type());
+                       " logits, got ", t.scalar_type());
     FASTOPS_CHECK_VALUE(t.device() == logits.device(), op, ": ", name, " is on ", t.device(), " but logits are on ",
-                      logits.device());
+                        logits.device());
   }
 }
 
@@ -286,15 +286,15 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
                                         int64_t groups) {
   FASTOPS_CHECK_VALUE(x.dim() == 4, op, ": input must have shape (N, C, H, W), got ", shape_str(x.sizes()));
   FASTOPS_CHECK_VALUE(weight.dim() == 4, op, ": weight must have shape (K, C/groups, R, S), got ",
-                    shape_str(weight.sizes()));
+                      shape_str(weight.sizes()));
   FASTOPS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": input must be a floating tensor, got ",
-                   x.scalar_type());
+                     x.scalar_type());
   FASTOPS_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have input's dtype ",
-                   x.scalar_type(), ", got ", weight.scalar_type());
+                     x.scalar_type(), ", got ", weight.scalar_type());
   FASTOPS_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but input is on ",
-                    x.device());
+                      x.device());
   FASTOPS_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-                    ": stride, padding and dilation must have 2 elements each");
+                      ": stride, padding and dilation must have 2 elements each");
   FASTOPS_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, op, ": stride must be positive, got ", stride);
   FASTOPS_CHECK_VALUE(dilation[0] > 0 && dilation[1] > 0, op, ": dilation must be positive, got ", dilation);
   FASTOPS_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, got ", padding);
@@ -306,12 +306,12 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
   g.G = groups;
   FASTOPS_CHECK_VALUE(g.C % groups == 0, op, ": groups=", groups, " must divide the input channels C=", g.C);
   FASTOPS_CHECK_VALUE(g.K % groups == 0, op, ": groups=", groups, " must divide the output channels K=", g.K,
-                    " (weight.size(0))");
+                      " (weight.size(0))");
   g.Cg = g.C / groups, g.Kg = g.K / groups;
   FASTOPS_CHECK_VALUE(weight.size(1) == g.Cg, op, ": weight must have shape (", g.K, ", ", g.Cg, ", R, S) for ",
-                    g.C, " input channels and groups=", groups, ", got ", shape_str(weight.sizes()));
+                      g.C, " input channels and groups=", groups, ", got ", shape_str(weight.sizes()));
   FASTOPS_CHECK_VALUE(g.R > 0 && g.S > 0 && g.K > 0, op, ": weight must be non-empty, got ",
-                    shape_str(weight.sizes()));
+                      shape_str(weight.sizes()));
   // Overflow-checked: padding or dilation near 2^62 must be an error naming them, not signed
   // overflow (undefined behaviour) and a message with wrapped numbers.
   int64_t eff_h = 0, eff_w = 0, hp = 0, wp = 0;
@@ -320,16 +320,16 @@ inline Conv2dGeometry check_conv2d_args(const char* op, const at::Tensor& x, con
                         c10::mul_overflows(g.ph, int64_t(2), &hp) || c10::add_overflows(hp, g.H, &hp) ||
                         c10::mul_overflows(g.pw, int64_t(2), &wp) || c10::add_overflows(wp, g.W, &wp);
   FASTOPS_CHECK_VALUE(!overflow, op, ": padding ", padding, " or dilation ", dilation,
-                    " is too large: the padded input or the dilated kernel exceeds 2^63 - 1 elements per side");
+                      " is too large: the padded input or the dilated kernel exceeds 2^63 - 1 elements per side");
   FASTOPS_CHECK_VALUE(hp >= eff_h && wp >= eff_w, op, ": output size would be <= 0: padded input ", hp, "x", wp,
-                    " is smaller than the dilated kernel ", eff_h, "x", eff_w);
+                      " is smaller than the dilated kernel ", eff_h, "x", eff_w);
   g.P = (hp - eff_h) / g.sh + 1;
   g.Q = (wp - eff_w) / g.sw + 1;
   int64_t numel = g.N;
   FASTOPS_CHECK_VALUE(!c10::mul_overflows(numel, g.K, &numel) && !c10::mul_overflows(numel, g.P, &numel) &&
                         !c10::mul_overflows(numel, g.Q, &numel),
-                    op, ": padding ", padding, " or stride ", stride, " gives an output of shape (", g.N, ", ", g.K,
-                    ", ", g.P, ", ", g.Q, "), more than 2^63 - 1 elements");
+                      op, ": padding ", padding, " or stride ", stride, " gives an output of shape (", g.N, ", ", g.K,
+                      ", ", g.P, ", ", g.Q, "), more than 2^63 - 1 elements");
   return g;
 }
 
@@ -379,9 +379,9 @@ inline void check_conv2d_bias(const char* op, const Conv2dGeometry& g, const at:
   if (!bias.has_value()) return;
   const at::Tensor& b = *bias;
   FASTOPS_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.K, op, ": bias must have shape (", g.K,
-                    ",) (one per output channel), got ", shape_str(b.sizes()));
+                      ",) (one per output channel), got ", shape_str(b.sizes()));
   FASTOPS_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have input's dtype ", x.scalar_type(),
-                   ", got ", b.scalar_type());
+                     ", got ", b.scalar_type());
   FASTOPS_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but input is on ", x.device());
 }
 
@@ -389,11 +389,11 @@ inline void check_conv2d_grad_out(const char* op, const Conv2dGeometry& g, const
                                   const at::Tensor& grad_out) {
   const std::vector<int64_t> expected{g.N, g.K, g.P, g.Q};
   FASTOPS_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), op, ": grad_out must have shape ",
-                    shape_str(expected), ", got ", shape_str(grad_out.sizes()));
+                      shape_str(expected), ", got ", shape_str(grad_out.sizes()));
   FASTOPS_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have input's dtype ",
-                   x.scalar_type(), ", got ", grad_out.scalar_type());
+                     x.scalar_type(), ", got ", grad_out.scalar_type());
   FASTOPS_CHECK_VALUE(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(),
-                    " but input is on ", x.device());
+                      " but input is on ", x.device());
 }
 
 // ---- fused linear + ReLU --------------------------------------------------------------------------
@@ -411,19 +411,19 @@ inline LinearReluGeometry check_linear_relu_args(const char* op, const at::Tenso
   FASTOPS_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape (*, K), got a 0-d tensor");
   FASTOPS_CHECK_VALUE(weight.dim() == 2, op, ": weight must have shape (N, K), got ", shape_str(weight.sizes()));
   FASTOPS_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
-                   ", got ", weight.scalar_type());
+                     ", got ", weight.scalar_type());
   FASTOPS_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
-                    x.device());
+                      x.device());
   g.K = x.size(-1);
   g.N = weight.size(0);
   FASTOPS_CHECK_VALUE(weight.size(1) == g.K, op, ": weight must have shape (N, ", g.K, ") for x of shape ",
-                    shape_str(x.sizes()), " (K = x.shape[-1] = ", g.K, "), got ", shape_str(weight.sizes()));
+                      shape_str(x.sizes()), " (K = x.shape[-1] = ", g.K, "), got ", shape_str(weight.sizes()));
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
     FASTOPS_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.N, op, ": bias must have shape (", g.N,
-                      ",) (one per output feature), got ", shape_str(b.sizes()));
+                        ",) (one per output feature), got ", shape_str(b.sizes()));
     FASTOPS_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
-                     ", got ", b.scalar_type());
+                       ", got ", b.scalar_type());
     FASTOPS_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
   }
   g.M = 1;
@@ -439,9 +439,9 @@ inline void check_linear_relu_bwd_args(const char* op, const LinearReluGeometry&
                                        const at::Tensor& grad_out, const at::Tensor& out) {
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", grad_out}, {"out", out}}) {
     FASTOPS_CHECK_VALUE(t.sizes() == at::IntArrayRef(g.out_shape), op, ": ", name, " must have shape ",
-                      shape_str(g.out_shape), ", got ", shape_str(t.sizes()));
+                        shape_str(g.out_shape), ", got ", shape_str(t.sizes()));
     FASTOPS_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
-                     ", got ", t.scalar_type());
+                       ", got ", t.scalar_type());
     FASTOPS_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
   }
 }
@@ -463,44 +463,44 @@ inline LinearCrossEntropyGeometry check_linear_cross_entropy_args(
   FASTOPS_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (N, H), got ", shape_str(x.sizes()));
   FASTOPS_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
   FASTOPS_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), op, ": weight must have shape (V, ", x.size(1),
-                    ") for x of shape ", shape_str(x.sizes()), ", got ", shape_str(weight.sizes()));
+                      ") for x of shape ", shape_str(x.sizes()), ", got ", shape_str(weight.sizes()));
   FASTOPS_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
-                   ", got ", weight.scalar_type());
+                     ", got ", weight.scalar_type());
   FASTOPS_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(), " but x is on ",
-                    x.device());
+                      x.device());
   g.N = x.size(0), g.H = x.size(1), g.V = weight.size(0);
   FASTOPS_CHECK_VALUE(g.V >= 1, op, ": weight must have at least one class (row), got shape ",
-                    shape_str(weight.sizes()));
+                      shape_str(weight.sizes()));
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
     FASTOPS_CHECK_VALUE(b.dim() == 1 && b.size(0) == g.V, op, ": bias must have shape (", g.V, ",), got ",
-                      shape_str(b.sizes()));
+                        shape_str(b.sizes()));
     FASTOPS_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
-                     ", got ", b.scalar_type());
+                       ", got ", b.scalar_type());
     FASTOPS_CHECK_VALUE(b.device() == x.device(), op, ": bias is on ", b.device(), " but x is on ", x.device());
   }
   FASTOPS_CHECK_VALUE(target.dim() == 1 && target.size(0) == g.N, op, ": target must have shape (", g.N,
-                    ",) for x of shape ", shape_str(x.sizes()), ", got ", shape_str(target.sizes()));
+                      ",) for x of shape ", shape_str(x.sizes()), ", got ", shape_str(target.sizes()));
   FASTOPS_CHECK_TYPE(target.scalar_type() == at::kLong, op, ": target must be int64 class indices, got ",
-                   target.scalar_type());
+                     target.scalar_type());
   FASTOPS_CHECK_VALUE(target.device() == x.device(), op, ": target is on ", target.device(), " but x is on ",
-                    x.device());
+                      x.device());
   if (class_weight.has_value()) {
     const at::Tensor& w = *class_weight;
     FASTOPS_CHECK_VALUE(w.dim() == 1 && w.size(0) == g.V, op, ": class_weight must have shape (", g.V, ",), got ",
-                      shape_str(w.sizes()));
+                        shape_str(w.sizes()));
     FASTOPS_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op, ": class_weight must be floating, got ",
-                     w.scalar_type());
+                       w.scalar_type());
     FASTOPS_CHECK_VALUE(w.device() == x.device(), op, ": class_weight is on ", w.device(), " but x is on ",
-                      x.device());
+                        x.device());
   }
   FASTOPS_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
-                    ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
+                      ": label_smoothing must be between 0.0 and 1.0, got ", label_smoothing);
   FASTOPS_CHECK_VALUE(softcap >= 0.0 && std::isfinite(softcap), op, ": softcap must be >= 0 and finite, got ",
-                    softcap);
+                      softcap);
   FASTOPS_CHECK_VALUE(z_loss >= 0.0 && std::isfinite(z_loss), op, ": z_loss must be >= 0 and finite, got ", z_loss);
   FASTOPS_CHECK_VALUE(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
-                    reduction);
+                      reduction);
   FASTOPS_CHECK_VALUE(chunk_rows >= 0, op, ": chunk_rows must be >= 0, got ", chunk_rows);
   return g;
 }
@@ -532,10 +532,10 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
                             const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
   FASTOPS_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && state_steps.size() == n,
-                    op, ": params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length, got ", n,
-                    ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size(), ", ", state_steps.size());
+                      op, ": params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same length, got ", n,
+                      ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size(), ", ", state_steps.size());
   FASTOPS_CHECK_VALUE(max_exp_avg_sqs.size() == (amsgrad ? n : 0), op, ": max_exp_avg_sqs must have ",
-                    amsgrad ? n : 0, " tensors (amsgrad=", amsgrad, "), got ", max_exp_avg_sqs.size());
+                      amsgrad ? n : 0, " tensors (amsgrad=", amsgrad, "), got ", max_exp_avg_sqs.size());
   FASTOPS_CHECK_VALUE(lr >= 0.0, op, ": Invalid learning rate: ", lr);
   FASTOPS_CHECK_VALUE(eps >= 0.0, op, ": Invalid epsilon value: ", eps);
   FASTOPS_CHECK_VALUE(beta1 >= 0.0 && beta1 < 1.0, op, ": Invalid beta parameter at index 0: ", beta1);
@@ -550,7 +550,7 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
     FASTOPS_CHECK_VALUE(t->numel() == 1, op, ": ", name, " must have one element, got shape ", shape_str(t->sizes()));
     FASTOPS_CHECK_VALUE(t->device() == dev, op, ": ", name, " is on ", t->device(), " but params are on ", dev);
     FASTOPS_CHECK_TYPE(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating, got ",
-                     t->scalar_type());
+                       t->scalar_type());
   };
   check_scalar("lr_tensor", lr_tensor);
   check_scalar("grad_scale", grad_scale);
@@ -558,12 +558,12 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     FASTOPS_CHECK_VALUE(p.device() == dev, op, ": all params must be on one device; params[0] is on ", dev,
-                      " but params[", i, "] is on ", p.device());
+                        " but params[", i, "] is on ", p.device());
     FASTOPS_CHECK_TYPE(p.scalar_type() == dt, op, ": all params must have one dtype; params[0] is ", dt,
-                     " but params[", i, "] is ", p.scalar_type());
+                       " but params[", i, "] is ", p.scalar_type());
     FASTOPS_CHECK_VALUE(!grads[i].is_sparse(), op,
-                      ": Adam does not support sparse gradients, please consider SparseAdam instead (grads[", i,
-                      "])");
+                        ": Adam does not support sparse gradients, please consider SparseAdam instead (grads[", i,
+                        "])");
     FASTOPS_CHECK_VALUE(p.layout() == at::kStrided, op, ": params[", i, "] must be a strided (dense) tensor");
     // Written in place: an overlapping layout would make the result depend on the element order.
     const std::pair<const char*, const at::Tensor*> written[] = {
@@ -571,8 +571,8 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
         {"max_exp_avg_sqs", amsgrad ? &max_exp_avg_sqs[i] : nullptr}, {"state_steps", &state_steps[i]}};
     for (const auto& [name, t] : written) {
       FASTOPS_CHECK_VALUE(t == nullptr || !may_overlap(*t), op, ": ", name, "[", i,
-                        "] has elements that share memory (an expanded or overlapping as_strided view); it is "
-                        "written in place, so it must not");
+                          "] has elements that share memory (an expanded or overlapping as_strided view); it is "
+                          "written in place, so it must not");
     }
     const std::pair<const char*, const at::Tensor*> same[] = {
         {"grads", &grads[i]}, {"exp_avgs", &exp_avgs[i]}, {"exp_avg_sqs", &exp_avg_sqs[i]},
@@ -580,16 +580,16 @@ inline void check_adam_args(const char* op, at::TensorList params, at::TensorLis
     for (const auto& [name, t] : same) {
       if (t == nullptr) continue;
       FASTOPS_CHECK_VALUE(t->sizes() == p.sizes(), op, ": ", name, "[", i, "] must have params[", i, "]'s shape ",
-                        shape_str(p.sizes()), ", got ", shape_str(t->sizes()));
+                          shape_str(p.sizes()), ", got ", shape_str(t->sizes()));
       FASTOPS_CHECK_TYPE(t->scalar_type() == dt, op, ": ", name, "[", i, "] must have the params' dtype ", dt,
-                       ", got ", t->scalar_type());
+                         ", got ", t->scalar_type());
       FASTOPS_CHECK_VALUE(t->device() == dev, op, ": ", name, "[", i, "] is on ", t->device(),
-                        " but params are on ", dev);
+                          " but params are on ", dev);
     }
     const at::Tensor& s = state_steps[i];
     FASTOPS_CHECK_VALUE(s.numel() == 1 && s.scalar_type() == at::kFloat && s.device() == dev, op, ": state_steps[",
-                      i, "] must be a one-element float32 tensor on ", dev, ", got ", s.scalar_type(), " of shape ",
-                      shape_str(s.sizes()), " on ", s.device());
+                        i, "] must be a one-element float32 tensor on ", dev, ", got ", s.scalar_type(), " of shape ",
+                        shape_str(s.sizes()), " on ", s.device());
   }
 }
 

@@ -82,7 +82,7 @@ inline void check_targets(const char* op, const at::Tensor& target, int64_t V, i
   const int64_t r = bad.nonzero().select(1, 0)[0].item<int64_t>();
   const int64_t v = target[r].item<int64_t>();
   FASTOPS_CHECK_INDEX(false, op, ": target[", r, "] = ", v, " is out of bounds for ", V, " classes (expected 0 <= target < ",
-                    V, ", or target == ignore_index ", ignore_index, ")");
+                      V, ", or target == ignore_index ", ignore_index, ")");
 }
 
 // What "mean" divides by, as a 0-d tensor of dtype acc: the summed class weight of the non-ignored
@@ -188,14 +188,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
   if (grad_loss != nullptr) {
     const std::vector<int64_t> gshape = reduction == 0 ? std::vector<int64_t>{N} : std::vector<int64_t>{};
     FASTOPS_CHECK_VALUE(grad_loss->sizes() == at::IntArrayRef(gshape), op, ": grad_loss must have shape ",
-                      shape_str(gshape), ", got ", shape_str(grad_loss->sizes()));
+                        shape_str(gshape), ", got ", shape_str(grad_loss->sizes()));
     FASTOPS_CHECK_VALUE(stats_in->sizes() == at::IntArrayRef({2, N}), op, ": stats must have shape (2, ", N,
-                      "), got ", shape_str(stats_in->sizes()));
+                        "), got ", shape_str(stats_in->sizes()));
     for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad_loss", grad_loss}, {"stats", stats_in}}) {
       FASTOPS_CHECK_TYPE(t->scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", dt, " x, got ",
-                       t->scalar_type());
+                         t->scalar_type());
       FASTOPS_CHECK_VALUE(t->device() == x_.device(), op, ": ", name, " is on ", t->device(), " but x is on ",
-                        x_.device());
+                          x_.device());
     }
   }
   check_targets(op, target_, V, ignore_index);

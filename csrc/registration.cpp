@@ -120,7 +120,7 @@ void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ks
   // A call whose only tensor arguments are empty lists carries no backend key: say so by name
   // instead of the dispatcher's "There were no tensor arguments to this function".
   FASTOPS_CHECK_VALUE(any_tensor, op.schema().name(), ": ", first_list ? first_list : "every tensor argument",
-                    " is empty and no other tensor is given: nothing to run on (pass at least one tensor)");
+                      " is empty and no other tensor is given: nothing to run on (pass at least one tensor)");
   const c10::DispatchKeySet below = ks & c10::after_ADInplaceOrView_keyset;
   op.redispatchBoxed(below, stack);
   for (const at::Tensor& t : written) {

@@ -1188,7 +1188,7 @@ void conv2d_wgrad_direct(const Conv2dGeometry& g, const at::Tensor& dy, const at
 void check_cpu_dtype(const char* op, const at::Tensor& x) {
   const auto dt = x.scalar_type();
   FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-                   ": the CPU kernels take float16, bfloat16, float32 or float64 input, got ", dt);
+                     ": the CPU kernels take float16, bfloat16, float32 or float64 input, got ", dt);
 }
 
 // The backward of the GEMM-based kernels (bfloat16 micro-kernel passes, the float16 / bfloat16

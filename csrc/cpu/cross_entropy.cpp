@@ -99,7 +99,7 @@ struct Args {
 template <typename S>
 inline void check_index(int64_t yv, int64_t r, const Args<S>& a) {
   FASTOPS_CHECK_INDEX(yv >= 0 && yv < a.C, "cross_entropy: target[", r, "] = ", yv, " is out of bounds for ", a.C,
-                    " classes (expected 0 <= target < ", a.C, ", or target == ignore_index ", a.ignore_index, ")");
+                      " classes (expected 0 <= target < ", a.C, ", or target == ignore_index ", a.ignore_index, ")");
 }
 
 // L1-resident block: 8 KiB of compute-type logits plus the same of target probabilities (float16 /
@@ -562,8 +562,8 @@ Args<S> make_args(const CrossEntropyGeometry& g, const at::Tensor& logits, const
 void check_cpu_dtype(const char* op, const at::Tensor& logits) {
   const auto dt = logits.scalar_type();
   FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-                   ": the CPU kernel takes float16, bfloat16, float32 or float64 logits, got ", dt,
-                   " (use backend='torch' for other dtypes)");
+                     ": the CPU kernel takes float16, bfloat16, float32 or float64 logits, got ", dt,
+                     " (use backend='torch' for other dtypes)");
 }
 
 // The class weights in the accumulation dtype (what Args::w points at), or undefined.

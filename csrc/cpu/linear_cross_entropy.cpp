@@ -194,8 +194,8 @@ void check_cpu(const char* op, const at::Tensor& x) {
   const auto dt = x.scalar_type();
   if (!at::isFloatingType(dt)) return;
   FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-                   ": the CPU kernel takes float16, bfloat16, float32 or float64 x, got ", dt,
-                   " (use backend='torch' for other dtypes)");
+                     ": the CPU kernel takes float16, bfloat16, float32 or float64 x, got ", dt,
+                     " (use backend='torch' for other dtypes)");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_fwd_cpu(

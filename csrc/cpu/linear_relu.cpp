@@ -193,7 +193,7 @@ void mask_grad_and_bias_grad(const S* g, const S* c, Dt* d, S* db, int64_t M, in
 void check_cpu_dtype(const char* op, const at::Tensor& x) {
   const auto dt = x.scalar_type();
   FASTOPS_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-                   ": the CPU kernels take float16, bfloat16, float32 or float64 x, got ", dt);
+                     ": the CPU kernels take float16, bfloat16, float32 or float64 x, got ", dt);
 }
 
 // The products' operand dtype: float32 for float16 (ATen's CPU float16 GEMM is a scalar loop on

@@ -262,7 +262,7 @@ void launch_gemm(const Op& op, int64_t M, int64_t Ncols, int64_t Kr, int64_t G) 
   if (M == 0 || Ncols == 0) return;
   const int64_t gx = (M + kTileM - 1) / kTileM, gy = (Ncols + kTileN - 1) / kTileN;
   FASTOPS_CHECK(gx <= std::numeric_limits<int32_t>::max() && gy <= 65535 && G <= 65535,
-              "conv2d: problem too large for one launch (grid ", gx, " x ", gy, " x ", G, ")");
+                "conv2d: problem too large for one launch (grid ", gx, " x ", gy, " x ", G, ")");
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(G));
   conv2d_implicit_gemm_simt_kernel<Acc, Op>
       <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(op, M, Ncols, Kr);
@@ -437,7 +437,7 @@ void launch_igemm_wmma(const Op& op, int G, const at::Tensor& like) {
   const int64_t gx = (int64_t(op.M) + kTcM - 1) / kTcM, gy = (int64_t(op.Nc) + kTcN - 1) / kTcN;
   const int64_t gz = int64_t(G) * plan.splits;
   FASTOPS_CHECK(gy <= 65535 && gz <= 65535, "conv2d: problem too large for one launch (grid ", gx, " x ", gy, " x ",
-              gz, ")");
+                gz, ")");
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor ws;
   if (plan.splits > 1) ws = at::empty({int64_t(plan.splits) * G * op.M * op.Nc}, like.options().dtype(at::kFloat));

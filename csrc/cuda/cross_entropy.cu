@@ -67,7 +67,8 @@
 // merge tree carries the compensations through exact two-sums; ls = log(s - sc) in float64. A
 // plain float32 sum that holds exp(0) = 1 (the max came first) drops every term below ulp(1) / 2:
 // with x = 2 randn(262144), x_0 = 30 that tail, 1.8e-7, is the whole loss of the row, and even the
-// exact sum rounded to float32 before the log would be off by up to 30% of it. Special values, as the CPU kernel (and torch) do:
+// exact sum rounded to float32 before the log would be off by up to 30% of it (so the H100 showed).
+// Special values, as the CPU kernel (and torch) do:
 //   * -inf logits contribute exp = 0; the online update and the merge never form -inf - -inf
 //     (a thread or group that has seen only -inf keeps m = -inf, s = 0, relative sums taken
 //     against 0). A row of only -inf has m = -inf: a NaN loss and gradient row, as torch.
@@ -658,7 +659,7 @@ void check_cuda_logits(const char* op, const at::Tensor& logits) {
   FASTOPS_CHECK_VALUE(logits.is_cuda(), op, ": the CUDA kernel needs logits on a CUDA device, got ", logits.device());
   const auto dt = logits.scalar_type();
   FASTOPS_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kDouble, op,
-                   ": the CUDA kernel takes float16, bfloat16, float32 or float64 logits, got ", dt);
+                     ": the CUDA kernel takes float16, bfloat16, float32 or float64 logits, got ", dt);
 }
 
 // The inputs every kernel reads, contiguous, plus W on the device.
@@ -702,7 +703,7 @@ void raise_if_bad_target(const cuda::DeviceBadIndex& bad, const at::Tensor& targ
   if (!r.has_value()) return;
   const int64_t v = target.reshape(-1)[*r].item<int64_t>();
   FASTOPS_CHECK_INDEX(false, "cross_entropy: target[", *r, "] = ", v, " is out of bounds for ", C,
-                    " classes (expected 0 <= target < ", C, ", or target == ignore_index ", ignore_index, ")");
+                      " classes (expected 0 <= target < ", C, ", or target == ignore_index ", ignore_index, ")");
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cuda(const at::Tensor& logits_, const at::Tensor& target_,

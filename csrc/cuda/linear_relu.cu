@@ -257,7 +257,7 @@ void launch_gemm(const GemmArgs<T>& g) {
   if (g.I == 0 || (g.J == 0 && g.db == nullptr)) return;
   const int64_t tiles_i = ceil_div(g.I, kTileI), tiles_j = std::max<int64_t>(1, ceil_div(g.J, kTileJ));
   FASTOPS_CHECK(tiles_j <= 65535 && tiles_i <= int64_t(kMaxGridX), "linear_relu: matrix of ", g.I, " x ", g.J,
-              " is beyond the CUDA kernels' grid");
+                " is beyond the CUDA kernels' grid");
   const dim3 grid(static_cast<unsigned>(tiles_i), static_cast<unsigned>(tiles_j));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
