@@ -56,7 +56,9 @@ inline void msg_append(std::string& out, at::IntArrayRef v) {
   for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
   out += ']';
 }
-inline void msg_append(std::string& out, const std::vector<int64_t>& v) { msg_append(out, at::IntArrayRef(v)); }
+// c10::str prints a std::vector as "2 0 7", an ArrayRef as "[2, 0, 7]": pass shape_str(v) or an
+// IntArrayRef instead, so no message depends on which one a vector would have converted to.
+inline void msg_append(std::string& out, const std::vector<int64_t>& v) = delete;
 inline void msg_append(std::string& out, c10::ScalarType v) { out += c10::toString(v); }
 inline void msg_append(std::string& out, const c10::Device& v) { out += v.str(); }
 }  // namespace detail
