@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import traceback
 
 import torch
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
 
     failed_modules = []
     stopped = None
-    signal.signal(signal.SIGTERM, _stop)  # scripts/gpu_suite.sh's timeout: keep what was measured
+    # scripts/gpu_suite.sh's timeout: keep what was measured (signals are the main thread's alone)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if in_main else None
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
                 failed_modules.append(name)
                 common.log(f"[{name}] raised; its rows so far are kept:\n{traceback.format_exc()}")
             progress.advance(task)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # writing the results; timeout's SIGKILL still ends it
+    if in_main:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # writing the results; timeout's SIGKILL still ends it
     rows = ctx.rows
     common.fill_speedups(rows)
     common.summary_table(rows, title=f"fastops bench, {common.device_name(device)} ({device}, {threads})")
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
         command += f"  # stopped by {stopped}: partial"
     paths = common.write_results(rows, ctx, args.out, command=command)
     common.log(f"\nwrote {', '.join(str(p) for p in paths)} in {common.now() - start:.0f} s")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if in_main:
+        signal.signal(signal.SIGTERM, previous)
     if stopped:
         return EXIT_STOPPED
     bad = [r for r in rows if r.correct is False]
