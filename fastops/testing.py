@@ -95,6 +95,15 @@ TOLERANCES = {
 LOW_PRECISION_FLOOR_ULPS = 1
 
 
+def is_fastops_node(node: object) -> bool:
+    """Whether an autograd graph node belongs to a fastops op: the autograd.Function of a Python
+    Autograd kernel (``OpFunctionBackward``) or the C++ one of csrc/conv2d_autograd.cpp (a CppNode
+    named after its ``fastops::`` Function)."""
+    if node is None:
+        return False
+    return type(node).__name__ == "OpFunctionBackward" or "fastops::" in node.name()
+
+
 def make_tensor(
     shape: tuple[int, ...] | list[int],
     dtype: torch.dtype = torch.float32,

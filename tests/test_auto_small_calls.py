@@ -15,7 +15,7 @@ import fastops.functional as FF
 from fastops import reference
 from fastops.ops import cross_entropy as _ce
 from fastops.ops import linear_relu as _lr
-from fastops.testing import assert_close_to_reference, make_tensor, to_unit_scale
+from fastops.testing import assert_close_to_reference, is_fastops_node, make_tensor, to_unit_scale
 
 pytestmark = pytest.mark.skipif(
     not fastops.backends()["native"]["cpu"][0], reason="the native CPU kernels are not built"
@@ -30,7 +30,7 @@ def _runs_kernel(y: torch.Tensor) -> bool:
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node).__name__ == "OpFunctionBackward":
+        if is_fastops_node(node):
             return True
         todo += [n for n, _ in node.next_functions]
     return False

@@ -21,6 +21,10 @@ recomputes the torch composition of the ``_bwd`` op and differentiates it, so a 
 is never zero or None. ``vmap`` runs the kernels themselves, one call per batch element (a batching
 rule registered here, so torch does not warn about its slow fallback).
 
+``conv2d_fwd`` of the native namespace has its Autograd kernel in C++ instead
+(csrc/conv2d_autograd.cpp: the same three paths and formula, without Python on either pass, which
+was a tenth of a small layer's time); :func:`register_differentiable` leaves it in place.
+
 Autocast follows torch's policy for the op replaced, registered at ``AutocastCPU`` / ``AutocastCUDA``
 so it also holds inside torch.compile and export: conv2d and linear_relu run in the autocast dtype
 (like ``aten::conv2d`` / ``aten::linear``), cross_entropy in float32 (like ``aten::cross_entropy_loss``).
@@ -134,9 +138,21 @@ def register_differentiable(
             return composition(*args)
         return OpFunction.apply(*args)
 
-    _impl(overload, autograd_kernel, "Autograd", with_keyset=True)
+    if not has_cpp_autograd_kernel(overload):
+        _impl(overload, autograd_kernel, "Autograd", with_keyset=True)
     torch.library.register_vmap(overload, _loop_vmap_rule(overload), lib=_lib(overload.namespace))
     return OpFunction
+
+
+def has_cpp_autograd_kernel(overload: torch._ops.OpOverload) -> bool:
+    """Whether the extension registered ``overload``'s Autograd kernel in C++ (``conv2d_fwd``:
+    csrc/conv2d_autograd.cpp, the same formula as the op's Python setup_context / backward, without
+    Python on either pass). The Python kernel is then not registered over it; the Python vmap rule,
+    autocast kernel and the ``_bwd`` op's derivative still are."""
+    # Only the extension's own namespace: a Triton custom_op has a (Python) Autograd kernel too.
+    return overload.namespace == "fastops" and torch._C._dispatch_has_kernel_for_dispatch_key(
+        overload.name(), "Autograd"
+    )
 
 
 def register_in_place(op: torch._ops.OpOverloadPacket) -> None:
