@@ -131,8 +131,8 @@ def conv2d(
         activation: None, or ``"relu"`` to return ``relu(conv2d(...) + bias)`` with the ReLU fused
             into the kernel epilogue (an extension; torch has no such argument).
         backend: which implementation runs. ``"auto"`` on CPU runs torch's own ``F.conv2d`` for the
-            shape classes the native kernel was measured slower on (dense float32 convs with more
-            than 4 input channels per group, among others:
+            shape classes the native kernel was measured slower on (dense float32 convs larger
+            than 1x1 with more than 4 input channels per group, among others:
             :func:`fastops.ops.conv2d.cpu_auto_uses_torch`); ``"native"`` always runs the kernel.
 
     Returns:

@@ -247,12 +247,13 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
         torch.set_num_threads(saved)
 
 
-# float32 on CPU runs 3x3 stride-1 convs (groups 1, padding <= 2, >= 16 channels in and out) as
-# Winograd F(2x2, 3x3) (csrc/cpu/conv2d_winograd.cpp), the weight gradient from 32 channels: every
-# padding it takes (dgrad pads dy by 2 - p), odd output sizes (a partial last tile row / column),
-# outputs of one row or column, images narrower than a vector of tiles (the gather transform) and
-# wider, blocks spanning samples, the fused ReLU, channels_last, and fwd / dgrad on Winograd while
-# wgrad is not (K < 32).
+# float32 on CPU runs 3x3 stride-1 convs (groups 1, padding <= 2, >= 16 channels in and out, at least
+# K C / 512 output tiles) as Winograd F(2x2, 3x3) (csrc/cpu/conv2d_winograd.cpp), the weight gradient
+# from 64 channels each side and 28 x 28 outputs: every padding it takes (dgrad pads dy by 2 - p), odd
+# output sizes (a partial last tile row / column), outputs of one row or column, images narrower than
+# a vector of tiles (the gather transform) and wider, blocks spanning samples, the fused ReLU,
+# channels_last, fwd / dgrad on Winograd while wgrad is not (the first eight), and the three passes
+# on Winograd (the last two: 28 x 28 and 29 x 30 outputs, a partial last tile).
 SWEEP_CPU_WINOGRAD = [
     ((2, 32, 9, 7), (40, 32, 3, 3), 1, 0, 1, 1, True, False),
     ((3, 32, 8, 8), (32, 32, 3, 3), 1, 1, 1, 1, True, False),
@@ -262,6 +263,8 @@ SWEEP_CPU_WINOGRAD = [
     ((2, 32, 35, 37), (36, 32, 3, 3), 1, "same", 1, 1, True, False),
     ((5, 16, 6, 12), (24, 16, 3, 3), 1, 1, 1, 1, True, False),
     ((1, 16, 3, 40), (16, 16, 3, 3), 1, (0, 1), 1, 1, False, True),
+    ((2, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1, 1, True, False),
+    ((1, 72, 29, 32), (64, 72, 3, 3), 1, (1, 0), 1, 1, False, True),
 ]
 
 
@@ -282,7 +285,7 @@ def test_cpu_winograd_blocks_and_thread_chunks(threads):
     try:
         for case in [
             ((7, 32, 15, 15), (32, 32, 3, 3), 1, 1, 1, 1, True, False),
-            ((3, 64, 40, 40), (48, 64, 3, 3), 1, 1, 1, 1, True, False),
+            ((3, 64, 40, 40), (64, 64, 3, 3), 1, 1, 1, 1, True, False),  # wgrad on Winograd too
         ]:
             x, w, b, kw = _make(case, torch.float32, "cpu")
             _check_against_reference("native", x, w, b, kw, f"threads={threads}")
@@ -290,18 +293,21 @@ def test_cpu_winograd_blocks_and_thread_chunks(threads):
         torch.set_num_threads(saved)
 
 
-def test_cpu_winograd_nonfinite_and_huge_operands():
+@pytest.mark.parametrize("which", [1, 8], ids=["wgrad-direct", "wgrad-winograd"])
+def test_cpu_winograd_nonfinite_and_huge_operands(which):
     # Winograd mixes each 4x4 input patch (and 2x2 dy tile) before multiplying, so one inf would turn
     # a whole tile's outputs into NaN where the direct sum has inf: non-finite x, w or dy send the pass
     # to the direct kernels. So do operands large enough that a transformed intermediate could
     # overflow where the direct sum does not (x ~ 1e18, w ~ 1e17 here: the outputs ~1e35 are finite).
     # Output and gradients must be inf / NaN exactly where the float64 reference's are, and the huge
     # case within the float32 tolerance after scaling.
-    case = SWEEP_CPU_WINOGRAD[1]  # x (3, 32, 8, 8), w (32, 32, 3, 3), padding 1
+    # Case 1: x (3, 32, 8, 8), w (32, 32, 3, 3), padding 1 (fwd and dgrad on Winograd); case 8:
+    # x (2, 64, 28, 28), w (64, 64, 3, 3) (wgrad too).
+    case = SWEEP_CPU_WINOGRAD[which]
     seed = int(torch.randint(0, 2**31, ()).item())
     for where, index, value in (
         ("x", (0, 3, 4, 0), float("inf")),
-        ("x", (2, 31, 7, 7), float("nan")),
+        ("x", (1, 31, 7, 7), float("nan")),
         ("w", (0, 0, 1, 0), float("-inf")),
         ("w", (31, 5, 2, 2), float("nan")),
         ("dy", (1, 7, 0, 5), float("inf")),
@@ -747,7 +753,9 @@ AUTO_CLASSES = [
     (torch.float32, (8, 3, 4, 4), (4, 4), False),  # patchify stem
     (torch.float32, (8, 3, 3, 3), (2, 2), True),
     (torch.float32, (8, 16, 3, 3), (1, 1), True),
-    (torch.float32, (8, 8, 1, 1), (1, 1), True),
+    (torch.float32, (8, 8, 1, 1), (1, 1), False),  # 1x1: native below C/g x K = 2^20 at stride 1
+    (torch.float32, (8, 8, 1, 1), (2, 2), False),
+    (torch.float32, (8, 8, 3, 1), (1, 1), True),
     (torch.bfloat16, (8, 16, 3, 3), (1, 1), True),
     (torch.bfloat16, (8, 8, 3, 3), (1, 1), False),
     (torch.bfloat16, (8, 16, 3, 3), (2, 2), False),
@@ -756,6 +764,21 @@ AUTO_CLASSES = [
     (torch.float64, (8, 16, 1, 1), (1, 1), True),
     (torch.float64, (8, 16, 3, 3), (1, 1), False),
 ]
+
+
+def test_auto_one_by_one_rule():
+    """float32 1x1 convs run native under auto except at stride 1 with C/groups x K >= 2^20 (measured
+    0.87-0.92x at 512 x 2048 on 7 x 7); the rule alone (a conv of that size against the float64
+    reference would sum 1024+ products, past what the float32 tolerance is set for)."""
+    from fastops.ops.conv2d import ONE_BY_ONE_MAX_CHANNEL_PRODUCT, cpu_auto_uses_torch
+
+    assert ONE_BY_ONE_MAX_CHANNEL_PRODUCT == 2**20
+    assert cpu_auto_uses_torch(torch.float32, (2048, 512, 1, 1), (1, 1))
+    assert cpu_auto_uses_torch(torch.float32, (1024, 1024, 1, 1), [1, 1])
+    assert not cpu_auto_uses_torch(torch.float32, (1024, 1023, 1, 1), (1, 1))
+    assert not cpu_auto_uses_torch(torch.float32, (2048, 1024, 1, 1), (2, 2))
+    assert not cpu_auto_uses_torch(torch.float32, (2048, 1024, 1, 1), (1, 2))
+    assert cpu_auto_uses_torch(torch.float64, (64, 64, 1, 1), (1, 1))  # float64's own rule
 
 
 def _runs_torch(y: torch.Tensor) -> bool:

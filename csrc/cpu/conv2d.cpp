@@ -51,11 +51,13 @@
 // measured 1.1-1.5x faster fwd+bwd than the tiled BLAS kernel on 3x3 / 5x5 with 8-32 channels per
 // group, level with it at 64-128 channels on 28x28-56x56, within noise (up to 10% slower) at 8x8
 // (2-core Intel Xeon, AVX-512); 1x1 convs stay on the tiled kernel, which hands each image to the
-// BLAS as one GEMM.
+// BLAS as one GEMM; and small images with many channels (Cg Kg > 64^2 below 28 x 28 outputs) stay
+// on the tiled kernel, whose GEMMs span samples (f32_direct_applies).
 // Before those, float32 3x3 stride-1 convs with one group, padding <= 2 and >= 16 channels in and out
-// run Winograd F(2x2, 3x3) (conv2d_winograd.cpp: 2.25x fewer multiplies; the weight gradient from 32
-// channels); a pass whose operands are not finite, or large enough to overflow a transformed
-// intermediate, returns false and the kernels above run it.
+// run Winograd F(2x2, 3x3) (conv2d_winograd.cpp: 2.25x fewer multiplies) when there are enough tiles
+// to pay for the weight transform, the weight gradient only from 64 channels and 28 x 28 outputs;
+// a pass whose operands are not finite, or large enough to overflow a transformed intermediate,
+// returns false and the kernels above run it.
 //
 // Traffic (float32): forward reads x once (plus the padded copy: one more read + write of x), the
 // gathered tiles live in L2 (R S times the input's bytes pass through L2, not memory), w is read
@@ -883,13 +885,23 @@ constexpr int64_t kDirectMinChannels = 8;
 bool direct_fwd_applies(const Conv2dGeometry& g) { return g.sh == 1 && g.sw == 1 && g.Cg >= kDirectMinChannels; }
 // float32 takes the direct passes only beyond 1x1: a 1x1 conv is one GEMM per image already, which
 // the tiled kernel hands whole to the BLAS (measured 2.0-2.3x torch there, 1.2-1.3x through the
-// per-tile micro-kernel calls).
+// per-tile micro-kernel calls). Nor where the image is small and the channels many: the direct
+// passes compute on the padded grid ((P + 2)(Q + 2) outputs for 3x3: 1.6x the work at 7x7, 2.3x at
+// 4x4) in per-tap micro-kernel calls over few pixels, while the tiled kernel's GEMMs span samples.
+// Measured per pass, 3x3 batch 8, direct vs tiled (ms; 2-core Intel Xeon, AVX-512): C = K = 512 at
+// 2x2 8.1 / 1.3 (fwd), 25 / 1.8 (dgrad); 256 at 4x4 2.7 / 1.1, 6.1 / 1.4; 512 at 7x7 22 / 10;
+// 128 at 8x8 1.4 / 1.0 (fwd), 1.6 / 1.2 (wgrad); but 64 at 8x8 0.34 / 0.45 (wgrad), 32 at 16x16
+// 0.32 / 0.39 and 32 at 28x28 0.92 / 1.14 (wgrad), 16 at 32x32 level (fwd) or 0.45 / 0.69 (wgrad).
+// So: direct where Cg Kg <= 64^2 or the output has at least 28 x 28 pixels.
+constexpr int64_t kDirectMaxChannelProduct = 64 * 64, kDirectAnyChannelsPixels = 28 * 28;
 // float32 3x3 stride-1 geometries the Winograd passes take (csrc/cpu/conv2d_winograd.cpp), ahead of
 // the direct passes: fwd+bwd measured 1.2-3.2x faster than them at 32-512 channels and 8-56 px, level
-// within noise at 16 channels (2-core Intel Xeon, batch 8).
+// within noise at 16 channels (2-core Intel Xeon, batch 8); the tile-count and wgrad limits are in
+// conv2d_winograd_applies / conv2d_winograd_wgrad_applies.
 bool winograd_applies(const Conv2dGeometry& g) { return cpu::conv2d_winograd_applies(g); }
 bool f32_direct_applies(const Conv2dGeometry& g) {
-  return direct_fwd_applies(g) && g.R * g.S > 1 && f32_brgemm_usable();
+  return direct_fwd_applies(g) && g.R * g.S > 1 && f32_brgemm_usable() &&
+         (g.Cg * g.Kg <= kDirectMaxChannelProduct || g.P * g.Q >= kDirectAnyChannelsPixels);
 }
 template <typename T>
 bool direct_dgrad_applies(const Conv2dGeometry& g, const at::Tensor& w) {

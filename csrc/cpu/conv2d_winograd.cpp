@@ -50,8 +50,9 @@
 // 4 max|in| 9/4 max|w| C 9 (wgrad: 16 max|x| max|dy| tiles-per-block 9) reaches 1e37.
 //
 // Preconditions (conv2d_winograd_applies, checked by the caller with the dtype): float32, contiguous
-// NCHW x / dy and KCRS w, groups 1, 3x3, stride 1, dilation 1, padding <= 2, C and K >= 16 (wgrad:
-// >= 32, whose K x C GEMM outputs are otherwise too small for the transforms to pay).
+// NCHW x / dy and KCRS w, groups 1, 3x3, stride 1, dilation 1, padding <= 2, C and K >= 16, at least
+// K C / 512 tiles (the weight transform's cost); wgrad: >= 64 channels each side and 28 x 28
+// outputs, below which its transforms cost more than they save (measurements at the constants).
 // Scratch: per thread, V and M of one block and a few rows (grow-only, kept between calls); on the
 // calling thread, U (16 K C floats) and wgrad's per-chunk dU (float32, and float64 with several
 // blocks per chunk).
@@ -75,7 +76,19 @@
 namespace fastops::cpu {
 namespace {
 
-constexpr int64_t kMinChannels = 16, kMinWgradChannels = 32;
+constexpr int64_t kMinChannels = 16;
+// A pass pays for its weight transform (16 K C values) only over enough tiles: measured per pass,
+// batch 8, Winograd vs the tiled GEMM kernel (ms; 2-core Intel Xeon, AVX-512): C = K = 512 at 2x2
+// (8 tiles) 8.6 / 1.3 fwd and 8.1 / 1.8 dgrad; 256 at 4x4 (32 tiles) 1.8 / 1.1; 512 at 7x7 (128)
+// 12.1 / 10.0; 256 at 7x7 (128) level; 128 at 8x8 (128) 0.82 / 1.04 and 64 at 8x8 0.24 / 0.34, won.
+// So at least K C / 512 tiles (no minimum beyond it: small channel counts won at every size measured).
+constexpr int64_t kChannelProductPerTile = 512;
+// The weight gradient's transforms (x and dy both, then dU summed per chunk and G^T dU G per (k, c))
+// pay only on large images with many channels: measured wgrad, Winograd vs the better of the direct
+// and tiled kernels: 64 at 28x28 2.6 / 2.9, 128 at 28x28 8.2 / 10.9, 256 at 28x28 30 / 37 won; 64 at
+// 56x56 level; but 32 at 28x28 1.32 / 0.92, 128 at 14x14 4.6 / 2.9, 256 at 14x14 level, 64 at 16x16
+// 1.23 / 0.96, 512 at 7x7 19.1 / 12.6 lost. So at least 64 channels each side and 28 x 28 outputs.
+constexpr int64_t kMinWgradChannels = 64, kMinWgradPixels = 28 * 28;
 // Floats of one block's transformed input and GEMM output (16 (Ci + Co) per tile): 1 MiB, half a
 // core's L2, so the GEMMs read what the transforms just wrote from cache.
 constexpr int64_t kBlockFloats = int64_t(1) << 18;
@@ -533,12 +546,16 @@ inline bool in_range(double in_max, double w_max, double terms) {
 }  // namespace
 
 bool conv2d_winograd_applies(const Conv2dGeometry& g) {
-  return g.G == 1 && g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.ph <= 2 &&
-         g.pw <= 2 && g.C >= kMinChannels && g.K >= kMinChannels && g.P >= 1 && g.Q >= 1;
+  if (!(g.G == 1 && g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.ph <= 2 &&
+        g.pw <= 2 && g.C >= kMinChannels && g.K >= kMinChannels && g.P >= 1 && g.Q >= 1)) {
+    return false;
+  }
+  const int64_t tiles = g.N * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
+  return tiles >= g.K * g.C / kChannelProductPerTile;
 }
 
 bool conv2d_winograd_wgrad_applies(const Conv2dGeometry& g) {
-  return conv2d_winograd_applies(g) && g.C >= kMinWgradChannels && g.K >= kMinWgradChannels;
+  return conv2d_winograd_applies(g) && std::min(g.C, g.K) >= kMinWgradChannels && g.P * g.Q >= kMinWgradPixels;
 }
 
 bool conv2d_fwd_winograd(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,

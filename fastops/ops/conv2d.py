@@ -67,6 +67,14 @@ _backend.register_op(
 # So auto runs native for that class with 32 <= C, K <= 256 when the output has at least 28 x 28
 # pixels, torch's conv2d otherwise (cpu_auto_winograd_class plus a call-time rule on the output size,
 # in functional.conv2d).
+# float32 1x1 convs, remeasured in session 2026-12-06 (fwd+bwd, x and w requiring grad, batch 8,
+# 2-core Intel Xeon, AVX-512, three alternating runs, median ratio native / F.conv2d) after the C++
+# Autograd kernel (csrc/conv2d_autograd.cpp) took ~60 us of Python off every native call: stride 1
+# C64->256 56x56 3.08x, C256->64 56 2.78x, C128->512 28 1.24x, C512->128 28 1.44x, C256->1024 14
+# 1.13x, C1024->256 14 1.17x, C64->64 56 1.92x, C96->576 14 1.31x, C576->96 7 1.39x, C32->64 16 2.13x,
+# C128->128 8 1.61x; but C512->2048 7x7 0.87x and C2048->512 7x7 0.92x; stride 2 (ResNet downsampling)
+# C64->128 16->8 2.29x, C128->256 1.99x, C256->512 1.67x, C1024->2048 14->7 1.41x. So auto runs them
+# native, except stride-1 1x1 convs with C/groups x K >= 2^20 (ONE_BY_ONE_MAX_CHANNEL_PRODUCT).
 
 
 def cpu_auto_uses_torch(
@@ -85,7 +93,11 @@ def cpu_auto_uses_torch(
             return ""
         if cg <= 4 and (list(stride) == [1, 1] or list(stride) == [r, s]):
             return ""
-        return "float32 dense convs with C/groups > 4 or a stride"
+        if r == s == 1:
+            if list(stride) != [1, 1] or cg * int(weight_shape[0]) < ONE_BY_ONE_MAX_CHANNEL_PRODUCT:
+                return ""
+            return "float32 stride-1 1x1 convs with C/groups x K >= 2^20"
+        return "float32 dense convs larger than 1x1 with C/groups > 4 or a stride"
     if dtype == torch.bfloat16:
         if cg >= 16 and list(stride) == [1, 1] and r * s >= 9:
             return "bfloat16 dense stride-1 convs >= 3x3 with C/groups >= 16"
@@ -107,6 +119,8 @@ def cpu_auto_first_layer_uses_torch(
 
 
 FIRST_LAYER_CLASS = "float32 first-layer convs (C <= 4) whose input needs no gradient"
+# float32 1x1 convs run native below this C/groups x K at stride 1, at every size strided (see above).
+ONE_BY_ONE_MAX_CHANNEL_PRODUCT = 1 << 20
 
 # The class auto runs on the native Winograd kernel (see the comment above): output pixels, channels.
 WINOGRAD_MIN_PIXELS = 28 * 28
