@@ -216,6 +216,16 @@ def test_output_strides_are_torchs(device, backend):
             for name, a, b in (("grad_x", fx, gx), ("grad_weight", fw, gw)) if backend != "torch" else ():
                 layout = [(t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)) for t in (a, b)]
                 assert layout[0] == layout[1], f"{what}: {name} strides {a.stride()}, torch's {b.stride()}"
+            # What torch allows on its output, ours allows too: an in-place op on y (an nn.ReLU(inplace=
+            # True) after the conv). Restriding y into torch's strides made it a view made inside the
+            # op's autograd.Function (Triton), which autograd refuses to modify in place.
+            # The same gradients as the out-of-place ReLU (the kernels are deterministic).
+            xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+            xf, wf = x.clone().requires_grad_(), w.clone().requires_grad_()
+            ref = FF.conv2d(xr, wr, None, 1, pad, 1, groups, backend=backend).relu()
+            out = FF.conv2d(xf, wf, None, 1, pad, 1, groups, backend=backend).relu_()
+            for a, e in zip(torch.autograd.grad(out, (xf, wf), g), torch.autograd.grad(ref, (xr, wr), g)):
+                assert torch.equal(a, e), f"{what}: gradients after relu_ differ from relu's"
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native",), ("native", "triton")))

@@ -334,13 +334,17 @@ memory_format._dynamo_marked_constant = True  # type: ignore[attr-defined]
 def in_memory_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     """t in ``fmt`` with the strides torch gives a new tensor of that format: ``t.contiguous(fmt)``
     keeps t when it already counts as contiguous in fmt, whatever the strides of its size-1 dims
-    (a (2, 8, 1, 1) tensor computed channels_last has strides (8, 1, 8, 8), torch's are (8, 1, 1, 1))."""
+    (a (2, 8, 1, 1) tensor computed channels_last has strides (8, 1, 8, 8), torch's are (8, 1, 1, 1)).
+    Those get a fresh tensor, not an ``as_strided`` view: an op's output must not be a view (autograd
+    forbids modifying a view made inside a custom Function in place, which ``y.relu_()`` would do)."""
     t = t.contiguous(memory_format=fmt)
     if t.dim() != 4 or t.numel() == 0:
         return t
     _, c, h, w = t.shape
     canon = (h * w * c, 1, w * c, c) if fmt == torch.channels_last else (c * h * w, h * w, w, 1)
-    return t if t.stride() == canon else t.as_strided(t.shape, canon, t.storage_offset())
+    if t.stride() == canon:
+        return t
+    return torch.empty_strided(t.shape, canon, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def fwd_fake(
