@@ -105,6 +105,7 @@
 #include <vector>
 
 #include "cpu/conv2d_depthwise.h"
+#include "cpu/conv2d_scratch.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/reduced_float.h"
 #include "fastops.h"
@@ -113,9 +114,11 @@ namespace fastops {
 namespace {
 
 using at::vec::Vectorized;
+using cpu::Scratch;
 using cpu::convert_n;
 using cpu::load_wide;
 using cpu::store_narrow;
+using cpu::kAcc, cpu::kGrid, cpu::kGridT, cpu::kImage, cpu::kTaps;
 
 // Elements of one gathered column tile: 64 Ki elements = 256 KiB of float32, so the tile the gather
 // writes is still in L2 when the GEMM reads it (measured: 2 MiB tiles were 1.4x slower on 32x32x16).
@@ -789,44 +792,6 @@ void conv2d_bias_grad_bf16(const Conv2dGeometry& g, const at::Tensor& dy, at::Te
                      }
                    });
 }
-
-// Scratch for the direct passes, reused across calls: per calling thread, one grow-only buffer per
-// slot. A fresh multi-MiB buffer costs a page fault per 4 KiB on every call (glibc hands large freed
-// blocks back to the OS): measured 20% of a bfloat16 conv backward (N8 C128 H28). Only buffers up to
-// kRetainBytes are kept (at most kSlots x that per calling thread); a larger one is the call's own,
-// with transparent huge pages advised (512x fewer faults where THP is on).
-enum ScratchSlot { kImage, kTaps, kGrid, kGridT, kAcc, kSlots };
-constexpr int64_t kRetainBytes = int64_t(16) << 20;
-
-template <typename T>
-class Scratch {
- public:
-  Scratch(ScratchSlot slot, int64_t n) {
-    const int64_t bytes = n * int64_t(sizeof(T));
-    if (bytes > kRetainBytes) {
-      own_ = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
-      advise_huge_pages(own_);
-      ptr_ = static_cast<T*>(own_.data_ptr());
-      return;
-    }
-    struct Retained {
-      std::unique_ptr<T[]> data;
-      int64_t size = 0;
-    };
-    thread_local Retained retained[kSlots];
-    Retained& r = retained[slot];
-    if (r.size < n) {
-      r.data.reset(new T[size_t(n)]);  // uninitialised: callers write what they read
-      r.size = n;
-    }
-    ptr_ = r.data.get();
-  }
-  T* get() const { return ptr_; }
-
- private:
-  at::Tensor own_;
-  T* ptr_ = nullptr;
-};
 
 // ---- bfloat16 and float32, stride 1: gather-free passes on the same micro-kernel ---------------------
 //

@@ -53,10 +53,11 @@
 // NCHW x / dy and KCRS w, groups 1, 3x3, stride 1, dilation 1, padding <= 2, C and K >= 16, at least
 // K C / 512 tiles (the weight transform's cost); wgrad: >= 64 channels each side and 28 x 28
 // outputs, below which its transforms cost more than they save (measurements at the constants).
-// Scratch: per thread, V and M of one block and a few rows (grow-only, kept between calls); on the
-// calling thread, U (16 K C floats) and wgrad's per-chunk dU (float32, and float64 with several
-// blocks per chunk).
+// Scratch (conv2d_scratch.h: kept between calls up to 16 MiB per buffer): per thread, V and M of one
+// block and a few rows; on the calling thread, U (16 K C floats) and wgrad's per-chunk dU (float32,
+// and float64 with several blocks per chunk).
 #include "cpu/conv2d_winograd.h"
+#include "cpu/conv2d_scratch.h"
 
 #if defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
@@ -130,21 +131,6 @@ inline void vstore(const Vec& v, float* p, int64_t cnt) {
   } else {
     v.store(p, static_cast<int>(cnt));
   }
-}
-
-// Per-thread grow-only scratch (uninitialised on first use: callers write what they read).
-float* scratch(int slot, int64_t n) {
-  thread_local std::vector<float> bufs[5];
-  std::vector<float>& b = bufs[slot];
-  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
-  return b.data();
-}
-
-// The calling thread's grow-only float64 scratch.
-double* scratch64(int64_t n) {
-  thread_local std::vector<double> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
 }
 
 // The largest |v| as float bits (the order of non-negative floats is their bits' order; inf and NaN
@@ -524,9 +510,11 @@ uint32_t run_forward(const Pass& p, const float* in, const float* U, Gemm kind, 
   const int64_t rb = p.block_rows(kMinTiles), blocks = (p.rows() + rb - 1) / rb, nbmax = rb * p.TW;
   std::vector<uint32_t> maxima(static_cast<size_t>(blocks), 0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    float* const V = scratch(0, 16 * p.Ci * nbmax);
-    float* const M = scratch(1, 16 * p.Co * nbmax);
-    float* const work = scratch(2, p.work_floats(rb));
+    const Scratch<float> V_buf(kWinoV, 16 * p.Ci * nbmax), M_buf(kWinoM, 16 * p.Co * nbmax),
+        work_buf(kWinoWork, p.work_floats(rb));
+    float* const V = V_buf.get();
+    float* const M = M_buf.get();
+    float* const work = work_buf.get();
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * rb, r1 = std::min(p.rows(), r0 + rb), nb = (r1 - r0) * p.TW;
       maxima[blk] = input_transform(in, p, r0, r1, nb, V, work);
@@ -561,7 +549,8 @@ bool conv2d_winograd_wgrad_applies(const Conv2dGeometry& g) {
 bool conv2d_fwd_winograd(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                          bool relu, at::Tensor& y) {
   const Pass p(g.N, g.C, g.H, g.W, g.ph, g.pw, g.K);
-  float* const U = scratch(3, 16 * g.K * g.C);  // the calling thread's; the workers only read it
+  const Scratch<float> U_buf(kWinoU, 16 * g.K * g.C);  // the calling thread's; the workers only read it
+  float* const U = U_buf.get();
   const double w_max = bits_to_abs(weight_transform(w.const_data_ptr<float>(), g.K, g.C, /*rot=*/false, U));
   if (!in_range(0.0, w_max, double(g.C))) return false;
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
@@ -584,7 +573,8 @@ bool conv2d_dgrad_winograd(const Conv2dGeometry& g, const at::Tensor& dy, const 
   // dx = dy, zero-padded by 2 - p on each side, correlated with w rotated by 180 degrees (k <-> c):
   // a forward pass from K to C channels whose U[xi] is the rotated kernels' transform, transposed.
   const Pass p(g.N, g.K, g.P, g.Q, 2 - g.ph, 2 - g.pw, g.C);
-  float* const U = scratch(3, 16 * g.K * g.C);
+  const Scratch<float> U_buf(kWinoU, 16 * g.K * g.C);
+  float* const U = U_buf.get();
   const double w_max = bits_to_abs(weight_transform(w.const_data_ptr<float>(), g.K, g.C, /*rot=*/true, U));
   if (!in_range(0.0, w_max, double(g.K))) return false;
   float* const dxp = dx.mutable_data_ptr<float>();
@@ -604,15 +594,19 @@ bool conv2d_wgrad_winograd(const Conv2dGeometry& g, const at::Tensor& dy, const 
   // float64 (a float32 running sum over thousands of tiles lost more than torch's own wgrad). Both the
   // calling thread's scratch, written by the workers.
   const bool several = blocks > chunks;
-  float* const part = scratch(4, chunks * part_size);
-  double* const part64 = several ? scratch64(chunks * part_size) : nullptr;
+  const Scratch<float> part_buf(kWinoPart, chunks * part_size);
+  const Scratch<double> part64_buf(kWinoPart64, several ? chunks * part_size : 0);
+  float* const part = part_buf.get();
+  double* const part64 = several ? part64_buf.get() : nullptr;
   std::vector<uint32_t> x_maxima(static_cast<size_t>(chunks), 0), dy_maxima(static_cast<size_t>(chunks), 0);
   const float* xp = x.const_data_ptr<float>();
   const float* dyp = dy.const_data_ptr<float>();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    float* const V = scratch(0, 16 * p.Ci * nbmax);
-    float* const dM = scratch(1, 16 * p.Co * nbmax);
-    float* const work = scratch(2, p.work_floats(rb));
+    const Scratch<float> V_buf(kWinoV, 16 * p.Ci * nbmax), dM_buf(kWinoM, 16 * p.Co * nbmax),
+        work_buf(kWinoWork, p.work_floats(rb));
+    float* const V = V_buf.get();
+    float* const dM = dM_buf.get();
+    float* const work = work_buf.get();
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       float* const out = part + chunk * part_size;
       double* const sum = several ? part64 + chunk * part_size : nullptr;
