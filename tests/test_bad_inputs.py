@@ -1440,3 +1440,60 @@ def test_same_error_from_every_backend(key: str) -> None:
     texts = {c.backend: _error_text(c, seed) for c in _groups()[key]}
     contract = {b: t for b, t in texts.items() if t is not None and not CAPABILITY.search(t.split(": ", 1)[1])}
     assert len(set(contract.values())) <= 1, "\n".join(f"{b}: {t}" for b, t in contract.items())
+
+
+# ---- a contract check that passed is remembered per call signature (fastops.ops._contract) -----------
+
+
+def test_checked_once_remembers_passing_signatures_only():
+    """``checked_once`` skips a check only for a signature that passed before: each tensor's shape,
+    dtype and device (an nn.Parameter counts as a tensor), the other arguments' types and values (a
+    list of ints as its values). A failing call is checked again every time, a different shape /
+    dtype / device / value is a new signature, and other tensor subclasses (fake tensors under export
+    or opcheck) are always checked."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastops.ops._contract import checked_once
+
+    calls: list[tuple] = []
+
+    def check(x, w, stride, scale):  # noqa: ANN001, ANN202
+        calls.append((x.shape, stride, scale))
+        if x.shape[-1] != w.shape[-1] or scale < 0:
+            raise ValueError("bad call")
+        return ("geometry", x.shape[0])
+
+    x, w = torch.ones(2, 3), torch.ones(4, 3)
+    assert checked_once(check, x, w, [1, 1], 0.5) == ("geometry", 2)
+    assert checked_once(check, torch.zeros(2, 3), w, [1, 1], 0.5) == ("geometry", 2)  # values unread
+    assert checked_once(check, x, torch.nn.Parameter(w), [1, 1], 0.5) == ("geometry", 2)  # a module's weight
+    assert len(calls) == 1
+    for args in (
+        (torch.ones(5, 3), w, [1, 1], 0.5),  # shape
+        (x.double(), w, [1, 1], 0.5),  # dtype
+        (x.to("meta"), w, [1, 1], 0.5),  # device
+        (x, w, [2, 1], 0.5),  # list value
+        (x, w, [1, 1], 1),  # int 1 is not float 1.0
+    ):
+        before = len(calls)
+        checked_once(check, *args)
+        checked_once(check, *args)
+        assert len(calls) == before + 1, args
+    for _ in range(2):  # failing calls are never remembered
+        with pytest.raises(ValueError, match="bad call"):
+            checked_once(check, torch.ones(2, 4), w, [1, 1], 0.5)
+        with pytest.raises(ValueError, match="bad call"):
+            checked_once(check, x, w, [1, 1], -1.0)
+    with FakeTensorMode() as mode:
+        fx = mode.from_tensor(x)
+        before = len(calls)
+        checked_once(check, fx, w, [1, 1], 0.5)
+        checked_once(check, fx, w, [1, 1], 0.5)
+        assert len(calls) == before + 2
+    # through the API: a bad conv2d after a good one of the same shapes still gets the contract's error
+    good = torch.ones(1, 4, 5, 5)
+    FF.conv2d(good, torch.ones(8, 4, 3, 3))
+    with pytest.raises(ValueError, match="groups=3 must divide the input channels C=4"):
+        FF.conv2d(good, torch.ones(8, 4, 3, 3), groups=3)
+    with pytest.raises(TypeError, match="weight must have input's dtype"):
+        FF.conv2d(good, torch.ones(8, 4, 3, 3, dtype=torch.float64))

@@ -18,7 +18,8 @@ for, so a well-formed traced call passes.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -97,3 +98,58 @@ def check_ignore_index(op: str, ignore_index: int) -> None:
         raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}") from None
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{op}: ignore_index must fit in int64 (-2**63 <= ignore_index < 2**63), got {value}")
+
+
+# ---- contract checks run once per call signature ---------------------------------------------------
+#
+# The API calls that run torch's own ops (backend="auto" on small CPU calls, the measured-slower conv2d
+# classes) check the contract in Python first, so bad input gets the op's text: 26 us of a conv2d call
+# whose F.conv2d takes 97 us (N64 C1 8x8, 2-core Intel Xeon). The checks read shapes, dtypes, devices
+# and the non-tensor arguments only, never data or strides, so a signature that passed once passes
+# again: checked_once remembers it.
+
+_T = TypeVar("_T")
+_CHECKED: dict[tuple[object, ...], object] = {}
+_CHECKED_MAX = 4096  # signatures kept; the table is emptied when full (a model has a few dozen)
+
+
+def _signature(args: tuple[object, ...]) -> tuple[object, ...] | None:
+    """The arguments' signature, or None when one cannot be told apart by it: a tensor subclass other
+    than nn.Parameter (fake and functional tensors included: checked every time), or an argument of
+    another kind."""
+    key: list[object] = []
+    for a in args:
+        kind = type(a)
+        if kind is torch.Tensor or kind is torch.nn.Parameter:
+            key.append((a.shape, a.dtype, a.device))  # type: ignore[union-attr]
+        elif a is None:
+            key.append(None)
+        elif kind is list or kind is tuple:
+            if not all(type(v) is int for v in a):  # type: ignore[union-attr]
+                return None
+            key.append(tuple(a))  # type: ignore[arg-type]
+        elif kind is int or kind is float or kind is bool or kind is str:
+            key.append((kind, a))  # 1, 1.0 and True hash alike but may check differently
+        else:
+            return None
+    return tuple(key)
+
+
+def checked_once(check: Callable[..., _T], *args: object) -> _T:
+    """``check(*args)``, or the result it returned for a call with the same signature (each tensor's
+    shape, dtype and device, the other arguments' types and values). ``check`` must read no more than
+    that and either raise or return the same result every time; a call that raises is not remembered.
+    Under torch.compile, and for tensor subclasses (fake tensors included), it always runs."""
+    signature = None if torch.compiler.is_compiling() else _signature(args)
+    if signature is None:
+        return check(*args)
+    key = (check, signature)
+    try:
+        return _CHECKED[key]  # type: ignore[return-value]
+    except KeyError:
+        pass
+    result = check(*args)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = result
+    return result
