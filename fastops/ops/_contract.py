@@ -17,6 +17,7 @@ for, so a well-formed traced call passes.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -153,3 +154,13 @@ def checked_once(check: Callable[..., _T], *args: object) -> _T:
         _CHECKED.clear()
     _CHECKED[key] = result
     return result
+
+
+def once_per_signature(check: Callable[..., _T]) -> Callable[..., _T]:
+    """Decorator: ``check`` (positional arguments only) runs through :func:`checked_once`."""
+
+    @functools.wraps(check)
+    def remembered(*args: object) -> _T:
+        return checked_once(check, *args)
+
+    return remembered

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fastops import _backend, reference
 from fastops.ops import _autograd, namespace
-from fastops.ops._contract import INT64_MAX, check_same_device, checked_once, dtype_str, shape_str
+from fastops.ops._contract import INT64_MAX, check_same_device, dtype_str, once_per_signature, shape_str
 
 OP = "conv2d"
 FWD = "conv2d_fwd"  # the registered op the API calls: its checks' messages start with this name
@@ -467,6 +467,7 @@ def normalize_args(
     return x, st, pad, dil, unbatched
 
 
+@once_per_signature
 def check_call(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -481,18 +482,6 @@ def check_call(
     dispatcher run the op's fake kernel (:func:`fwd_fake`), whose device check speaks first; any
     other bad input meets the C++ checks (:func:`check_op_args`, :func:`check_op_bias`). Once per
     call signature (:func:`fastops.ops._contract.checked_once`)."""
-    checked_once(_check_call, x, weight, bias, stride, padding, dilation, groups)
-
-
-def _check_call(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-) -> None:
     if any(t is not None and t.device.type == "meta" for t in (x, weight, bias)):
         check_same_device(FWD, x=x, weight=weight, bias=bias)
     check_geometry_range(FWD, x.shape, weight.shape, stride, padding, dilation)

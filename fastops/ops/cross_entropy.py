@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from fastops import _backend, reference
 from fastops.ops import _autograd, namespace
-from fastops.ops._contract import check_ignore_index, check_same_device, checked_once, dtype_str, shape_str
+from fastops.ops._contract import check_ignore_index, check_same_device, dtype_str, once_per_signature, shape_str
 
 OP = "cross_entropy"
 REDUCTIONS = ("none", "mean", "sum")
@@ -284,6 +284,7 @@ def normalize_args(
     return input, target, weight
 
 
+@once_per_signature
 def check_call(
     logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
 ) -> Geometry:
@@ -292,12 +293,6 @@ def check_call(
     dispatcher run the op's fake kernel (:func:`fwd_fake`), whose device check speaks first; any
     other bad input meets the C++ check (:func:`check_op_args`). Once per call signature
     (:func:`fastops.ops._contract.checked_once`)."""
-    return checked_once(_check_call, logits, target, weight, label_smoothing)
-
-
-def _check_call(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
-) -> Geometry:
     if any(t is not None and t.device.type == "meta" for t in (logits, target, weight)):
         check_same_device(FWD, logits=logits, target=target, weight=weight)
     return check_op_args(FWD, logits, target, weight, label_smoothing)

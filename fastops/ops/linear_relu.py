@@ -18,7 +18,7 @@ import torch
 
 from fastops import _backend, reference
 from fastops.ops import _autograd, namespace
-from fastops.ops._contract import check_same_device, checked_once, dtype_str, shape_str
+from fastops.ops._contract import check_same_device, dtype_str, once_per_signature, shape_str
 
 OP = "linear_relu"
 
@@ -147,16 +147,13 @@ def check_types(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         raise TypeError(f"linear_relu: bias must be a tensor or None, got {type(bias).__name__}")
 
 
+@once_per_signature
 def check_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Geometry:
     """The contract of a ``linear_relu_fwd`` call, for the API calls no registered op checks (the
     torch composition): the text the op would raise. A tensor on ``meta`` beside others makes the
     dispatcher run the op's fake kernel (:func:`fwd_fake`), whose device check speaks first; any
     other bad input meets the C++ check (:func:`check_op_args`). Once per call signature
     (:func:`fastops.ops._contract.checked_once`)."""
-    return checked_once(_check_call, x, weight, bias)
-
-
-def _check_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Geometry:
     if any(t is not None and t.device.type == "meta" for t in (x, weight, bias)):
         check_same_device(FWD, x=x, weight=weight, bias=bias)
     return check_op_args(FWD, x, weight, bias)
