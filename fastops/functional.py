@@ -150,11 +150,7 @@ def conv2d(
     if name == "native" and x.device.type == "cpu" and _is_auto(backend):
         # A shape class the native CPU kernel was measured slower on runs torch's own conv2d (see
         # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
-        input_needs_grad = torch.is_grad_enabled() and x.requires_grad
-        slower = _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) and not _winograd_wins(
-            x, weight, st, pad, dil, groups
-        )
-        if slower or _conv.cpu_auto_first_layer_uses_torch(x.dtype, weight.shape, groups, input_needs_grad):
+        if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) and not _winograd_wins(x, weight, st, pad, dil, groups):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
             out = F.conv2d(x, weight, bias, st, pad, dil, groups)
             out = F.relu(out) if activation == "relu" else out

@@ -120,9 +120,6 @@ def _runs_on(module: nn.Module, backend: str) -> str:
             )
         if why:
             return f" (CPU {dtype}: torch's conv2d, native measured slower on {why})"
-        if _conv.cpu_auto_first_layer_uses_torch(w.dtype, w.shape, module.groups, False):
-            first = _conv.FIRST_LAYER_CLASS
-            return f" (CPU {dtype}: native when its input needs a gradient, else torch's conv2d: {first})"
         return f" (CPU {dtype}: native)"
     if isinstance(module, nn.Linear):
         limit = _lr.CPU_AUTO_TORCH_BELOW.bit_length() - 1

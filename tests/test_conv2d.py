@@ -844,29 +844,28 @@ def test_auto_route_keeps_the_one_contract():
             FF.conv2d(x, w, make_tensor((7,)), padding=1, backend=backend)
 
 
-def test_auto_first_layer_runs_native_only_when_its_input_needs_grad():
-    """A float32 first layer (groups 1, C <= 4) wins through its dgrad: auto runs the kernel when the
-    input needs a gradient and torch's conv2d (its exact result) when it does not; grouped and
-    depthwise convs with as few channels are not first layers and keep the kernel."""
-    from fastops.ops.conv2d import cpu_auto_first_layer_uses_torch
+def test_auto_first_layer_runs_native_with_or_without_input_grad():
+    """A float32 first layer (groups 1, C <= 4, stride 1) runs the kernel under auto whether or not
+    its input needs a gradient (measured faster than torch's conv2d both ways since the C++ Autograd
+    kernel); its values and gradients match the reference either way."""
+    from fastops.ops.conv2d import cpu_auto_uses_torch
 
     for c in (1, 3, 4):
         x, w, b = make_tensor((2, c, 9, 9)), make_tensor((8, c, 3, 3), scale=(9 * c) ** -0.5), make_tensor((8,))
-        assert cpu_auto_first_layer_uses_torch(torch.float32, w.shape, 1, False)
-        assert not cpu_auto_first_layer_uses_torch(torch.float32, w.shape, 1, True)
-        assert not cpu_auto_first_layer_uses_torch(torch.bfloat16, w.shape, 1, False)
-        w_, b_ = w.clone().requires_grad_(), b.clone().requires_grad_()
-        y = FF.conv2d(x, w_, b_, padding=1)
-        assert _runs_torch(y) and torch.equal(y, F.conv2d(x, w, b, padding=1))
-        xg = x.clone().requires_grad_()
-        y_grad = FF.conv2d(xg, w_, b_, padding=1)
-        assert not _runs_torch(y_grad)
+        assert not cpu_auto_uses_torch(torch.float32, w.shape, [1, 1])
         ref = reference.conv2d(x.double(), w.double(), b.double(), [1, 1], [1, 1], [1, 1], 1, None)
-        got, exp, same = to_unit_scale(y_grad, ref, y)
-        assert_close_to_reference(got, exp, torch_same_dtype=same, what=f"first layer C{c} with input grad")
-    x = make_tensor((2, 4, 9, 9))
-    assert not cpu_auto_first_layer_uses_torch(torch.float32, (4, 1, 3, 3), 4, False)  # depthwise
-    assert not _runs_torch(FF.conv2d(x, make_tensor((4, 1, 3, 3), requires_grad=True), padding=1, groups=4))
+        for input_grad in (False, True):
+            xg = x.clone().requires_grad_(input_grad)
+            w_, b_ = w.clone().requires_grad_(), b.clone().requires_grad_()
+            y = FF.conv2d(xg, w_, b_, padding=1)
+            assert not _runs_torch(y), (c, input_grad)
+            got, exp, same = to_unit_scale(y, ref, F.conv2d(x, w, b, padding=1))
+            assert_close_to_reference(got, exp, torch_same_dtype=same, what=f"first layer C{c} input grad {input_grad}")
+            y.sum().backward()
+            wd = w.double().requires_grad_()
+            reference.conv2d(x.double(), wd, b.double(), [1, 1], [1, 1], [1, 1], 1, None).sum().backward()
+            assert (xg.grad is not None) == input_grad
+            torch.testing.assert_close(w_.grad.double(), wd.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_swap_report_names_what_each_cpu_conv_runs():
@@ -874,7 +873,7 @@ def test_swap_report_names_what_each_cpu_conv_runs():
         nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 3, padding=1)
     )
     lines = str(fastops.swap(model)).splitlines()
-    assert "(CPU float32: native when its input needs a gradient, else torch's conv2d" in lines[1], lines
+    assert "(CPU float32: native)" in lines[1], lines
     assert "(CPU float32: native)" in lines[2], lines
     assert "torch's conv2d, native measured slower on float32 dense convs" in lines[3], lines
     explicit = str(fastops.swap(nn.Sequential(nn.Conv2d(16, 32, 3)), backend="native"))

@@ -52,11 +52,13 @@ _backend.register_op(
 # bfloat16 first layers with the fused ReLU (0.79x here, 0.95x on AMD; 1.22-1.64x without it).
 # So auto sends a class to torch's conv2d where native was measured slower; an explicit
 # backend="native" (and FASTOPS_BACKEND=native) always runs the kernel.
-# First layers (groups 1, C <= 4: RGB or grey images) win through their dgrad, which a network's
-# first conv rarely needs: its input is the data. Without it (2-core Intel Xeon, session
-# 2026-12-06, fwd + wgrad, the input not requiring grad): N64 C1 8x8 K16 0.86x, N8 C3 32x32 K16
-# 0.75x (with dgrad: 1.32x and 1.23x). So a float32 first layer whose input needs no gradient
-# runs torch's conv2d too (cpu_auto_first_layer_uses_torch: a call-time rule, as it reads the input).
+# First layers (groups 1, C <= 4: RGB or grey images) whose input needs no gradient (a network's
+# first conv, fed the data) lost without dgrad while the Autograd kernel was Python (2-core Intel Xeon,
+# session 2026-12-06: N64 C1 8x8 K16 0.86x, N8 C3 32x32 K16 0.75x) and ran torch's conv2d. Remeasured
+# after the C++ Autograd kernel (same machine, session 2026-12-06 #6, fwd + wgrad + bias grad, two
+# alternating runs): N64 C1 8x8 K16 1.51/1.64x, N8 C3 32x32 K16 1.12/1.17x, K32 1.07x, N16 C1 28x28
+# K32 5x5 1.03x, 4x4 s4 patchify K96 1.07/1.10x, N8 C3 64x64 K64 1.09-2.84x. So they run native
+# whether or not the input needs a gradient.
 # float32 3x3 stride-1 convs (groups 1, dilation 1, padding <= 2, C and K >= 16) run Winograd
 # F(2x2, 3x3) in the native kernel since session 2026-12-06 (csrc/cpu/conv2d_winograd.cpp). Measured
 # fwd+bwd against F.conv2d, 2-core Intel Xeon (AVX-512), batch 8, two alternating runs:
@@ -107,18 +109,6 @@ def cpu_auto_uses_torch(
     return ""
 
 
-def cpu_auto_first_layer_uses_torch(
-    dtype: torch.dtype, weight_shape: tuple[int, ...] | torch.Size, groups: int, input_needs_grad: bool
-) -> str:
-    """Why ``backend="auto"`` runs torch's ``F.conv2d`` for this CPU call of a float32 first layer
-    (groups 1, at most 4 input channels) whose input needs no gradient, or ``""``; the other
-    classes are :func:`cpu_auto_uses_torch`'s."""
-    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4 or int(weight_shape[1]) > 4:
-        return ""
-    return "" if input_needs_grad else FIRST_LAYER_CLASS
-
-
-FIRST_LAYER_CLASS = "float32 first-layer convs (C <= 4) whose input needs no gradient"
 # float32 1x1 convs run native below this C/groups x K at stride 1, at every size strided (see above).
 ONE_BY_ONE_MAX_CHANNEL_PRODUCT = 1 << 20
 
