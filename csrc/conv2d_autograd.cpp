@@ -79,7 +79,9 @@ struct Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
     const at::Tensor &x = saved[0], &w = saved[1], &y = saved[2];
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     at::Tensor g = grads[0];
-    if (ctx->saved_data["relu"].toBool()) g = at::where(y <= 0, 0, g);
+    // threshold_backward is torch's own ReLU backward: one pass, where at::where(y <= 0, 0, g) made a
+    // bool mask and took a scalar-promotion path (280 us against 20 us at 64 x 16 x 8 x 8, 2-core Xeon).
+    if (ctx->saved_data["relu"].toBool()) g = at::threshold_backward(g, y, 0);
     // needs_input_grad counts the tensor inputs only: x, w, then the bias when there is one.
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};

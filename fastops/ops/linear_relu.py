@@ -169,7 +169,7 @@ def _bwd_composition(
     passes), grad_x = D W, grad_weight = D^T A, grad_bias = column sums of D. Differentiable in
     grad_out, x and weight (the mask has no derivative)."""
     n, k = weight.shape
-    d = torch.where(out <= 0, 0, grad_out).reshape(-1, n)
+    d = torch.ops.aten.threshold_backward(grad_out, out, 0).reshape(-1, n)
     a = x.reshape(-1, k)
     return (d @ weight).reshape(x.shape), d.t() @ a, d.sum(0)
 
