@@ -8,13 +8,16 @@ attributes stay. Only the class, and so ``forward``, changes.
 
 Rules:
   nn.Conv2d                        -> fastops.nn.Conv2d
+  nn.Conv2d then nn.ReLU in an nn.Sequential
+                                   -> fastops.nn.Conv2dReLU, and nn.Identity in the ReLU's slot
   nn.Linear then nn.ReLU in an nn.Sequential
                                    -> fastops.nn.LinearReLU, and nn.Identity in the ReLU's slot
   nn.CrossEntropyLoss              -> fastops.nn.CrossEntropyLoss
 Only exact torch classes are swapped: a user subclass may override forward, and swapping its class
 would drop that. Every configuration of these classes is supported (the ``torch`` backend runs
 anything the kernels do not take), so a module is left only for a reason of the model's structure,
-which the report gives: a Linear with no ReLU to fuse, or a hook that would see the pre-activation.
+which the report gives: a Linear with no ReLU to fuse, or a hook that would see the pre-activation
+(a Conv2d with such a hook is still swapped, unfused).
 The rules are read from the op registry, :data:`fastops.ops.OPS`. For a swapped CPU conv the
 report also says what ``backend="auto"`` runs at the weight's dtype: the native kernel, or torch's
 own conv2d for a shape class the kernel was measured slower on
@@ -170,6 +173,8 @@ def swap(
                 continue
             label = f"{type(first).__name__}+{type(second).__name__}"
             if first._forward_hooks or first._forward_pre_hooks or second._forward_hooks or second._forward_pre_hooks:
+                if type(first) in drop_ins:
+                    continue  # swapped alone below (a Conv2d); the ReLU stays
                 why = (
                     f"a hook on the {type(first).__name__} or the {type(second).__name__} would see the "
                     "pre-activation, which the fused op never forms"

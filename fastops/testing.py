@@ -323,7 +323,7 @@ def _fused_relu_types() -> tuple[type, ...]:
     """Modules whose output is relu(something), with the mask taken inside a fused kernel."""
     import fastops.nn as fnn
 
-    return tuple(t for t in (getattr(fnn, "LinearReLU", None),) if t is not None)
+    return tuple(t for t in (getattr(fnn, "LinearReLU", None), getattr(fnn, "Conv2dReLU", None)) if t is not None)
 
 
 _Decision = tuple[str, str, torch.Tensor]  # (module name, "relu" | "maxpool", mask | flat argmax)

@@ -110,8 +110,9 @@ def test_model_rule_accepts_a_rounding_flip() -> None:
     vgg11's conv features.6 gets its bias shifted so that the unit with the largest gradient sits
     at ~0 in float64, and the swapped model takes the other side there. Against plain float64 that
     moves the gradients by far more than any floor (the old rule failed CI this way); replaying
-    the model's own decisions, the rule passes it, and it counts the flip."""
-    stock, swapped = stock_and_swapped(make_vgg11_small)
+    the model's own decisions, the rule passes it, and it counts the flip. The flip is planted by
+    hooks on the ReLU, so the swap leaves that Conv2d+ReLU pair unfused (the conv is swapped alone)."""
+    stock, _ = stock_and_swapped(make_vgg11_small)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     conv, relu = 6, 7  # features.6 (conv) -> features.7 (ReLU) -> features.8 (conv): no pool in between
 
@@ -127,9 +128,8 @@ def test_model_rule_accepts_a_rounding_flip() -> None:
     z, g = pre_activation_and_grad(copy.deepcopy(stock).double())
     unit = int(g.abs().flatten().argmax())
     channel = (unit // (z.shape[2] * z.shape[3])) % z.shape[1]
-    with torch.no_grad():  # the same fp32 bias in both models: the unit now sits at the tie
-        for model in (stock, swapped):
-            model.features[conv].bias[channel] -= z.flatten()[unit].float()
+    with torch.no_grad():  # the unit now sits at the tie
+        stock.features[conv].bias[channel] -= z.flatten()[unit].float()
     z, _ = pre_activation_and_grad(copy.deepcopy(stock).double())
     assert z.flatten()[unit].abs() < 1e-6 * z.square().mean().sqrt()
     on = bool(z.flatten()[unit] <= 0)  # the swapped model takes the other side
@@ -137,10 +137,14 @@ def test_model_rule_accepts_a_rounding_flip() -> None:
     one_hot[unit] = True
     one_hot = one_hot.view(z.shape)
     saved: dict[str, torch.Tensor] = {}
+    swapped = copy.deepcopy(stock)
     swapped.features[relu].register_forward_pre_hook(lambda mod, inp: saved.update(z=inp[0].clone()))
     swapped.features[relu].register_forward_hook(
         lambda mod, inp, out: torch.where(one_hot, saved["z"] if on else torch.zeros_like(out), out)
     )
+    report = fastops.swap(swapped)
+    assert type(swapped.features[conv]) is fastops.nn.Conv2d and type(swapped.features[relu]) is nn.ReLU, report
+    assert type(swapped.features[conv - 3]) is fastops.nn.Conv2dReLU, report  # the pairs without hooks fuse
 
     result = assert_model_close(swapped, stock, x)
     assert result.flips >= 1 and result.worst_margin < 1e-6, result
@@ -190,6 +194,34 @@ def test_swap_keeps_parameters_state_dict_hooks_and_mode():
     fresh = _toy()
     fresh.load_state_dict(model.state_dict())
     model.load_state_dict(fresh.state_dict())
+
+
+@pytest.mark.parametrize("backend", ["auto", "native", "torch"])
+def test_swap_fuses_conv_relu_pairs(backend: str) -> None:
+    """An nn.Conv2d directly followed by an nn.ReLU in a Sequential becomes one Conv2dReLU (the ReLU's
+    slot an Identity) with the conv's parameters and state_dict keys, computing relu(conv) and its
+    gradients; with a hook on either module the conv is swapped alone and the ReLU kept."""
+    stock = _toy()
+    model = copy.deepcopy(stock)
+    report = fastops.swap(model, backend=backend)
+    assert type(model[0]) is fastops.nn.Conv2dReLU and type(model[1]) is nn.Identity, str(report)
+    assert model[0].backend == backend
+    assert report.replaced[0][:2] == ("0", "Conv2d+ReLU") and not report.skipped[1:], str(report)
+    assert model.state_dict().keys() == stock.state_dict().keys()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    stock, model = stock.double(), model.double()
+    out, grads = _forward_backward(model, x)
+    out_ref, grads_ref = _forward_backward(stock, x)
+    assert_close_to_reference(out, out_ref, what="output")
+    for name in grads_ref:
+        assert_close_to_reference(grads[name], grads_ref[name], what=f"grad {name}")
+
+    hooked = _toy()
+    hooked[1].register_forward_hook(lambda *a: None)
+    report = fastops.swap(hooked, backend=backend)
+    assert type(hooked[0]) is fastops.nn.Conv2d and type(hooked[1]) is nn.ReLU, str(report)
+    assert [r[:2] for r in report.replaced if r[0] == "0"] == [("0", "Conv2d")], str(report)
+    assert not any(n == "0" for n, _, _ in report.skipped), str(report)
 
 
 def test_swap_include_exclude_and_hooked_linear():

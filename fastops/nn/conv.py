@@ -20,6 +20,8 @@ class Conv2d(nn.Conv2d):
 
     # A class attribute too, so that fastops.swap can change a torch Conv2d's class in place.
     backend: str = "auto"
+    # The activation fused into the kernel's epilogue: None here, "relu" in Conv2dReLU.
+    _activation: str | None = None
 
     def __init__(
         self,
@@ -55,11 +57,35 @@ class Conv2d(nn.Conv2d):
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return FF.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups, backend=self.backend)
+            padding: int | tuple[int, int] | str = 0
+        else:
+            padded, padding = input, self.padding
         return FF.conv2d(
-            input, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend
+            padded,
+            weight,
+            bias,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+            activation=self._activation,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         """torch's fields, then the backend."""
         return super().extra_repr() + f", backend={self.backend!r}"
+
+
+class Conv2dReLU(Conv2d):
+    """Drop-in for ``nn.Sequential(nn.Conv2d(...), nn.ReLU())``: the ReLU runs in the conv kernel's
+    epilogue (native and Triton; ``relu(F.conv2d(...))`` where ``backend="auto"`` runs torch's conv).
+
+    A subclass of :class:`torch.nn.Conv2d` with its constructor, initialisation, parameters and
+    ``state_dict`` keys, so the conv layer's checkpoint loads as is; ``fastops.swap`` retypes an
+    ``nn.Conv2d`` directly followed by an ``nn.ReLU`` in an ``nn.Sequential`` to this class.
+
+    Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, K, P, Q)`` or ``(K, P, Q)``, >= 0.
+    """
+
+    _activation = "relu"

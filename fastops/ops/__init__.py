@@ -17,7 +17,7 @@ import torch
 # followed by a B inside an nn.Sequential, replaced by fastops.nn.AB (the B's slot by nn.Identity).
 OPS: dict[str, tuple[str, ...]] = {
     "adam": (),
-    "conv2d": ("Conv2d",),
+    "conv2d": ("Conv2d", "Conv2d+ReLU"),
     "cross_entropy": ("CrossEntropyLoss",),
     "linear_cross_entropy": (),
     "linear_relu": ("Linear+ReLU",),
