@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction
 
 from fastops import _backend, reference
-from fastops.ops import _autograd
+from fastops.ops import _autograd, _contract
 from fastops.ops import conv2d as _conv
 from fastops.ops import cross_entropy as _ce
 from fastops.ops import linear_cross_entropy as _lce
@@ -141,6 +141,16 @@ def conv2d(
         gives (channels_last when input or weight is, except where torch's backend keeps it
         contiguous: float64 and depthwise on CUDA). Gradients flow to input, weight, bias.
     """
+    key = None
+    if type(padding) is not str and isinstance(input, torch.Tensor) and input.device.type == "cpu":
+        # auto's route for this call signature, when a call like it has run (fastops/ops/_contract.py)
+        args = (input, weight, bias, stride, padding, dilation, groups, activation)
+        key = _contract.route_key(_conv.OP, args, backend, "cpu")
+        route = _contract.remembered_route(key)
+        if route is not None:
+            unbatched = input.dim() == 3
+            x = input.unsqueeze(0) if unbatched else input
+            return _conv2d_route(route, x, weight, bias, groups, activation, unbatched)  # type: ignore[arg-type]
     if isinstance(input, torch.Tensor):  # torch's policy: conv2d runs in the autocast dtype
         input, weight, bias = _autocast(input.device.type, False, input, weight, bias)
     x, st, pad, dil, unbatched = _conv.normalize_args(
@@ -152,9 +162,12 @@ def conv2d(
         # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
         if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) and not _winograd_wins(x, weight, st, pad, dil, groups):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
-            out = F.conv2d(x, weight, bias, st, pad, dil, groups)
-            out = F.relu(out) if activation == "relu" else out
-            return out.squeeze(0) if unbatched else out
+            route: tuple[object, list[int], list[int], list[int]] = (None, st, pad, dil)
+        else:
+            route = (_conv.ops("native").conv2d_fwd, st, pad, dil)
+        out = _conv2d_route(route, x, weight, bias, groups, activation, unbatched)
+        _contract.remember_route(key, route)  # after the call: one that raised is not remembered
+        return out
     if name is None:  # no registered op will check them
         _conv.check_call(x, weight, bias, st, pad, dil, groups)
         name = _backend.resolve(_conv.OP, backend, x.device.type, x.dtype)
@@ -164,6 +177,31 @@ def conv2d(
     else:
         channels_last = not unbatched and (_conv.is_channels_last(x) or _conv.is_channels_last(weight))
         out = _conv.ops(name).conv2d_fwd(x, weight, bias, st, pad, dil, groups, activation == "relu")
+        if not channels_last:  # the op follows x / weight's layout; an unbatched call returns contiguous
+            out = out.contiguous()
+    return out.squeeze(0) if unbatched else out
+
+
+def _conv2d_route(
+    route: tuple[object, list[int], list[int], list[int]],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    activation: str | None,
+    unbatched: bool,
+) -> torch.Tensor:
+    """A CPU conv2d call on the route ``backend="auto"`` chose for its signature: ``(op, stride,
+    padding, dilation)``, ``op`` the native ``conv2d_fwd`` or None for torch's own conv2d (the
+    contract already checked). ``x`` is ``(N, C, H, W)`` (``(1, C, H, W)`` for an unbatched call,
+    whose output is returned as ``(K, P, Q)``)."""
+    op, st, pad, dil = route
+    if op is None:
+        out = F.conv2d(x, weight, bias, st, pad, dil, groups)
+        out = F.relu(out) if activation == "relu" else out
+    else:
+        channels_last = not unbatched and (_conv.is_channels_last(x) or _conv.is_channels_last(weight))
+        out = op(x, weight, bias, st, pad, dil, groups, activation == "relu")  # type: ignore[operator]
         if not channels_last:  # the op follows x / weight's layout; an unbatched call returns contiguous
             out = out.contiguous()
     return out.squeeze(0) if unbatched else out

@@ -844,6 +844,52 @@ def test_auto_route_keeps_the_one_contract():
             FF.conv2d(x, w, make_tensor((7,)), padding=1, backend=backend)
 
 
+def test_auto_route_remembered_per_signature_follows_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto's CPU route is remembered per call signature (fastops.ops._contract.route_key); a
+    remembered call must still give each call torch's layout, unbatched shape and gradients, and a
+    change of FASTOPS_BACKEND or of autocast must decide afresh."""
+    from fastops.ops import _contract
+
+    def torch_of(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, **kw: object) -> torch.Tensor:
+        return F.conv2d(x.detach(), w.detach(), b.detach(), **kw)
+
+    _contract._ROUTES.clear()
+    # A torch-routed class (dense 3x3, C16) and a native one (depthwise), each called three times in
+    # three layouts with one signature, then unbatched.
+    for groups, native in ((1, False), (16, True)):
+        w = make_tensor((16, 16 // groups, 3, 3), requires_grad=True)
+        b = make_tensor((16,), requires_grad=True)
+        for layout in (torch.contiguous_format, torch.channels_last, torch.contiguous_format):
+            x = make_tensor((2, 16, 6, 6)).to(memory_format=layout).requires_grad_()
+            y = FF.conv2d(x, w, b, 1, 1, 1, groups)
+            assert _runs_torch(y) != native, (groups, layout)
+            ref = torch_of(x, w, b, padding=1, groups=groups)
+            assert y.stride() == ref.stride(), (groups, layout, y.stride(), ref.stride())
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+            gx, gw = torch.autograd.grad(y.square().sum(), (x, w))
+            xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+            loss = F.conv2d(xr, wr, b.detach(), padding=1, groups=groups).square().sum()
+            rx, rw = torch.autograd.grad(loss, (xr, wr))
+            torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-4)
+        x3 = make_tensor((16, 6, 6))
+        for _ in range(2):
+            y3 = FF.conv2d(x3, w, b, 1, 1, 1, groups)
+            assert y3.shape == (16, 6, 6)
+            torch.testing.assert_close(y3, torch_of(x3, w, b, padding=1, groups=groups), rtol=1e-5, atol=1e-5)
+    assert len(_contract._ROUTES) == 4  # two signatures per class: batched and unbatched
+
+    x, w, b = make_tensor((2, 16, 6, 6)), make_tensor((16, 1, 3, 3), requires_grad=True), make_tensor((16,))
+    assert not _runs_torch(FF.conv2d(x, w, b, 1, 1, 1, 16))  # remembered: native
+    monkeypatch.setenv("FASTOPS_BACKEND", "torch")
+    y = FF.conv2d(x, w, b, 1, 1, 1, 16)
+    assert not is_fastops_node(y.grad_fn)  # the override is read on every call
+    monkeypatch.delenv("FASTOPS_BACKEND")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert FF.conv2d(x, w, b, 1, 1, 1, 16).dtype == torch.bfloat16
+    assert FF.conv2d(x, w, b, 1, 1, 1, 16).dtype == torch.float32
+
+
 def test_auto_first_layer_runs_native_with_or_without_input_grad():
     """A float32 first layer (groups 1, C <= 4, stride 1) runs the kernel under auto whether or not
     its input needs a gradient (measured faster than torch's conv2d both ways since the C++ Autograd

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -114,7 +115,7 @@ _CHECKED: dict[tuple[object, ...], object] = {}
 _CHECKED_MAX = 4096  # signatures kept; the table is emptied when full (a model has a few dozen)
 
 
-def _signature(args: tuple[object, ...]) -> tuple[object, ...] | None:
+def call_signature(args: tuple[object, ...]) -> tuple[object, ...] | None:
     """The arguments' signature, or None when one cannot be told apart by it: a tensor subclass other
     than nn.Parameter (fake and functional tensors included: checked every time), or an argument of
     another kind."""
@@ -141,7 +142,7 @@ def checked_once(check: Callable[..., _T], *args: object) -> _T:
     shape, dtype and device, the other arguments' types and values). ``check`` must read no more than
     that and either raise or return the same result every time; a call that raises is not remembered.
     Under torch.compile, and for tensor subclasses (fake tensors included), it always runs."""
-    signature = None if torch.compiler.is_compiling() else _signature(args)
+    signature = None if torch.compiler.is_compiling() else call_signature(args)
     if signature is None:
         return check(*args)
     key = (check, signature)
@@ -164,3 +165,42 @@ def once_per_signature(check: Callable[..., _T]) -> Callable[..., _T]:
         return checked_once(check, *args)
 
     return remembered
+
+
+# ---- routing decisions remembered per call signature -----------------------------------------------
+#
+# backend="auto"'s choice between a kernel and torch's own op for a CPU call is, like the contract, a
+# function of the call's signature (shapes, dtypes, devices, the other arguments' values), the
+# FASTOPS_BACKEND override and the autocast state. Deciding it in Python took most of the API's ~45 us
+# over F.conv2d on a small conv (N64 C16 8x8, 2-core Intel Xeon); remembered, a call pays for its
+# signature only. Entries are written only after a call that passed the contract checks.
+
+_ROUTES: dict[tuple[object, ...], object] = {}
+
+
+def route_key(op: str, args: tuple[object, ...], backend: str, device: str) -> tuple[object, ...] | None:
+    """The key under which ``backend="auto"``'s route for this call of ``op`` is remembered, or None
+    when it must be decided afresh: another backend, autocast on for ``device`` (it changes the
+    dtypes), torch.compile tracing, or an argument :func:`call_signature` cannot tell apart."""
+    if device not in ("cpu", "cuda") or backend != "auto" or torch.compiler.is_compiling():
+        return None
+    if torch.is_autocast_enabled(device):
+        return None
+    signature = call_signature(args)
+    if signature is None:
+        return None
+    return (op, os.environ.get("FASTOPS_BACKEND", "auto"), signature)
+
+
+def remembered_route(key: tuple[object, ...] | None) -> object:
+    """The route remembered under ``key`` (:func:`route_key`), or None."""
+    return None if key is None else _ROUTES.get(key)
+
+
+def remember_route(key: tuple[object, ...] | None, route: object) -> None:
+    """Remember ``route`` for calls with ``key`` (no-op for a None key)."""
+    if key is None:
+        return
+    if len(_ROUTES) >= _CHECKED_MAX:
+        _ROUTES.clear()
+    _ROUTES[key] = route
