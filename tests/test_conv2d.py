@@ -253,6 +253,18 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
             for dtype in (torch.float64, torch.bfloat16):  # bfloat16: the brgemm kernels' own tiling
                 x, w, b, kw = _make(case, dtype, "cpu")
                 _check_against_reference("native", x, w, b, kw, f"threads={threads} {dtype}")
+        # The direct passes (bfloat16, float32 with >= 8 channels per group) on small grids and
+        # batches split unevenly over the threads: groups, dilation, dgrad's cropped dy grid, odd
+        # channel counts (bfloat16's pad channel), a 5x5 kernel.
+        for case in [
+            ((7, 16, 6, 5), (12, 16, 3, 3), 1, 1, 1, 1, True, False),
+            ((9, 18, 5, 7), (10, 9, 3, 2), 1, (2, 0), (2, 1), 2, True, False),
+            ((11, 9, 4, 4), (9, 9, 3, 3), 1, (3, 2), 1, 1, True, False),
+            ((6, 8, 12, 9), (11, 8, 5, 5), 1, 2, 1, 1, False, True),
+        ]:
+            for dtype in (torch.bfloat16, torch.float32):
+                x, w, b, kw = _make(case, dtype, "cpu")
+                _check_against_reference("native", x, w, b, kw, f"threads={threads} {dtype} direct")
     finally:
         torch.set_num_threads(saved)
 
