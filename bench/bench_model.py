@@ -10,7 +10,9 @@ CPU convs run the native kernel or torch's conv2d per shape class (the swap repo
 
 Work: the step's FLOPs as counted by ``torch.utils.flop_counter.FlopCounterMode`` on the stock
 model (forward + backward; the optimizer's elementwise work is not counted), so TFLOP/s is
-comparable between the two providers.
+comparable between the two providers. The two steps are timed together, in alternating blocks on
+CPU (:meth:`bench.context.Context.bench_fns_together`): the ratio is what matters, and a shared
+machine drifts between two back-to-back timings.
 
 The check before timing (:func:`model_check`) is the model-level rule of
 :func:`fastops.testing.assert_model_close`: eval-mode copies of both models run forward and the
@@ -155,21 +157,14 @@ def run(ctx: Context) -> list[Row]:
             nn.CrossEntropyLoss()(stock(x), y).backward()
         stock.zero_grad(set_to_none=True)
         work = Work(flops={"fwd+bwd": float(counter.get_total_flops())})
-        for provider, model, criterion, make_opt, check_fn in [
-            (EAGER, stock, nn.CrossEntropyLoss(), _stock_adamw, check.eager),
-            (SWAPPED, swapped, loss, fastops.optim.AdamW, check.swapped_model),
-        ]:
-            optimizer = make_opt(model.parameters(), lr=1e-4)
-            rows.append(
-                ctx.bench_fn(
-                    op=OP,
-                    shape=f"{name} {tuple(shape)}",
-                    dtype=torch.float32,
-                    provider=provider,
-                    fn=_step_fn(model, criterion, optimizer, x, y),
-                    check=check_fn,
-                    work=work,
-                    pass_="fwd+bwd",
-                )
-            )
+        providers = {
+            EAGER: (_step_fn(stock, nn.CrossEntropyLoss(), _stock_adamw(stock.parameters(), 1e-4), x, y), check.eager),
+            SWAPPED: (
+                _step_fn(swapped, loss, fastops.optim.AdamW(swapped.parameters(), lr=1e-4), x, y),
+                check.swapped_model,
+            ),
+        }
+        rows += ctx.bench_fns_together(
+            op=OP, shape=f"{name} {tuple(shape)}", dtype=torch.float32, providers=providers, work=work, pass_="fwd+bwd"
+        )
     return rows

@@ -14,7 +14,7 @@ from .ceilings import Ceilings
 from .checks import allowed_error
 from .report import format_progress, log
 from .rows import EAGER, PASSES, Row, Skip, Work, dtype_name
-from .timing import peak_memory_mib, synchronize, time_fn, time_split
+from .timing import Timing, peak_memory_mib, synchronize, time_cpu_interleaved, time_fn, time_split
 
 
 @dataclass
@@ -139,19 +139,52 @@ class Context:
         reference (e.g. via :func:`bench.checks.normalised_error`); it is called exactly once,
         before timing.
         """
+        row = self._checked_row(op, shape, dtype, provider, pass_, check)
+        if not row.correct:
+            return self._emit(row)
+        return self._emit(self._time_into(row, fn, work, dtype))
+
+    def bench_fns_together(
+        self,
+        *,
+        op: str,
+        shape: str,
+        dtype: torch.dtype,
+        providers: dict[str, tuple[Callable[[], object], Callable[[], float]]],
+        work: Work,
+        pass_: str = "fwd",
+    ) -> list[Row]:
+        """:meth:`bench_fn` for several providers of one shape (``provider -> (fn, check)``, eager
+        first), checked one by one, then timed together: on CPU in alternating blocks
+        (:func:`bench.timing.time_cpu_interleaved`), so that a drifting machine slows each alike."""
+        rows = {name: self._checked_row(op, shape, dtype, name, pass_, check) for name, (_, check) in providers.items()}
+        ok = {name: providers[name][0] for name, row in rows.items() if row.correct}
+        timings = (
+            time_cpu_interleaved(ok, min_run_time=0.05 if self.quick else 1.0, threads=self.threads)
+            if self.device == "cpu" and len(ok) > 1
+            else {}
+        )
+        return [
+            self._emit(self._time_into(row, ok[name], work, dtype, timing=timings.get(name)) if row.correct else row)
+            for name, row in rows.items()
+        ]
+
+    def _checked_row(
+        self, op: str, shape: str, dtype: torch.dtype, provider: str, pass_: str, check: Callable[[], float]
+    ) -> Row:
+        """A row with ``check()``'s verdict (``row.correct``; a failure's note says why, untimed)."""
         row = Row(op, shape, dtype_name(dtype), self.device, provider, pass_)
         try:
             error = check()
         except Exception as exc:  # the row records it; the suite goes on
             _free_after_error(self.device)
             row.correct, row.note = False, f"check raised {type(exc).__name__}: {_short(exc)}"
-            return self._emit(row)
+            return row
         row.correct, row.allowed_error = self._verdict((op, shape, row.dtype, pass_), provider, dtype, error)
         row.error = error
         if not row.correct:
             row.note = f"FAILED check (error {error:.3g} > allowed {row.allowed_error:.3g}); not timed"
-            return self._emit(row)
-        return self._emit(self._time_into(row, fn, work, dtype))
+        return row
 
     def bench_autograd(
         self,
@@ -249,9 +282,13 @@ class Context:
         work: Work,
         dtype: torch.dtype,
         setup: Callable[[], object] | None = None,
+        timing: Timing | None = None,
     ) -> Row:
-        """Time ``fn()`` (or ``fn(setup())`` with the setup untimed), then its peak memory."""
-        if setup is None:
+        """Time ``fn()`` (or ``fn(setup())`` with the setup untimed), or take ``timing`` when it was
+        timed already, then its peak memory."""
+        if timing is not None:
+            t = timing
+        elif setup is None:
             t = time_fn(fn, self.device, quick=self.quick)
         else:
             t = time_split(setup, fn, self.device, quick=self.quick)

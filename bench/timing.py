@@ -2,6 +2,8 @@
 
 CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` with ``num_threads=torch.get_num_threads()``
 (the count is in every row's metadata); median, p20 and p80 of the Measurement's per-block times.
+Rows meant to be compared on a drifting machine (the training steps) are timed together instead,
+in alternating blocks (:func:`time_cpu_interleaved`).
 Caches are not flushed between CPU runs: a working set that fits in the last-level cache shows
 more than the DRAM copy bandwidth.
 
@@ -73,6 +75,50 @@ def time_cpu(fn: Callable[[], object], *, min_run_time: float = 1.0, threads: in
         [t * 1e3 for t in m.times],
         f"torch.utils.benchmark blocked_autorange ({threads} threads, {m.number_per_run}/block)",
     )
+
+
+def time_cpu_interleaved(
+    fns: dict[str, Callable[[], object]], *, min_run_time: float = 1.0, threads: int | None = None
+) -> dict[str, Timing]:
+    """Time several callables on CPU in alternating blocks (a round runs one block of each, the order
+    reversed every other round), for rows compared with each other: on a shared machine whose speed
+    drifts (a VM with noisy neighbours, measured 52 -> 77 ms for one unchanged training step within
+    a session) back-to-back autoranges give each provider a different machine, alternation the same.
+
+    Each sample is the mean of one block (about 20 ms of calls, sized per callable from a calibration
+    call after one warm-up call); at least 5 rounds, until ``min_run_time`` per callable has passed.
+    """
+    threads = threads or torch.get_num_threads()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        number: dict[str, int] = {}
+        for name, fn in fns.items():
+            fn()  # warm-up: first-call allocations, lazy init
+            t0 = time.perf_counter()
+            fn()
+            number[name] = max(1, round(0.02 / max(time.perf_counter() - t0, 1e-7)))
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        order, spent, rounds = list(fns), dict.fromkeys(fns, 0.0), 0
+        while rounds < 5 or min(spent.values()) < min_run_time:
+            for name in order if rounds % 2 == 0 else order[::-1]:
+                fn, n = fns[name], number[name]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                elapsed = time.perf_counter() - t0
+                spent[name] += elapsed
+                samples[name].append(elapsed / n * 1e3)
+            rounds += 1
+    finally:
+        torch.set_num_threads(saved)
+    return {
+        name: Timing.from_samples(
+            samples[name],
+            f"interleaved blocks ({threads} threads, {number[name]}/block, {rounds} rounds with {len(fns) - 1} other)",
+        )
+        for name in fns
+    }
 
 
 def time_cuda(

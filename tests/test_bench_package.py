@@ -159,3 +159,39 @@ def test_build_check_names_both_torch_versions(monkeypatch):
     info.CUDA_KERNELS = True
     monkeypatch.setattr(torch.version, "cuda", None)
     assert "has no CUDA" in _build_check.torch_mismatch()
+
+
+def test_interleaved_timing_alternates_blocks_and_keeps_failed_checks_untimed():
+    """bench_fns_together: each provider checked, the passing ones timed in alternating blocks (one
+    block of each per round, the order reversed every other round), a failing check leaves its row
+    untimed; the slower callable measures slower (a sleep lasts at least its length)."""
+    import time
+
+    from bench.rows import Work
+
+    calls: list[str] = []
+
+    def slow() -> None:
+        calls.append("slow")
+        time.sleep(0.004)
+
+    def fast() -> None:
+        calls.append("fast")
+
+    ctx = Context(device="cpu", quick=True)
+    rows = ctx.bench_fns_together(
+        op="toy",
+        shape="s",
+        dtype=torch.float32,
+        providers={EAGER: (slow, lambda: 0.0), "fastops_x": (fast, lambda: 0.0), "broken": (fast, lambda: 1.0)},
+        work=Work(bytes={"fwd": 1.0}),
+    )
+    by = {r.provider: r for r in rows}
+    assert not by["broken"].correct and by["broken"].median_ms is None and "FAILED check" in by["broken"].note
+    assert by[EAGER].median_ms >= 4.0 and by[EAGER].samples >= 5 and "interleaved" in by[EAGER].timer
+    assert by["fastops_x"].median_ms < by[EAGER].median_ms and by["fastops_x"].speedup_vs_eager > 1
+    runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]  # runs of one callable
+    # Warm-up and calibration give the runs slow, fast; then at least 5 rounds, each one block of each
+    # (a round in reversed order merges with the previous round's last block): back-to-back timing
+    # would give two more runs, alternation at least five; peak memory's own calls come last.
+    assert len(runs) >= 2 + 5 and all(a != b for a, b in zip(runs, runs[1:])), runs
