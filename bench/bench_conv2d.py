@@ -11,7 +11,9 @@ Providers: torch eager (cuDNN / oneDNN), ``torch.compile`` of the same, fastops 
 CPU: BLAS for float32, oneDNN's brgemm micro-kernel for bfloat16; on GPU the CUDA tensor-core
 kernel for bfloat16, SIMT for float32), fastops triton (CUDA only: the interpreter is a test path). A second op,
 ``conv2d_bias_relu``, compares ``FF.conv2d(..., activation="relu")`` (ReLU in the epilogue) with
-torch's conv followed by a separate ReLU.
+torch's conv followed by a separate ReLU. The providers of one shape are timed together
+(:meth:`bench.context.Context.bench_autograd_together`): on CPU their fwd+bwd in alternating blocks,
+so that a machine whose speed drifts (this project's shared VMs) slows each alike.
 
 Work (the TFLOP/s column): 2 N K P Q C/g R S flops per pass, so fwd = 1x, bwd = 2x (dgrad + wgrad;
 the bias gradient is ignored), fwd+bwd = 3x; the same count is in the kernel files' headers.
@@ -143,17 +145,15 @@ def run(ctx: Context) -> list[Row]:
                 b = torch.randn(k, device=ctx.device, dtype=dtype)
                 inputs = [t.requires_grad_() for t in (x, w, b)]
                 check = make_check(x, w, b, stride, pad, relu, groups)
-                for name, fwd in providers(ctx, dtype, stride, pad, relu, groups).items():
-                    rows += ctx.bench_autograd(
-                        op=op,
-                        shape=shape,
-                        dtype=dtype,
-                        provider=name,
-                        forward=fwd,
-                        inputs=inputs,
-                        check=check,
-                        work=flops(batch, c, h, k, r, stride, pad, groups),
-                    )
+                rows += ctx.bench_autograd_together(
+                    op=op,
+                    shape=shape,
+                    dtype=dtype,
+                    providers=providers(ctx, dtype, stride, pad, relu, groups),
+                    inputs=inputs,
+                    check=check,
+                    work=flops(batch, c, h, k, r, stride, pad, groups),
+                )
                 del x, w, b, inputs, check
                 if ctx.device == "cuda":
                     torch.cuda.empty_cache()

@@ -217,6 +217,68 @@ class Context:
         and no clone by AccumulateGrad of a gradient that aliases a leaf input (an in-place
         backward's does).
         """
+        rows, runs = self._prepare_autograd(op, shape, dtype, provider, forward, inputs, check, passes)
+        if runs is None:
+            return rows
+        return [self._time_autograd_row(row, runs, work, dtype) for row in rows]
+
+    def bench_autograd_together(
+        self,
+        *,
+        op: str,
+        shape: str,
+        dtype: torch.dtype,
+        providers: dict[str, Callable[..., torch.Tensor]],
+        inputs: Sequence[torch.Tensor],
+        check: Callable[[torch.Tensor, list[torch.Tensor | None]], tuple[float, float]],
+        work: Work,
+        passes: Sequence[str] = PASSES,
+    ) -> list[Row]:
+        """:meth:`bench_autograd` for several providers of one shape (``provider -> forward``, eager
+        first): each checked and its ``fwd`` / ``bwd`` timed in turn, then the ``fwd+bwd`` passes of
+        all that passed timed together, on CPU in alternating blocks
+        (:func:`bench.timing.time_cpu_interleaved`): the row compared across providers, on a machine
+        whose speed drifts between back-to-back timings. Every provider's inputs are live at once."""
+        out: list[Row] = []
+        together: dict[str, tuple[Row, dict[str, Callable[..., object]]]] = {}
+        for name, forward in providers.items():
+            rows, runs = self._prepare_autograd(op, shape, dtype, name, forward, inputs, check, passes)
+            if runs is None:
+                out += rows
+                continue
+            for row in rows:
+                if row.pass_ == "fwd+bwd" and row.correct and self.device == "cpu":
+                    together[name] = (row, runs)
+                else:
+                    out.append(self._time_autograd_row(row, runs, work, dtype))
+        if together:
+            fns = {name: runs["fwd+bwd"] for name, (_, runs) in together.items()}
+            try:
+                timings = time_cpu_interleaved(fns, min_run_time=0.05 if self.quick else 1.0, threads=self.threads)
+            except Exception as exc:
+                _free_after_error(self.device)
+                for row, _ in together.values():
+                    row.note = f"timing raised {type(exc).__name__}: {_short(exc)}"
+                    out.append(self._emit(row))
+                return out
+            for name, (row, runs) in together.items():
+                out.append(self._emit(self._time_into(row, runs["fwd+bwd"], work, dtype, timing=timings[name])))
+        return out
+
+    def _prepare_autograd(
+        self,
+        op: str,
+        shape: str,
+        dtype: torch.dtype,
+        provider: str,
+        forward: Callable[..., torch.Tensor],
+        inputs: Sequence[torch.Tensor],
+        check: Callable[[torch.Tensor, list[torch.Tensor | None]], tuple[float, float]],
+        passes: Sequence[str],
+    ) -> tuple[list[Row], dict[str, Callable[..., object]] | None]:
+        """One provider's rows with their check verdicts, and its timed callables (``fwd``,
+        ``fwd+bwd``; ``bwd`` takes a fresh forward's output); no callables when the check raised
+        (the rows are then emitted, untimed)."""
         xs = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
         diff = [t for t in xs if t.requires_grad]
         rows = [Row(op, shape, dtype_name(dtype), self.device, provider, p) for p in passes]
@@ -244,36 +306,38 @@ class Context:
             _free_after_error(self.device)
             for r in rows:
                 r.correct, r.note = False, f"check raised {type(exc).__name__}: {_short(exc)}"
-            return [self._emit(r) for r in rows]
+            return [self._emit(r) for r in rows], None
         errors["fwd+bwd"] = max(errors["fwd"], errors["bwd"])
-
-        def run_fwd() -> None:
-            forward(*xs)
-
-        def run_fwd_bwd() -> None:
-            backward(forward(*xs))
-
-        def run_bwd(out: torch.Tensor) -> None:
-            backward(out)
-
         for row in rows:
-            key = (op, shape, row.dtype, row.pass_)
             row.error = errors[row.pass_]
-            row.correct, row.allowed_error = self._verdict(key, provider, dtype, row.error)
+            row.correct, row.allowed_error = self._verdict(
+                (op, shape, row.dtype, row.pass_), provider, dtype, row.error
+            )
             if not row.correct:
                 row.note = f"FAILED check (error {row.error:.3g} > allowed {row.allowed_error:.3g}); not timed"
-                self._emit(row)
-                continue
-            try:
-                if row.pass_ == "bwd":
-                    self._emit(self._time_into(row, run_bwd, work, dtype, setup=lambda: forward(*xs)))
-                else:
-                    self._emit(self._time_into(row, run_fwd if row.pass_ == "fwd" else run_fwd_bwd, work, dtype))
-            except Exception as exc:
-                _free_after_error(self.device)
-                row.note = f"timing raised {type(exc).__name__}: {_short(exc)}"
-                self._emit(row)
-        return rows
+        runs: dict[str, Callable[..., object]] = {
+            "fwd": lambda: forward(*xs),
+            "fwd+bwd": lambda: backward(forward(*xs)),
+            "bwd": backward,
+            "setup": lambda: forward(*xs),
+        }
+        return rows, runs
+
+    def _time_autograd_row(
+        self, row: Row, runs: dict[str, Callable[..., object]], work: Work, dtype: torch.dtype
+    ) -> Row:
+        """Time one pass of a prepared provider (an untimed fresh forward per ``bwd`` call) and emit
+        its row; a failed check's row is emitted untimed."""
+        if not row.correct:
+            return self._emit(row)
+        try:
+            if row.pass_ == "bwd":
+                return self._emit(self._time_into(row, runs["bwd"], work, dtype, setup=runs["setup"]))
+            return self._emit(self._time_into(row, runs[row.pass_], work, dtype))
+        except Exception as exc:
+            _free_after_error(self.device)
+            row.note = f"timing raised {type(exc).__name__}: {_short(exc)}"
+            return self._emit(row)
 
     def _time_into(
         self,
