@@ -58,6 +58,14 @@ def cross_entropy(
     """
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
+    key = None
+    if not inplace_backward and isinstance(input, torch.Tensor) and input.device.type == "cpu":
+        # a signature auto sent to torch's cross-entropy before (fastops/ops/_contract.py)
+        args = (input, target, weight, ignore_index, reduction, label_smoothing)
+        key = _contract.route_key(_ce.OP, args, backend, "cpu")
+        if _contract.remembered_route(key) is not None:
+            return _ce_torch(input, target, weight, ignore_index, reduction, label_smoothing)
+    given = (input, target, weight)
     if isinstance(input, torch.Tensor):  # torch's policy: cross-entropy runs in float32 under autocast
         input, target, weight = _autocast(input.device.type, True, input, target, weight)
     input, target, weight = _ce.normalize_args(input, target, weight, reduction, ignore_index)
@@ -76,13 +84,10 @@ def cross_entropy(
         # own cross-entropy, after the contract so that bad input gets the same error. Torch refuses
         # an out-of-range class index itself; only then are the targets read for the contract's text.
         _ce.check_call(input, target, weight, label_smoothing)
-        try:
-            return F.cross_entropy(
-                input, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
-            )
-        except (IndexError, RuntimeError):
-            _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
-            raise
+        loss = _ce_torch(input, target, weight, ignore_index, reduction, label_smoothing)
+        if all(a is b for a, b in zip((input, target, weight), given)):  # nothing cast or promoted
+            _contract.remember_route(key, "torch")
+        return loss
     if name is None or needs_extra_grads:  # no registered op will check them
         _ce.check_call(input, target, weight, label_smoothing)
     if name is None:
@@ -207,6 +212,25 @@ def _conv2d_route(
     return out.squeeze(0) if unbatched else out
 
 
+def _ce_torch(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """torch's own cross-entropy for a call whose contract passed. Torch refuses an out-of-range
+    class index itself; only then are the targets read, for the contract's text."""
+    try:
+        return F.cross_entropy(
+            input, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+        )
+    except (IndexError, RuntimeError):
+        _ce.check_target_range(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+        raise
+
+
 def linear_relu(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -228,6 +252,12 @@ def linear_relu(
         ``(*, N)`` in ``x``'s dtype: ``max(x @ weight.T + bias, 0)``. Gradients flow to ``x``,
         ``weight`` and ``bias``; backward needs only ``x``, ``weight`` and this output.
     """
+    key = None
+    if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+        # a signature auto sent to torch's linear + relu before (fastops/ops/_contract.py)
+        key = _contract.route_key(_lr.OP, (x, weight, bias), backend, "cpu")
+        if _contract.remembered_route(key) is not None:
+            return F.relu(F.linear(x, weight, bias))
     if isinstance(x, torch.Tensor):  # torch's policy: linear runs in the autocast dtype
         x, weight, bias = _autocast(x.device.type, False, x, weight, bias)
     _lr.check_types(x, weight, bias)
@@ -236,7 +266,9 @@ def linear_relu(
         # Too small for the fused kernel to pay for its dispatch (see fastops/ops/linear_relu.py):
         # torch's own linear + relu, after the contract so that bad input gets the same error.
         _lr.check_call(x, weight, bias)
-        return F.relu(F.linear(x, weight, bias))
+        out = F.relu(F.linear(x, weight, bias))
+        _contract.remember_route(key, "torch")
+        return out
     if name is None:  # no registered op will check them
         _lr.check_call(x, weight, bias)
         name = _backend.resolve(_lr.OP, backend, x.device.type, x.dtype)

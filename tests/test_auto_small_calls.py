@@ -187,3 +187,37 @@ def test_symbolic_sizes_keep_the_op_and_put_no_guard_on_a_dynamic_dim():
     )
     static = _targets(torch.export.export(_Head(), (x, w, t)))
     assert not any("fastops" in s for s in static), static
+
+
+def test_remembered_torch_routes_keep_the_contract_and_the_overrides(monkeypatch):
+    """Small cross-entropy and linear+ReLU calls remember their torch route per call signature
+    (fastops.ops._contract.route_key). After a remembered call: a bad target of the same signature
+    still gets the op's text, FASTOPS_BACKEND=native still runs the kernel, a uint8 target (cast
+    first) is not remembered and still matches torch."""
+    from fastops.ops import _contract
+
+    _contract._ROUTES.clear()
+    logits, target = _ce_case(8, 5)
+    for _ in range(2):
+        torch.testing.assert_close(FF.cross_entropy(logits, target), F.cross_entropy(logits, target), rtol=0, atol=0)
+    assert [k[0] for k in _contract._ROUTES] == [_ce.OP]
+    bad = target.clone()
+    bad[1] = 5
+    with pytest.raises(IndexError, match=r"target\[1\] = 5 is out of bounds for 5 classes"):
+        FF.cross_entropy(logits, bad)
+    valid = target.clamp(min=0)
+    ref = F.cross_entropy(logits, valid)
+    torch.testing.assert_close(FF.cross_entropy(logits, valid.to(torch.uint8)), ref, rtol=0, atol=0)
+    assert len(_contract._ROUTES) == 1  # the uint8 call was cast to int64 first: not remembered
+
+    x, w, b = make_tensor((4, 8)), make_tensor((6, 8), requires_grad=True), make_tensor((6,))
+    for _ in range(2):
+        y = FF.linear_relu(x, w, b)
+        assert type(y.grad_fn).__name__ == "ReluBackward0"
+    assert len(_contract._ROUTES) == 2
+    with pytest.raises(ValueError, match="bias"):  # another signature: decided and checked afresh
+        FF.linear_relu(x, w, make_tensor((5,)))
+
+    monkeypatch.setenv("FASTOPS_BACKEND", "native")
+    assert _runs_kernel(FF.cross_entropy(logits.clone().requires_grad_(), target))
+    assert is_fastops_node(FF.linear_relu(x, w, b).grad_fn)
