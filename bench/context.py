@@ -115,11 +115,16 @@ class Context:
             self.on_row(row)
         return row
 
-    def _verdict(self, key: tuple, provider: str, dtype: torch.dtype, error: float) -> tuple[bool, float]:
-        if provider == EAGER:
+    def _judge(self, row: Row, dtype: torch.dtype, error: float) -> None:
+        """Record ``error`` on ``row`` and its verdict against the allowed error (from torch eager's
+        error at the same op, shape, dtype and pass); a failing row's note says it is not timed."""
+        key = row.key
+        if row.provider == EAGER:
             self._eager_error[key] = error
-        allowed = allowed_error(dtype, self._eager_error.get(key))
-        return error <= allowed, allowed
+        row.error, row.allowed_error = error, allowed_error(dtype, self._eager_error.get(key))
+        row.correct = error <= row.allowed_error
+        if not row.correct:
+            row.note = f"FAILED check (error {error:.3g} > allowed {row.allowed_error:.3g}); not timed"
 
     def bench_fn(
         self,
@@ -180,10 +185,7 @@ class Context:
             _free_after_error(self.device)
             row.correct, row.note = False, f"check raised {type(exc).__name__}: {_short(exc)}"
             return row
-        row.correct, row.allowed_error = self._verdict((op, shape, row.dtype, pass_), provider, dtype, error)
-        row.error = error
-        if not row.correct:
-            row.note = f"FAILED check (error {error:.3g} > allowed {row.allowed_error:.3g}); not timed"
+        self._judge(row, dtype, error)
         return row
 
     def bench_autograd(
@@ -309,12 +311,7 @@ class Context:
             return [self._emit(r) for r in rows], None
         errors["fwd+bwd"] = max(errors["fwd"], errors["bwd"])
         for row in rows:
-            row.error = errors[row.pass_]
-            row.correct, row.allowed_error = self._verdict(
-                (op, shape, row.dtype, row.pass_), provider, dtype, row.error
-            )
-            if not row.correct:
-                row.note = f"FAILED check (error {row.error:.3g} > allowed {row.allowed_error:.3g}); not timed"
+            self._judge(row, dtype, errors[row.pass_])
         runs: dict[str, Callable[..., object]] = {
             "fwd": lambda: forward(*xs),
             "fwd+bwd": lambda: backward(forward(*xs)),
