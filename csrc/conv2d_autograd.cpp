@@ -128,7 +128,10 @@ at::Tensor conv2d_fwd_autograd(c10::DispatchKeySet ks, const at::Tensor& x, cons
     const auto geometry = check_conv2d_args("conv2d_fwd", x, w, stride, padding, dilation, groups);
     check_conv2d_bias("conv2d_fwd", geometry, x, bias);
     const int64_t zero[2] = {0, 0};
-    at::Tensor y = at::convolution(x, w, bias, stride, padding, dilation, false, zero, groups);
+    // Dilation 1 along a 1-wide kernel dim (the same conv): torch 2.14's oneDNN convolution
+    // segfaults on some calls that keep it (fastops/ops/conv2d.py: torch_dilation).
+    const int64_t dil[2] = {w.size(2) == 1 ? 1 : dilation[0], w.size(3) == 1 ? 1 : dilation[1]};
+    at::Tensor y = at::convolution(x, w, bias, stride, padding, dil, false, zero, groups);
     if (relu) y = at::relu(y);
     return in_memory_format(y, conv_memory_format(x, w, stride, padding, dilation, groups));
   }

@@ -167,7 +167,7 @@ def conv2d(
         # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
         if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) and not _winograd_wins(x, weight, st, pad, dil, groups):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
-            route: tuple[object, list[int], list[int], list[int]] = (None, st, pad, dil)
+            route: tuple[object, list[int], list[int], list[int]] = (None, st, pad, _conv.torch_dilation(weight, dil))
         else:
             route = (_conv.ops("native").conv2d_fwd, st, pad, dil)
         out = _conv2d_route(route, x, weight, bias, groups, activation, unbatched)

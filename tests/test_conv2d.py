@@ -926,6 +926,46 @@ def test_auto_first_layer_runs_native_with_or_without_input_grad():
             torch.testing.assert_close(w_.grad.double(), wd.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_calls_that_crash_torchs_onednn_conv_run():
+    """torch 2.14's oneDNN CPU conv segfaults on a dilated 1-wide kernel dim when every output column
+    sees only padding (float32, channels_last, with bias; the output is the bias, x and w get zero
+    gradients). Every fastops route that runs torch's conv calls the same conv with dilation 1 there
+    (fastops.ops.conv2d.torch_dilation): auto's torch route, the Autograd kernel's route under
+    torch.func, the double backward. Values and gradients against the float64 reference, on every
+    CPU backend."""
+    from fastops.ops.conv2d import cpu_auto_uses_torch
+
+    cl = torch.channels_last
+    x = make_tensor((2, 16, 13, 2)).contiguous(memory_format=cl)
+    w = make_tensor((34, 8, 5, 1), scale=40**-0.5).contiguous(memory_format=cl)
+    b = make_tensor((34,))
+    kw = dict(stride=3, padding=1, dilation=(1, 3), groups=2)
+    assert cpu_auto_uses_torch(torch.float32, w.shape, [3, 3])  # auto's route is torch's conv
+    xd, wd, bd = (t.double().requires_grad_() for t in (x, w, b))
+    ref = reference.conv2d(xd, wd, bd, **kw)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (xd, wd, bd), create_graph=True)
+    ref_gx2 = torch.autograd.grad(sum(g.square().sum() for g in ref_grads), xd)[0]  # double backward
+    for backend in ("auto", "native", "torch"):
+        for _ in range(2):  # the second call takes auto's remembered route
+            args = [t.clone().requires_grad_() for t in (x, w, b)]
+            y = FF.conv2d(*args, **kw, backend=backend)
+            if backend != "torch":  # backend="torch" is the slice-sum composition (fastops.reference)
+                assert _runs_torch(y) == (backend == "auto"), backend
+            assert y.is_contiguous(memory_format=cl), (backend, y.stride())
+            torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+            grads = torch.autograd.grad(y.square().sum(), args, create_graph=True)
+            for got, exp in zip(grads, ref_grads):
+                torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-3)
+            gx2 = torch.autograd.grad(sum(g.square().sum() for g in grads), args[0])[0]
+            torch.testing.assert_close(gx2.double(), ref_gx2, rtol=1e-4, atol=1e-2)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return FF.conv2d(x, w, b, **kw, backend="native").square().sum()
+
+    gx = torch.func.grad(loss)(x)
+    torch.testing.assert_close(gx.double(), ref_grads[0], rtol=1e-4, atol=1e-3)
+
+
 def test_swap_report_names_what_each_cpu_conv_runs():
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 32, 3, padding=1)

@@ -405,7 +405,11 @@ def _check_conv2d(
         pre = reference.conv2d(x.double(), w.double(), _double(b), **kw)
         with warnings.catch_warnings():  # 'same' with an even effective kernel: torch notes its padded copy
             warnings.simplefilter("ignore", UserWarning)
-            layout = F.conv2d(x, w, b, **kw)  # torch's shape and memory format for these operands
+            # torch's shape and memory format for these operands. Dilation 1 along a 1-wide kernel
+            # dim (the same conv, the same layout): torch 2.14's oneDNN conv segfaults on some calls
+            # that keep it (fastops/ops/conv2d.py: torch_dilation).
+            dil = (dilation, dilation) if isinstance(dilation, int) else dilation
+            layout = F.conv2d(x, w, b, **dict(kw, dilation=[d if k > 1 else 1 for d, k in zip(dil, w_shape[2:])]))
     if activation == "relu":
         _reject_near_kink(pre, dtype)
     g = _grad_out(pre.shape, dtype, gen)

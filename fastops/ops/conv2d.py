@@ -337,6 +337,18 @@ def in_memory_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return torch.empty_strided(t.shape, canon, dtype=t.dtype, device=t.device).copy_(t)
 
 
+def torch_dilation(weight: torch.Tensor, dilation: list[int]) -> list[int]:
+    """``dilation`` for a call of torch's own convolution: 1 along a kernel dim of size 1, where any
+    dilation gives the same output, shape and gradients. torch 2.14's oneDNN CPU convolution
+    segfaults on some calls that keep it: float32, channels_last, with bias, a 1-wide kernel dim
+    dilated, every output column seeing only padding (the output is the bias), e.g. ``x``
+    (2, 16, 13, 2), ``weight`` (34, 8, 5, 1), stride 3, padding 1, dilation (1, 3), groups 2. With
+    dilation 1 there the same calls run, and torch gives the same layout either way (checked on
+    every CPU dtype and layout)."""
+    r, s = weight.shape[-2:] if weight.dim() == 4 else (0, 0)
+    return [1 if r == 1 else dilation[0], 1 if s == 1 else dilation[1]]
+
+
 def fwd_fake(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -508,10 +520,12 @@ def _bwd_composition(
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """conv2d_bwd as torch ops: aten's convolution_backward, itself differentiable (double backward
-    of a convolution); a masked-off output is an empty (0,) tensor, as the op returns."""
+    of a convolution, whose own backward runs torch's conv: hence torch_dilation); a masked-off output
+    is an empty (0,) tensor, as the op returns."""
     k = weight.shape[0]
+    dil = torch_dilation(weight, dilation)
     outs = torch.ops.aten.convolution_backward(
-        grad_out, x, weight, [k] if output_mask[2] else None, stride, padding, dilation, False, [0, 0], groups,
+        grad_out, x, weight, [k] if output_mask[2] else None, stride, padding, dil, False, [0, 0], groups,
         list(output_mask),
     )  # fmt: skip
     return tuple(o if o is not None else x.new_empty((0,)) for o in outs)
