@@ -112,6 +112,25 @@ bool functorch_active() {
          included.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode);
 }
 
+// Whether along H or W every output position's taps all land in the zero padding (the Python
+// sees_only_padding in fastops/ops/conv2d.py, which says why it matters).
+bool sees_only_padding(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation) {
+  for (int i = 0; i < 2; ++i) {
+    const int64_t size = x.size(2 + i), k = w.size(2 + i), s = stride[i], p = padding[i], d = dilation[i];
+    const int64_t out = (size + 2 * p - d * (k - 1) - 1) / s + 1;
+    bool reads = false;
+    for (int64_t j = 0; j < k && !reads; ++j) {
+      // tap j of output o reads o s - p + j d; the first o whose read is at or past index 0:
+      const int64_t before = p - j * d;
+      const int64_t o = before <= 0 ? 0 : (before + s - 1) / s;
+      reads = o < out && o * s - p + j * d < size;
+    }
+    if (!reads) return true;
+  }
+  return false;
+}
+
 bool any_requires_grad(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
   return x.requires_grad() || w.requires_grad() || (bias.has_value() && bias->defined() && bias->requires_grad());
 }
@@ -128,10 +147,16 @@ at::Tensor conv2d_fwd_autograd(c10::DispatchKeySet ks, const at::Tensor& x, cons
     const auto geometry = check_conv2d_args("conv2d_fwd", x, w, stride, padding, dilation, groups);
     check_conv2d_bias("conv2d_fwd", geometry, x, bias);
     const int64_t zero[2] = {0, 0};
-    // Dilation 1 along a 1-wide kernel dim (the same conv): torch 2.14's oneDNN convolution
-    // segfaults on some calls that keep it (fastops/ops/conv2d.py: torch_dilation).
-    const int64_t dil[2] = {w.size(2) == 1 ? 1 : dilation[0], w.size(3) == 1 ? 1 : dilation[1]};
-    at::Tensor y = at::convolution(x, w, bias, stride, padding, dil, false, zero, groups);
+    at::Tensor y;
+    if (x.is_cpu() && sees_only_padding(x, w, stride, padding, dilation)) {
+      // torch 2.14's oneDNN CPU conv segfaults here (fastops/ops/conv2d.py: sees_only_padding); the
+      // same conv on the explicitly padded input runs.
+      const at::Tensor xp = at::constant_pad_nd(x, {padding[1], padding[1], padding[0], padding[0]}, 0)
+                                .contiguous(x.suggest_memory_format());
+      y = at::convolution(xp, w, bias, stride, zero, dilation, false, zero, groups);
+    } else {
+      y = at::convolution(x, w, bias, stride, padding, dilation, false, zero, groups);
+    }
     if (relu) y = at::relu(y);
     return in_memory_format(y, conv_memory_format(x, w, stride, padding, dilation, groups));
   }

@@ -138,7 +138,9 @@ def conv2d(
         backend: which implementation runs. ``"auto"`` on CPU runs torch's own ``F.conv2d`` for the
             shape classes the native kernel was measured slower on (dense float32 convs larger
             than 1x1 with more than 4 input channels per group, among others:
-            :func:`fastops.ops.conv2d.cpu_auto_uses_torch`); ``"native"`` always runs the kernel.
+            :func:`fastops.ops.conv2d.cpu_auto_uses_torch`), except calls whose output sees only
+            padding along H or W, on which torch 2.14's CPU conv segfaults
+            (:func:`fastops.ops.conv2d.sees_only_padding`); ``"native"`` always runs the kernel.
 
     Returns:
         ``(N, K, P, Q)`` (``(K, P, Q)`` for unbatched input) in input's dtype, with
@@ -165,9 +167,14 @@ def conv2d(
     if name == "native" and x.device.type == "cpu" and _is_auto(backend):
         # A shape class the native CPU kernel was measured slower on runs torch's own conv2d (see
         # fastops/ops/conv2d.py); the contract is checked first so bad input gets the same error.
-        if _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st) and not _winograd_wins(x, weight, st, pad, dil, groups):
+        # torch's CPU conv segfaults when an output dim sees only padding (_conv.sees_only_padding).
+        if (
+            _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st)
+            and not _winograd_wins(x, weight, st, pad, dil, groups)
+            and not _conv.sees_only_padding(x, weight, st, pad, dil)
+        ):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
-            route: tuple[object, list[int], list[int], list[int]] = (None, st, pad, _conv.torch_dilation(weight, dil))
+            route: tuple[object, list[int], list[int], list[int]] = (None, st, pad, dil)
         else:
             route = (_conv.ops("native").conv2d_fwd, st, pad, dil)
         out = _conv2d_route(route, x, weight, bias, groups, activation, unbatched)

@@ -926,21 +926,36 @@ def test_auto_first_layer_runs_native_with_or_without_input_grad():
             torch.testing.assert_close(w_.grad.double(), wd.grad, rtol=1e-4, atol=1e-4)
 
 
-def test_calls_that_crash_torchs_onednn_conv_run():
-    """torch 2.14's oneDNN CPU conv segfaults on a dilated 1-wide kernel dim when every output column
-    sees only padding (float32, channels_last, with bias; the output is the bias, x and w get zero
-    gradients). Every fastops route that runs torch's conv calls the same conv with dilation 1 there
-    (fastops.ops.conv2d.torch_dilation): auto's torch route, the Autograd kernel's route under
-    torch.func, the double backward. Values and gradients against the float64 reference, on every
-    CPU backend."""
-    from fastops.ops.conv2d import cpu_auto_uses_torch
+# (x shape, weight shape, stride, padding, dilation, groups, dtype): calls whose output sees only
+# padding along W or H, on which torch 2.14's oneDNN CPU conv segfaults (the first three), and one
+# (dilation 1) on which it does not.
+ONLY_PADDING = [
+    ((2, 16, 13, 2), (34, 8, 5, 1), 3, 1, (1, 3), 2, torch.float32),
+    ((1, 2, 6, 1), (34, 1, 2, 2), (5, 4), (0, 3), (4, 2), 2, torch.float32),
+    ((2, 8, 2, 3), (2, 4, 2, 2), 1, 1, 3, 2, torch.bfloat16),
+    ((2, 16, 5, 1), (8, 16, 3, 1), (1, 3), (1, 2), 1, 1, torch.float32),
+]
 
+
+@pytest.mark.parametrize("case", ONLY_PADDING)
+def test_outputs_that_see_only_padding(case):
+    """torch 2.14's oneDNN CPU conv segfaults when every output position along W (or H) reads only
+    padding (channels_last, with bias; the output is the bias, x and w get zero gradients). fastops
+    never hands it such a call (fastops.ops.conv2d.sees_only_padding): auto runs the native kernel,
+    and the routes that run torch's conv (the Autograd kernel's under torch.func, the double
+    backward) pad explicitly. Values, gradients and double backward against the float64 reference,
+    on every CPU backend."""
+    from fastops.ops.conv2d import sees_only_padding
+
+    x_shape, w_shape, stride, padding, dilation, groups, dtype = case
     cl = torch.channels_last
-    x = make_tensor((2, 16, 13, 2)).contiguous(memory_format=cl)
-    w = make_tensor((34, 8, 5, 1), scale=40**-0.5).contiguous(memory_format=cl)
-    b = make_tensor((34,))
-    kw = dict(stride=3, padding=1, dilation=(1, 3), groups=2)
-    assert cpu_auto_uses_torch(torch.float32, w.shape, [3, 3])  # auto's route is torch's conv
+    x = make_tensor(x_shape, dtype).contiguous(memory_format=cl)
+    w = make_tensor(w_shape, dtype).contiguous(memory_format=cl)
+    b = make_tensor((w_shape[0],), dtype)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    pair = [(v, v) if isinstance(v, int) else v for v in (stride, padding, dilation)]
+    assert sees_only_padding(x, w, *pair)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
     xd, wd, bd = (t.double().requires_grad_() for t in (x, w, b))
     ref = reference.conv2d(xd, wd, bd, **kw)
     ref_grads = torch.autograd.grad(ref.square().sum(), (xd, wd, bd), create_graph=True)
@@ -950,20 +965,21 @@ def test_calls_that_crash_torchs_onednn_conv_run():
             args = [t.clone().requires_grad_() for t in (x, w, b)]
             y = FF.conv2d(*args, **kw, backend=backend)
             if backend != "torch":  # backend="torch" is the slice-sum composition (fastops.reference)
-                assert _runs_torch(y) == (backend == "auto"), backend
+                assert not _runs_torch(y), backend
             assert y.is_contiguous(memory_format=cl), (backend, y.stride())
-            torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(y.double(), ref, **tol)
             grads = torch.autograd.grad(y.square().sum(), args, create_graph=True)
             for got, exp in zip(grads, ref_grads):
-                torch.testing.assert_close(got.double(), exp, rtol=1e-4, atol=1e-3)
+                torch.testing.assert_close(got.double(), exp, **tol)
             gx2 = torch.autograd.grad(sum(g.square().sum() for g in grads), args[0])[0]
-            torch.testing.assert_close(gx2.double(), ref_gx2, rtol=1e-4, atol=1e-2)
+            torch.testing.assert_close(gx2.double(), ref_gx2, **tol)
 
-    def loss(x: torch.Tensor) -> torch.Tensor:
+    def loss(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return FF.conv2d(x, w, b, **kw, backend="native").square().sum()
 
-    gx = torch.func.grad(loss)(x)
-    torch.testing.assert_close(gx.double(), ref_grads[0], rtol=1e-4, atol=1e-3)
+    gx, gw = torch.func.grad(loss, argnums=(0, 1))(x, w)
+    torch.testing.assert_close(gx.double(), ref_grads[0], **tol)
+    torch.testing.assert_close(gw.double(), ref_grads[1], **tol)
 
 
 def test_swap_report_names_what_each_cpu_conv_runs():

@@ -371,6 +371,34 @@ def _natural_scales(
     return [t.mean().sqrt().clamp_min(1e-30) for t in (out_sq, *grads_sq)]
 
 
+def _sees_only_padding(size: int, k: int, s: int, p: int, d: int) -> bool:
+    """Whether every output position along one dim reads only padding: tap j of output o reads
+    o s - p + j d (brute force; fastops.ops.conv2d.sees_only_padding is the closed form)."""
+    out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    return not any(0 <= o * s - p + j * d < size for o in range(out) for j in range(k))
+
+
+def _torch_layout(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, shape: torch.Size, kw: dict[str, Any]
+) -> torch.Tensor:
+    """A tensor with the shape and strides F.conv2d gives for these operands. torch 2.14's oneDNN CPU
+    conv segfaults when an output dim sees only padding (fastops/ops/conv2d.py: sees_only_padding):
+    there torch's own choice of backend and memory format is asked without running the conv."""
+    pair = [(v, v) if isinstance(v, int) else tuple(v) for v in (kw["stride"], kw["padding"], kw["dilation"])]
+    if isinstance(kw["padding"], str) or not any(
+        _sees_only_padding(n, k, s, p, d) for n, k, s, p, d in zip(x.shape[-2:], w.shape[2:], *pair)
+    ):
+        with warnings.catch_warnings():  # 'same' with an even effective kernel: torch notes its padded copy
+            warnings.simplefilter("ignore", UserWarning)
+            return F.conv2d(x, w, b, **kw)
+    if x.dim() == 3:
+        return torch.empty(shape, dtype=x.dtype)
+    st, pad, dil = (list(v) for v in pair)
+    backend = torch._C._select_conv_backend(x, w, b, st, pad, dil, False, [0, 0], kw["groups"])
+    fmt = torch._C._conv_determine_backend_memory_format(x, w, backend)
+    return torch.empty(shape, dtype=x.dtype).contiguous(memory_format=fmt)
+
+
 def _check_conv2d(
     backend: str,
     *,
@@ -403,13 +431,7 @@ def _check_conv2d(
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     with torch.no_grad():
         pre = reference.conv2d(x.double(), w.double(), _double(b), **kw)
-        with warnings.catch_warnings():  # 'same' with an even effective kernel: torch notes its padded copy
-            warnings.simplefilter("ignore", UserWarning)
-            # torch's shape and memory format for these operands. Dilation 1 along a 1-wide kernel
-            # dim (the same conv, the same layout): torch 2.14's oneDNN conv segfaults on some calls
-            # that keep it (fastops/ops/conv2d.py: torch_dilation).
-            dil = (dilation, dilation) if isinstance(dilation, int) else dilation
-            layout = F.conv2d(x, w, b, **dict(kw, dilation=[d if k > 1 else 1 for d, k in zip(dil, w_shape[2:])]))
+        layout = _torch_layout(x, w, b, pre.shape, kw)  # torch's shape and memory format for these operands
     if activation == "relu":
         _reject_near_kink(pre, dtype)
     g = _grad_out(pre.shape, dtype, gen)

@@ -337,16 +337,34 @@ def in_memory_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     return torch.empty_strided(t.shape, canon, dtype=t.dtype, device=t.device).copy_(t)
 
 
-def torch_dilation(weight: torch.Tensor, dilation: list[int]) -> list[int]:
-    """``dilation`` for a call of torch's own convolution: 1 along a kernel dim of size 1, where any
-    dilation gives the same output, shape and gradients. torch 2.14's oneDNN CPU convolution
-    segfaults on some calls that keep it: float32, channels_last, with bias, a 1-wide kernel dim
-    dilated, every output column seeing only padding (the output is the bias), e.g. ``x``
-    (2, 16, 13, 2), ``weight`` (34, 8, 5, 1), stride 3, padding 1, dilation (1, 3), groups 2. With
-    dilation 1 there the same calls run, and torch gives the same layout either way (checked on
-    every CPU dtype and layout)."""
-    r, s = weight.shape[-2:] if weight.dim() == 4 else (0, 0)
-    return [1 if r == 1 else dilation[0], 1 if s == 1 else dilation[1]]
+def sees_only_padding(
+    x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int], dilation: list[int]
+) -> bool:
+    """Whether along H or along W every output position's taps all land in the zero padding (the
+    output is the bias alone). torch 2.14's oneDNN CPU convolution segfaults on such calls (float32
+    and bfloat16, channels_last, with bias), e.g. ``x`` (2, 16, 13, 2), ``weight`` (34, 8, 5, 1),
+    stride 3, padding 1, dilation (1, 3), groups 2. Random scans of torch's conv fwd + bwd on small
+    geometries crashed within a few hundred of these each, and ran ~15000 of the others without
+    one; with the padding made explicit (zeros in the input, padding 0) ~11000 of these ran too. So
+    fastops never hands torch's CPU conv such a call: auto runs the native kernel, and the routes
+    that must call torch's conv pad explicitly (:func:`explicit_padding`)."""
+    for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation):
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        reads = False
+        for j in range(k):  # tap j of output o reads o s - p + j d
+            before = p - j * d
+            o = 0 if before <= 0 else -(-before // s)  # the first o whose read is at or past index 0
+            reads = reads or (o < out and o * s - p + j * d < size)
+        if not reads:
+            return True
+    return False
+
+
+def explicit_padding(x: torch.Tensor, padding: list[int]) -> torch.Tensor:
+    """``x`` (N, C, H, W) with its zero padding written in, in x's memory format: the same conv runs
+    on it with padding 0 (:func:`sees_only_padding`)."""
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return F.pad(x, [padding[1], padding[1], padding[0], padding[0]]).contiguous(memory_format=fmt)
 
 
 def fwd_fake(
@@ -520,14 +538,23 @@ def _bwd_composition(
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """conv2d_bwd as torch ops: aten's convolution_backward, itself differentiable (double backward
-    of a convolution, whose own backward runs torch's conv: hence torch_dilation); a masked-off output
-    is an empty (0,) tensor, as the op returns."""
+    of a convolution); a masked-off output is an empty (0,) tensor, as the op returns. A CPU call
+    whose output sees only padding runs on the explicitly padded input (:func:`sees_only_padding`)."""
     k = weight.shape[0]
-    dil = torch_dilation(weight, dilation)
-    outs = torch.ops.aten.convolution_backward(
-        grad_out, x, weight, [k] if output_mask[2] else None, stride, padding, dil, False, [0, 0], groups,
-        list(output_mask),
+    padded = x.device.type == "cpu" and sees_only_padding(x, weight, stride, padding, dilation)
+    xp, pad = (explicit_padding(x, padding), [0, 0]) if padded else (x, padding)
+    outs = list(
+        torch.ops.aten.convolution_backward(
+            grad_out, xp, weight, [k] if output_mask[2] else None, stride, pad, dilation, False, [0, 0], groups,
+            list(output_mask),
+        )
     )  # fmt: skip
+    if padded and outs[0] is not None:
+        h, w = x.shape[2:]
+        outs[0] = in_memory_format(
+            outs[0][:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w],
+            memory_format(x, weight, stride, padding, dilation, groups),
+        )
     return tuple(o if o is not None else x.new_empty((0,)) for o in outs)
 
 
