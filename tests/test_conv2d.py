@@ -269,6 +269,38 @@ def test_cpu_tiles_spanning_samples_and_thread_chunks(threads):
         torch.set_num_threads(saved)
 
 
+# float32 on CPU, stride 1, at most 16 channels per tap's reduction (fwd: C / groups, dgrad: K /
+# groups) and at least 16 x 16 output pixels: the direct passes' register-blocked kernels
+# (csrc/cpu/conv2d.cpp, register_block; wgrad's too with both at most 16 and at most 25 taps). Output
+# channel counts off the 8-wide block (its 2- and 1-channel remainders), odd widths (the last partial
+# vectors of a tile), dilation, asymmetric and 'same' padding, groups, channels_last, 7x7 (wgrad on
+# the per-tap kernel), K = 24 (dgrad and wgrad on the per-tap kernel), and batches that the wgrad's
+# sample groups split unevenly.
+SWEEP_CPU_REGISTER = [
+    ((2, 16, 16, 16), (16, 16, 3, 3), 1, 1, 1, 1, True, False),
+    ((3, 8, 17, 19), (11, 8, 5, 5), 1, 2, 1, 1, True, True),
+    ((2, 12, 20, 18), (13, 12, 3, 3), 1, (2, 0), (2, 1), 1, False, False),
+    ((2, 32, 16, 17), (10, 16, 3, 3), 1, 1, 1, 2, True, True),
+    ((1, 16, 22, 19), (16, 16, 7, 7), 1, 3, 1, 1, True, False),
+    ((5, 9, 16, 16), (15, 9, 3, 3), 1, 1, 1, 1, True, False),
+    ((2, 16, 24, 11), (16, 16, 4, 3), 1, "same", 1, 1, False, True),
+    ((2, 16, 16, 16), (24, 16, 3, 3), 1, 1, 1, 1, True, False),
+]
+
+
+@pytest.mark.parametrize("case", SWEEP_CPU_REGISTER, ids=_case_id)
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_float32_register_kernels(case, activation, threads):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, w, b, kw = _make(case, torch.float32, "cpu")
+        _check_against_reference("native", x, w, b, {**kw, "activation": activation}, f"float32 {activation}")
+    finally:
+        torch.set_num_threads(saved)
+
+
 # float32 on CPU runs 3x3 stride-1 convs (groups 1, padding <= 2, >= 16 channels in and out, at least
 # K C / 512 output tiles) as Winograd F(2x2, 3x3) (csrc/cpu/conv2d_winograd.cpp), the weight gradient
 # from 64 channels each side and 28 x 28 outputs: every padding it takes (dgrad pads dy by 2 - p), odd

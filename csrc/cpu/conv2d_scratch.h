@@ -21,7 +21,7 @@
 namespace fastops::cpu {
 
 enum ScratchSlot {
-  kImage, kTaps, kGrid, kGridT, kAcc,                          // conv2d.cpp: gather-free passes
+  kImage, kTaps, kGrid, kGridT, kAcc, kTapsReg,                // conv2d.cpp: gather-free passes
   kWinoV, kWinoM, kWinoWork, kWinoU, kWinoPart, kWinoPart64,  // conv2d_winograd.cpp
   kSlots
 };
