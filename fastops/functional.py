@@ -170,7 +170,7 @@ def conv2d(
         # torch's CPU conv segfaults when an output dim sees only padding (_conv.sees_only_padding).
         if (
             _conv.cpu_auto_uses_torch(x.dtype, weight.shape, st)
-            and not _winograd_wins(x, weight, st, pad, dil, groups)
+            and not _native_wins_at_size(x, weight, st, pad, dil, groups)
             and not _conv.sees_only_padding(x, weight, st, pad, dil)
         ):
             _conv.check_call(x, weight, bias, st, pad, dil, groups)
@@ -381,15 +381,19 @@ def _is_auto(backend: str) -> bool:
     return backend == "auto" and os.environ.get("FASTOPS_BACKEND", "auto") == "auto"
 
 
-def _winograd_wins(
+def _native_wins_at_size(
     x: torch.Tensor, weight: torch.Tensor, st: list[int], pad: list[int], dil: list[int], groups: int
 ) -> bool:
-    """Whether a normalised CPU conv2d call (x 4-D) is in :func:`fastops.ops.conv2d.cpu_auto_winograd_class`
-    with at least ``WINOGRAD_MIN_PIXELS`` output pixels: ``backend="auto"`` runs it natively."""
-    if x.dim() != 4 or not _conv.cpu_auto_winograd_class(x.dtype, weight.shape, st, pad, dil, groups):
+    """Whether a normalised CPU conv2d call (x 4-D) has at least the output pixels from which its
+    class runs native under ``backend="auto"`` (:func:`fastops.ops.conv2d.cpu_auto_native_min_pixels`:
+    the Winograd and the register-blocked classes)."""
+    if x.dim() != 4:
+        return False
+    least = _conv.cpu_auto_native_min_pixels(x.dtype, weight.shape, st, pad, dil, groups)
+    if not least:
         return False
     p, q = (_conv.out_size(int(x.shape[2 + i]), int(weight.shape[2 + i]), st[i], pad[i], dil[i]) for i in range(2))
-    return p * q >= _conv.WINOGRAD_MIN_PIXELS
+    return p * q >= least
 
 
 def _kernel_backend(op: str, backend: str, device: str, dtype: torch.dtype) -> str | None:

@@ -110,15 +110,12 @@ def _runs_on(module: nn.Module, backend: str) -> str:
         why = _conv.cpu_auto_uses_torch(w.dtype, w.shape, list(module.stride))
         dtype = str(w.dtype).replace("torch.", "")
         padding = [1, 1] if module.padding == "same" else [0, 0] if module.padding == "valid" else module.padding
-        if (
-            why
-            and module.padding_mode == "zeros"
-            and _conv.cpu_auto_winograd_class(
-                w.dtype, w.shape, list(module.stride), list(padding), list(module.dilation), module.groups
-            )
-        ):
+        args = (w.dtype, w.shape, list(module.stride), list(padding), list(module.dilation), module.groups)
+        least = _conv.cpu_auto_native_min_pixels(*args) if module.padding_mode == "zeros" else 0
+        if why and least:
+            kind = "Winograd" if _conv.cpu_auto_winograd_class(*args) else "register-blocked"
             return (
-                f" (CPU {dtype}: native Winograd for outputs of at least {_conv.WINOGRAD_MIN_PIXELS} pixels, "
+                f" (CPU {dtype}: native {kind} for outputs of at least {least} pixels, "
                 f"else torch's conv2d, native measured slower on smaller ones)"
             )
         if why:

@@ -1027,8 +1027,17 @@ def test_swap_report_names_what_each_cpu_conv_runs():
 
 
 # (weight shape, stride, padding, dilation, groups, input H = W, runs native): the float32 Winograd class
-# runs native under auto only with 32-256 channels in and out and at least 28 x 28 output pixels.
-WINOGRAD_AUTO = [
+# runs native under auto only with 32-256 channels in and out and at least 28 x 28 output pixels; the
+# register-blocked class (3x3, 8-16 channels in and out) from 16 x 16 output pixels.
+SIZE_RULED_AUTO = [
+    ((16, 16, 3, 3), 1, 1, 1, 1, 16, True),
+    ((16, 16, 3, 3), 1, 1, 1, 1, 15, False),  # 15 x 15 out
+    ((8, 12, 3, 3), 1, 2, 1, 1, 18, True),  # 20 x 20 out
+    ((16, 16, 3, 3), 1, 2, 2, 1, 20, False),  # dilation 2
+    ((16, 16, 3, 3), 2, 1, 1, 1, 40, False),  # stride 2
+    ((16, 16, 5, 5), 1, 2, 1, 1, 28, False),
+    ((32, 16, 3, 3), 1, 1, 1, 2, 20, False),  # groups 2
+    ((24, 16, 3, 3), 1, 1, 1, 1, 28, False),  # K > 16, < 32
     ((32, 32, 3, 3), 1, 1, 1, 1, 28, True),
     ((48, 40, 3, 3), 1, 2, 1, 1, 26, True),  # 28 x 28 out
     ((48, 40, 3, 3), 1, 0, 1, 1, 29, False),  # 27 x 27 out
@@ -1043,8 +1052,8 @@ WINOGRAD_AUTO = [
 ]
 
 
-@pytest.mark.parametrize("ws,stride,padding,dilation,groups,hw,native", WINOGRAD_AUTO, ids=str)
-def test_auto_runs_native_winograd_on_large_float32_3x3(ws, stride, padding, dilation, groups, hw, native):
+@pytest.mark.parametrize("ws,stride,padding,dilation,groups,hw,native", SIZE_RULED_AUTO, ids=str)
+def test_auto_runs_native_on_large_float32_3x3(ws, stride, padding, dilation, groups, hw, native):
     x = make_tensor((1, ws[1] * groups, hw, hw), torch.float32).requires_grad_()
     w = make_tensor(ws, torch.float32, scale=(ws[1] * 9) ** -0.5).requires_grad_()
     y = FF.conv2d(x, w, None, stride, padding, dilation, groups)
@@ -1056,9 +1065,15 @@ def test_auto_runs_native_winograd_on_large_float32_3x3(ws, stride, padding, dil
     assert_close_to_reference(got, exp, torch_same_dtype=same, what="auto", is_torch_composition=not native)
 
 
-def test_swap_report_states_the_winograd_size_rule():
-    model = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding="same"), nn.Conv2d(16, 32, 3))
+def test_swap_report_states_the_size_rules():
+    model = nn.Sequential(
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(64, 64, 3, padding="same"),
+        nn.Conv2d(16, 32, 3),
+        nn.Conv2d(16, 16, 3, padding=1),
+    )
     lines = str(fastops.swap(model)).splitlines()
     for line in lines[1:3]:
         assert "(CPU float32: native Winograd for outputs of at least 784 pixels, else torch's conv2d" in line, lines
     assert "torch's conv2d, native measured slower on float32 dense convs" in lines[3], lines
+    assert "(CPU float32: native register-blocked for outputs of at least 256 pixels, else torch's" in lines[4], lines

@@ -69,6 +69,14 @@ _backend.register_op(
 # So auto runs native for that class with 32 <= C, K <= 256 when the output has at least 28 x 28
 # pixels, torch's conv2d otherwise (cpu_auto_winograd_class plus a call-time rule on the output size,
 # in functional.conv2d).
+# float32 3x3 stride-1 convs with 8-16 channels in and out run the native kernel's register-blocked
+# direct passes on outputs of at least 16 x 16 pixels since session 2026-12-06 #7 (csrc/cpu/conv2d.cpp,
+# kRegisterMaxChannels). fwd+bwd against F.conv2d, 2-core Intel Xeon (AVX-512), batch 8, interleaved,
+# one run each: C16 K16 at 16x16 1.27-1.50x, 32x32 1.05-1.48x (the bench row: 1.10x), 56x56
+# 0.83-1.79x (noisy); C8 K16 32x32 1.19-1.50x; C12 K24 20x20 1.36-1.43x; below 16 x 16 they keep
+# Winograd / the per-tap kernel (C16 8x8 1.7x either way, against 0.80x before the C++ Autograd
+# kernel); 5x5 C16 at 28x28 still loses (0.84-0.96x). So auto runs native for that class on outputs
+# of at least 16 x 16 pixels (cpu_auto_register_class, the same call-time rule).
 # float32 1x1 convs, remeasured in session 2026-12-06 (fwd+bwd, x and w requiring grad, batch 8,
 # 2-core Intel Xeon, AVX-512, three alternating runs, median ratio native / F.conv2d) after the C++
 # Autograd kernel (csrc/conv2d_autograd.cpp) took ~60 us of Python off every native call: stride 1
@@ -115,6 +123,9 @@ ONE_BY_ONE_MAX_CHANNEL_PRODUCT = 1 << 20
 # The class auto runs on the native Winograd kernel (see the comment above): output pixels, channels.
 WINOGRAD_MIN_PIXELS = 28 * 28
 WINOGRAD_CHANNELS = (32, 256)
+# The class auto runs on the native register-blocked direct passes: output pixels, channels.
+REGISTER_MIN_PIXELS = 16 * 16
+REGISTER_CHANNELS = (8, 16)
 
 
 def cpu_auto_winograd_class(
@@ -141,6 +152,50 @@ def cpu_auto_winograd_class(
         and lo <= c <= hi
         and lo <= k <= hi
     )
+
+
+def cpu_auto_register_class(
+    dtype: torch.dtype,
+    weight_shape: tuple[int, ...] | torch.Size,
+    stride: list[int] | tuple[int, int],
+    padding: list[int] | tuple[int, int],
+    dilation: list[int] | tuple[int, int],
+    groups: int,
+) -> bool:
+    """Whether a CPU conv2d is in the class whose native kernel runs the register-blocked direct
+    passes and wins at outputs of at least ``REGISTER_MIN_PIXELS`` pixels (float32 3x3 stride 1, 8-16
+    channels in and out, ``weight_shape`` ``(K, C / groups, R, S)``): ``backend="auto"`` runs the
+    native kernel for such a call although :func:`cpu_auto_uses_torch` names its class."""
+    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4:
+        return False
+    k, c, r, s = (int(v) for v in weight_shape)
+    lo, hi = REGISTER_CHANNELS
+    return (
+        (r, s) == (3, 3)
+        and list(stride) == [1, 1]
+        and list(dilation) == [1, 1]
+        and all(0 <= p <= 2 for p in padding)
+        and lo <= c <= hi
+        and lo <= k <= hi
+    )
+
+
+def cpu_auto_native_min_pixels(
+    dtype: torch.dtype,
+    weight_shape: tuple[int, ...] | torch.Size,
+    stride: list[int] | tuple[int, int],
+    padding: list[int] | tuple[int, int],
+    dilation: list[int] | tuple[int, int],
+    groups: int,
+) -> int:
+    """The output size (pixels) from which ``backend="auto"`` runs a CPU conv2d of a class
+    :func:`cpu_auto_uses_torch` names on the native kernel (Winograd or the register-blocked
+    passes), or 0 when no size does."""
+    if cpu_auto_winograd_class(dtype, weight_shape, stride, padding, dilation, groups):
+        return WINOGRAD_MIN_PIXELS
+    if cpu_auto_register_class(dtype, weight_shape, stride, padding, dilation, groups):
+        return REGISTER_MIN_PIXELS
+    return 0
 
 
 # ---- the registered ops' argument contract (csrc/fastops.h check_conv2d_args, same order, same text) -
