@@ -16,6 +16,7 @@ Importing works without the compiled extension: ``backends()`` then says why ``n
 from fastops import _backend
 from fastops import functional as functional
 from fastops import nn as nn
+from fastops import ops as _ops
 from fastops import optim as optim
 from fastops import reference as reference
 from fastops._backend import backends
@@ -28,3 +29,8 @@ __version__ = "0.1.0"
 __all__ = ["SwapReport", "backends", "functional", "nn", "optim", "reference", "swap", "__version__"]
 
 NATIVE_LOADED = _backend.NATIVE_LOADED
+
+# Every op's registrations (fake kernels, autograd, autocast) at import: a first fastops call inside
+# torch.compile(fullgraph=True) must not import modules (Dynamo refuses importlib). The Triton
+# backend's modules stay lazy (importing triton is slow); its first call loads them.
+_ops.namespace("native")

@@ -233,3 +233,37 @@ def test_mean_over_all_ignored_targets(device, backend, smoothing):
     (g,) = torch.autograd.grad(loss, x1)
     (e,) = torch.autograd.grad(want, x2)
     assert torch.equal(g, e)
+
+
+FIRST_CALLS_UNDER_COMPILE = """
+import torch, torch.nn.functional as F
+import fastops.functional as FF
+torch.manual_seed(0)
+x, w, b = torch.randn(2, 16, 20, 20), torch.randn(16, 16, 3, 3) * 0.1, torch.randn(16)
+h, lw, t = torch.randn(64, 256), torch.randn(256, 256) * 0.05, torch.randint(0, 256, (64,))
+calls = {
+    "conv2d": (lambda: FF.conv2d(x, w, b, padding=1), lambda: F.conv2d(x, w, b, padding=1)),
+    "linear_relu": (lambda: FF.linear_relu(h, lw), lambda: F.relu(F.linear(h, lw))),
+    "cross_entropy": (lambda: FF.cross_entropy(h, t), lambda: F.cross_entropy(h, t)),
+    "linear_cross_entropy": (lambda: FF.linear_cross_entropy(h, lw, t), lambda: F.cross_entropy(h @ lw.T, t)),
+}
+for name, (fn, ref) in calls.items():
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(), ref(), rtol=1e-4, atol=1e-4, msg=name)
+print("first calls under torch.compile: ok")
+"""
+
+
+@pytest.mark.skipif(not fastops.NATIVE_LOADED, reason="the native extension is not built")
+def test_first_fastops_calls_inside_torch_compile_fullgraph():
+    """A process whose first fastops calls are inside torch.compile(fullgraph=True): the ops' Python
+    registrations were imported lazily on first use, and Dynamo refuses importlib ("Attempted to call
+    function marked as skipped: import_module"). ``import fastops`` now loads the native ones. In a
+    fresh interpreter, since in this one earlier tests already made the calls."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_CALLS_UNDER_COMPILE], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "first calls under torch.compile: ok" in done.stdout

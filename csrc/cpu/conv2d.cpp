@@ -53,15 +53,16 @@
 // (2-core Intel Xeon, AVX-512); 1x1 convs stay on the tiled kernel, which hands each image to the
 // BLAS as one GEMM; and small images with many channels (Cg Kg > 64^2 below 28 x 28 outputs) stay
 // on the tiled kernel, whose GEMMs span samples (f32_direct_applies).
-// Where a tap's reduction has at most 16 channels (fwd: Cg, dgrad: Kg) and the output at least 16 x
-// 16 pixels, the float32 direct passes replace the per-tap micro-kernel calls with a register-
-// blocked kernel (register_block): 8 output channels x 3 vectors of grid pixels accumulate in
-// registers over every (channel, tap) pair, where each per-tap call loaded and stored its whole
-// accumulator tile for 8-16 FMAs per element. wgrad with at most 16 channels each side and at most
-// 25 taps gets its own (wgrad_register_block): 4 k x 6 (c, tap) vector partial sums along the
-// pixels, dy placed on x's grid. Both run ahead of Winograd on those shapes (kRegisterMaxChannels
-// has the per-pass measurements).
-// Before those, float32 3x3 stride-1 convs with one group, padding <= 2 and >= 16 channels in and out
+// Where a tap's reduction has at most 16 channels (fwd: Cg, dgrad: Kg) and the forward output at
+// least 256 pixels (P Q, for dgrad too), the float32 direct passes replace the per-tap micro-kernel
+// calls with a register-blocked kernel (register_block): 8 output channels x 3 vectors of grid pixels
+// (AVX-512; 4 x 3 with 8-wide vectors) accumulate in registers over every (channel, tap) pair, where
+// each per-tap call loaded and stored its whole accumulator tile for 8-16 FMAs per element. wgrad
+// with at most 16 channels each side and at most 25 taps gets its own (wgrad_register_block): 4 k x
+// 6 (c, tap) vector partial sums along the pixels (2 x 6 with 8-wide vectors), dy placed on x's
+// grid. Both run ahead of Winograd on those shapes (kRegisterMaxChannels has the per-pass
+// measurements).
+// Before those, except on the register kernels' shapes, float32 3x3 stride-1 convs with one group, padding <= 2 and >= 16 channels in and out
 // run Winograd F(2x2, 3x3) (conv2d_winograd.cpp: 2.25x fewer multiplies) when there are enough tiles
 // to pay for the weight transform, the weight gradient only from 64 channels and 28 x 28 outputs;
 // a pass whose operands are not finite, or large enough to overflow a transformed intermediate,
@@ -86,7 +87,7 @@
 // O(N P Q CRS). The direct passes repack the input and dy once (O(input + dy)); buffers up to
 // 16 MiB are kept per calling thread between calls (Scratch). float32 direct passes accumulate in
 // float32 over the taps in order (r, s) and the channels within a tap (the register kernels: over
-// the channels, then the taps within one; wgrad's per lane of 16 pixels, then across the lanes):
+// the channels, then the taps within one; wgrad's per vector lane of pixels, then across the lanes):
 // the same sums as the tiled kernel's GEMM in a different order, within the 2x-torch rule like it;
 // db is one at::sum of dy.
 //

@@ -165,8 +165,10 @@ def cpu_auto_register_class(
     """Whether a CPU conv2d is in the class whose native kernel runs the register-blocked direct
     passes and wins at outputs of at least ``REGISTER_MIN_PIXELS`` pixels (float32 3x3 stride 1, 8-16
     channels in and out, ``weight_shape`` ``(K, C / groups, R, S)``): ``backend="auto"`` runs the
-    native kernel for such a call although :func:`cpu_auto_uses_torch` names its class."""
-    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4:
+    native kernel for such a call although :func:`cpu_auto_uses_torch` names its class. Only where
+    those passes run and were measured: an AVX-512 CPU with oneDNN enabled (the native kernel takes
+    its direct passes only where oneDNN's float32 micro-kernel runs, csrc/cpu/conv2d.cpp)."""
+    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4 or not _avx512_with_onednn():
         return False
     k, c, r, s = (int(v) for v in weight_shape)
     lo, hi = REGISTER_CHANNELS
@@ -178,6 +180,15 @@ def cpu_auto_register_class(
         and lo <= c <= hi
         and lo <= k <= hi
     )
+
+
+# ATen's CPU kernel level, fixed for the process (read here: torch.compile cannot trace the query).
+_CPU_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _avx512_with_onednn() -> bool:
+    """Whether ATen runs its AVX-512 kernels here with oneDNN enabled (torch.backends.mkldnn)."""
+    return _CPU_AVX512 and torch.backends.mkldnn.enabled
 
 
 def cpu_auto_native_min_pixels(
@@ -604,12 +615,13 @@ def _bwd_composition(
             list(output_mask),
         )
     )  # fmt: skip
-    if padded and outs[0] is not None:
-        h, w = x.shape[2:]
-        outs[0] = in_memory_format(
-            outs[0][:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w],
-            memory_format(x, weight, stride, padding, dilation, groups),
-        )
+    if padded:  # grad_input cropped to x; both in the layout torch gives for x itself
+        fmt = memory_format(x, weight, stride, padding, dilation, groups)
+        if outs[0] is not None:
+            h, w = x.shape[2:]
+            outs[0] = in_memory_format(outs[0][:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w], fmt)
+        if outs[1] is not None:
+            outs[1] = in_memory_format(outs[1], fmt)
     return tuple(o if o is not None else x.new_empty((0,)) for o in outs)
 
 
