@@ -86,8 +86,9 @@
 // columns) and, with padding, the padded input (and dx) of the thread's chunk: O(input), never
 // O(N P Q CRS). The direct passes repack the input and dy once (O(input + dy)); buffers up to
 // 16 MiB are kept per calling thread between calls (Scratch). float32 direct passes accumulate in
-// float32 over the taps in order (r, s) and the channels within a tap (the register kernels: over
-// the channels, then the taps within one; wgrad's per vector lane of pixels, then across the lanes):
+// float32 over the taps in order (r, s) and the channels within a tap (the register kernels: runs
+// of 64 (channel, tap) pairs, channel-major, then the runs in order; wgrad's per vector lane of
+// pixels, then across the lanes):
 // the same sums as the tiled kernel's GEMM in a different order, within the 2x-torch rule like it;
 // db is one at::sum of dy.
 //
@@ -987,8 +988,12 @@ inline void brgemm_ldb(int64_t M, int64_t N, int64_t K, const S* a, int64_t lda,
 // kRegisterMaxChannels channels per tap.
 
 // acc[k][0, valid) = sum_{i < n} w[i Mo + k] in[offs[i] + l], k < KB, over the n = Kp RS (channel,
-// tap) pairs, channel-major (one flat loop: the accumulators stay in registers throughout). Full:
-// valid = PV vectors (plain loads and stores), else the tile's last, partial block.
+// tap) pairs, channel-major: runs of kRegisterChunk pairs accumulate in registers (one flat loop),
+// each run's sums added in order into acc. One chain over all the pairs (784 for C16 7x7) missed the
+// float32 bound on an element near cancellation where the fmadd is a multiply and an add (the plain
+// ISA build); runs of 64 are as long as the per-tap kernel's chains. Full: valid = PV vectors (plain
+// loads and stores), else the tile's last, partial block.
+constexpr int64_t kRegisterChunk = 64;
 template <int KB, int PV, bool Full>
 void register_block(const float* in, const int64_t* offs, int64_t n, const float* w, int64_t Mo, float* acc,
                     int64_t ldc, int64_t valid) {
@@ -996,32 +1001,39 @@ void register_block(const float* in, const int64_t* offs, int64_t n, const float
   constexpr int64_t VS = V::size();
   int64_t cnt[PV];
   for (int v = 0; v < PV; ++v) cnt[v] = Full ? VS : std::clamp<int64_t>(valid - v * VS, 0, VS);
-  V a[KB][PV];
-  for (int k = 0; k < KB; ++k) {
-    for (int v = 0; v < PV; ++v) a[k][v] = V(0.f);
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const float* src = in + offs[i];
-    V xv[PV];
-    for (int v = 0; v < PV; ++v) {
-      if constexpr (Full) {
-        xv[v] = V::loadu(src + v * VS);
-      } else {
-        xv[v] = V::loadu(src + v * VS, cnt[v]);
+  for (int64_t i0 = 0; i0 < n; i0 += kRegisterChunk) {
+    V a[KB][PV];
+    for (int k = 0; k < KB; ++k) {
+      for (int v = 0; v < PV; ++v) a[k][v] = V(0.f);
+    }
+    for (int64_t i = i0; i < std::min(n, i0 + kRegisterChunk); ++i) {
+      const float* src = in + offs[i];
+      V xv[PV];
+      for (int v = 0; v < PV; ++v) {
+        if constexpr (Full) {
+          xv[v] = V::loadu(src + v * VS);
+        } else {
+          xv[v] = V::loadu(src + v * VS, cnt[v]);
+        }
+      }
+      const float* wk = w + i * Mo;
+      for (int k = 0; k < KB; ++k) {
+        const V wb(wk[k]);
+        for (int v = 0; v < PV; ++v) a[k][v] = at::vec::fmadd(wb, xv[v], a[k][v]);
       }
     }
-    const float* wk = w + i * Mo;
     for (int k = 0; k < KB; ++k) {
-      const V wb(wk[k]);
-      for (int v = 0; v < PV; ++v) a[k][v] = at::vec::fmadd(wb, xv[v], a[k][v]);
-    }
-  }
-  for (int k = 0; k < KB; ++k) {
-    for (int v = 0; v < PV; ++v) {
-      if (cnt[v] == VS) {
-        a[k][v].store(acc + k * ldc + v * VS);
-      } else if (cnt[v] > 0) {
-        a[k][v].store(acc + k * ldc + v * VS, cnt[v]);
+      for (int v = 0; v < PV; ++v) {
+        float* dst = acc + k * ldc + v * VS;
+        const int64_t c = cnt[v];
+        if (c == 0) continue;
+        const V prev = i0 == 0 ? V(0.f) : (c == VS ? V::loadu(dst) : V::loadu(dst, c));
+        const V sum = i0 == 0 ? a[k][v] : prev + a[k][v];
+        if (c == VS) {
+          sum.store(dst);
+        } else {
+          sum.store(dst, c);
+        }
       }
     }
   }
