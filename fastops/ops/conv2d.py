@@ -128,6 +128,31 @@ REGISTER_MIN_PIXELS = 16 * 16
 REGISTER_CHANNELS = (8, 16)
 
 
+def _plain_3x3_class(
+    dtype: torch.dtype,
+    weight_shape: tuple[int, ...] | torch.Size,
+    stride: list[int] | tuple[int, int],
+    padding: list[int] | tuple[int, int],
+    dilation: list[int] | tuple[int, int],
+    groups: int,
+    channels: tuple[int, int],
+) -> bool:
+    """Whether a conv2d is float32, groups 1, 3x3, stride 1, dilation 1, padding <= 2, with C and K
+    (``weight_shape`` ``(K, C, 3, 3)``) both in ``channels`` (inclusive): the size-ruled classes."""
+    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4:
+        return False
+    k, c, r, s = (int(v) for v in weight_shape)
+    lo, hi = channels
+    return (
+        (r, s) == (3, 3)
+        and list(stride) == [1, 1]
+        and list(dilation) == [1, 1]
+        and all(0 <= p <= 2 for p in padding)
+        and lo <= c <= hi
+        and lo <= k <= hi
+    )
+
+
 def cpu_auto_winograd_class(
     dtype: torch.dtype,
     weight_shape: tuple[int, ...] | torch.Size,
@@ -140,18 +165,7 @@ def cpu_auto_winograd_class(
     outputs (``weight_shape`` ``(K, C / groups, R, S)``): ``backend="auto"`` runs the native kernel
     for such a call with at least ``WINOGRAD_MIN_PIXELS`` output pixels although
     :func:`cpu_auto_uses_torch` names its class (measurements in the comment above)."""
-    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4:
-        return False
-    k, c, r, s = (int(v) for v in weight_shape)
-    lo, hi = WINOGRAD_CHANNELS
-    return (
-        (r, s) == (3, 3)
-        and list(stride) == [1, 1]
-        and list(dilation) == [1, 1]
-        and all(0 <= p <= 2 for p in padding)
-        and lo <= c <= hi
-        and lo <= k <= hi
-    )
+    return _plain_3x3_class(dtype, weight_shape, stride, padding, dilation, groups, WINOGRAD_CHANNELS)
 
 
 def cpu_auto_register_class(
@@ -168,17 +182,8 @@ def cpu_auto_register_class(
     native kernel for such a call although :func:`cpu_auto_uses_torch` names its class. Only where
     those passes run and were measured: an AVX-512 CPU with oneDNN enabled (the native kernel takes
     its direct passes only where oneDNN's float32 micro-kernel runs, csrc/cpu/conv2d.cpp)."""
-    if dtype != torch.float32 or groups != 1 or len(weight_shape) != 4 or not _avx512_with_onednn():
-        return False
-    k, c, r, s = (int(v) for v in weight_shape)
-    lo, hi = REGISTER_CHANNELS
-    return (
-        (r, s) == (3, 3)
-        and list(stride) == [1, 1]
-        and list(dilation) == [1, 1]
-        and all(0 <= p <= 2 for p in padding)
-        and lo <= c <= hi
-        and lo <= k <= hi
+    return _avx512_with_onednn() and _plain_3x3_class(
+        dtype, weight_shape, stride, padding, dilation, groups, REGISTER_CHANNELS
     )
 
 
