@@ -15,6 +15,7 @@ from torch import nn
 import fastops
 import fastops.functional as FF
 from fastops import reference
+from fastops.ops import conv2d as conv2d_ops
 from fastops.ops import namespace
 from fastops.testing import (
     HAS_CUDA,
@@ -934,6 +935,45 @@ def test_auto_route_remembered_per_signature_follows_each_call(monkeypatch: pyte
     assert FF.conv2d(x, w, b, 1, 1, 1, 16).dtype == torch.float32
 
 
+def test_explicit_native_route_remembered_per_signature() -> None:
+    """backend="native" on CPU remembers its resolved op and normalized arguments per call signature
+    (skipping the argument handling on later calls); each remembered call still runs the kernel,
+    follows its own layout, gives the unbatched shape, raises the contract's error for a bad bias
+    of another signature, and differs from auto's route for the same signature (dense 3x3 C16: auto
+    runs torch there)."""
+    from fastops.ops import _contract
+
+    _contract._ROUTES.clear()
+    w = make_tensor((16, 16, 3, 3), scale=1 / 12, requires_grad=True)
+    b = make_tensor((16,), requires_grad=True)
+    for layout in (torch.contiguous_format, torch.channels_last, torch.contiguous_format):
+        x = make_tensor((2, 16, 6, 6)).to(memory_format=layout).requires_grad_()
+        for stride in ((1, 1), (2, 1)):
+            y = FF.conv2d(x, w, b, stride, 1, backend="native")
+            assert not _runs_torch(y), (layout, stride)
+            ref = F.conv2d(x.detach(), w.detach(), b.detach(), stride, 1)
+            assert y.stride() == ref.stride(), (layout, stride, y.stride(), ref.stride())
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+            gx, gw, gb = torch.autograd.grad(y.square().sum(), (x, w, b))
+            xr, wr, br = (t.detach().requires_grad_() for t in (x, w, b))
+            rx, rw, rb = torch.autograd.grad(F.conv2d(xr, wr, br, stride, 1).square().sum(), (xr, wr, br))
+            for got, want in ((gx, rx), (gw, rw), (gb, rb)):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert len(_contract._ROUTES) == 2  # one per stride
+    x3 = make_tensor((16, 6, 6))
+    for _ in range(2):
+        y3 = FF.conv2d(x3, w.detach(), b.detach(), 1, 1, backend="native")
+        assert y3.shape == (16, 6, 6) and y3.grad_fn is None
+        torch.testing.assert_close(y3, F.conv2d(x3, w.detach(), b.detach(), padding=1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="bias"):
+        FF.conv2d(make_tensor((2, 16, 6, 6)), w, make_tensor((15,)), 1, 1, backend="native")
+    x = make_tensor((2, 16, 6, 6), requires_grad=True)
+    assert len(_contract._ROUTES) == 3  # and the unbatched signature
+    assert _runs_torch(FF.conv2d(x, w, b, (1, 1), 1))  # auto keeps its own route for the signature
+    assert not _runs_torch(FF.conv2d(x, w, b, (1, 1), 1, backend="native"))
+    assert len(_contract._ROUTES) == 4
+
+
 def test_auto_first_layer_runs_native_with_or_without_input_grad():
     """A float32 first layer (groups 1, C <= 4, stride 1) runs the kernel under auto whether or not
     its input needs a gradient (measured faster than torch's conv2d both ways since the C++ Autograd
@@ -1052,11 +1092,24 @@ SIZE_RULED_AUTO = [
 ]
 
 
+@pytest.mark.parametrize("direct_passes", [True, False], ids=["direct-passes", "no-direct-passes"])
 @pytest.mark.parametrize("ws,stride,padding,dilation,groups,hw,native", SIZE_RULED_AUTO, ids=str)
-def test_auto_runs_native_on_large_float32_3x3(ws, stride, padding, dilation, groups, hw, native):
+def test_auto_runs_native_on_large_float32_3x3(
+    ws, stride, padding, dilation, groups, hw, native, direct_passes, monkeypatch
+):
+    """The size rules, on every CPU: the register-blocked class runs native only where the kernel's
+    direct passes run (AVX2 / AVX-512 with oneDNN; both answers of that probe are taken here), the
+    Winograd class everywhere."""
+    from fastops.ops import _contract
+
+    monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", direct_passes)
+    _contract._ROUTES.clear()  # the other probe answer's routes
+    if not direct_passes and min(ws[:2]) < 32:
+        native = False  # the register-blocked rows
     x = make_tensor((1, ws[1] * groups, hw, hw), torch.float32).requires_grad_()
     w = make_tensor(ws, torch.float32, scale=(ws[1] * 9) ** -0.5).requires_grad_()
     y = FF.conv2d(x, w, None, stride, padding, dilation, groups)
+    _contract._ROUTES.clear()
     assert _runs_torch(y) != native
     ref = reference.conv2d(x.double(), w.double(), None, stride, padding, dilation, groups)
     got, exp, same = to_unit_scale(y, ref, F.conv2d(x, w, None, stride, padding, dilation, groups))
@@ -1065,7 +1118,8 @@ def test_auto_runs_native_on_large_float32_3x3(ws, stride, padding, dilation, gr
     assert_close_to_reference(got, exp, torch_same_dtype=same, what="auto", is_torch_composition=not native)
 
 
-def test_swap_report_states_the_size_rules():
+def test_swap_report_states_the_size_rules(monkeypatch):
+    monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", True)  # where the register-blocked passes run
     model = nn.Sequential(
         nn.Conv2d(32, 64, 3, padding=1),
         nn.Conv2d(64, 64, 3, padding="same"),
@@ -1077,3 +1131,6 @@ def test_swap_report_states_the_size_rules():
         assert "(CPU float32: native Winograd for outputs of at least 784 pixels, else torch's conv2d" in line, lines
     assert "torch's conv2d, native measured slower on float32 dense convs" in lines[3], lines
     assert "(CPU float32: native register-blocked for outputs of at least 256 pixels, else torch's" in lines[4], lines
+    monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", False)  # where they do not: torch's conv2d
+    lines = str(fastops.swap(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1)))).splitlines()
+    assert "torch's conv2d, native measured slower on float32 dense convs" in lines[1], lines

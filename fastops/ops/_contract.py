@@ -178,18 +178,21 @@ def once_per_signature(check: Callable[..., _T]) -> Callable[..., _T]:
 _ROUTES: dict[tuple[object, ...], object] = {}
 
 
-def route_key(op: str, args: tuple[object, ...], backend: str, device: str) -> tuple[object, ...] | None:
-    """The key under which ``backend="auto"``'s route for this call of ``op`` is remembered, or None
-    when it must be decided afresh: another backend, autocast on for ``device`` (it changes the
-    dtypes), torch.compile tracing, or an argument :func:`call_signature` cannot tell apart."""
-    if device not in ("cpu", "cuda") or backend != "auto" or torch.compiler.is_compiling():
+def route_key(
+    op: str, args: tuple[object, ...], backend: str, device: str, backends: tuple[str, ...] = ("auto",)
+) -> tuple[object, ...] | None:
+    """The key under which the route for this call of ``op`` with ``backend`` (one of ``backends``:
+    auto's choice, or an explicit backend's resolved op) is remembered, or None when it must be
+    decided afresh: another backend, autocast on for ``device`` (it changes the dtypes), torch.compile
+    tracing, or an argument :func:`call_signature` cannot tell apart."""
+    if device not in ("cpu", "cuda") or backend not in backends or torch.compiler.is_compiling():
         return None
     if torch.is_autocast_enabled(device):
         return None
     signature = call_signature(args)
     if signature is None:
         return None
-    return (op, os.environ.get("FASTOPS_BACKEND", "auto"), signature)
+    return (op, backend, os.environ.get("FASTOPS_BACKEND", "auto"), signature)
 
 
 def remembered_route(key: tuple[object, ...] | None) -> object:

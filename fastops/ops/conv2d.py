@@ -77,6 +77,13 @@ _backend.register_op(
 # Winograd / the per-tap kernel (C16 8x8 1.7x either way, against 0.80x before the C++ Autograd
 # kernel); 5x5 C16 at 28x28 still loses (0.84-0.96x). So auto runs native for that class on outputs
 # of at least 16 x 16 pixels (cpu_auto_register_class, the same call-time rule).
+# Rechecked on a 2-core AMD EPYC (Zen 3, AVX2 only: the kernels' 8-wide build), session 2026-12-06
+# #8, fwd+bwd native vs F.conv2d, batch 8, interleaved: the register class C16 K16 at 16x16 1.46x,
+# 32x32 1.22x, 56x56 1.25x, C8 K16 32x32 1.26x, C12 K24 20x20 1.51x (C16 at 14x14, below the rule:
+# 1.16x); the Winograd class C32 28x28 1.22x, C64 28 1.29x, C64 56 1.59x, C128 28 1.47x; below its
+# size rule C32 16x16 1.10x, C64 8x8 1.09x, C64 14x14 0.90x; 5x5 C16 28x28 0.84x. oneDNN's float32
+# micro-kernel, which the direct passes need, runs there too. So the register class holds wherever
+# ATen runs AVX2 or AVX-512 kernels with oneDNN enabled (_direct_passes_run).
 # float32 1x1 convs, remeasured in session 2026-12-06 (fwd+bwd, x and w requiring grad, batch 8,
 # 2-core Intel Xeon, AVX-512, three alternating runs, median ratio native / F.conv2d) after the C++
 # Autograd kernel (csrc/conv2d_autograd.cpp) took ~60 us of Python off every native call: stride 1
@@ -180,20 +187,24 @@ def cpu_auto_register_class(
     passes and wins at outputs of at least ``REGISTER_MIN_PIXELS`` pixels (float32 3x3 stride 1, 8-16
     channels in and out, ``weight_shape`` ``(K, C / groups, R, S)``): ``backend="auto"`` runs the
     native kernel for such a call although :func:`cpu_auto_uses_torch` names its class. Only where
-    those passes run and were measured: an AVX-512 CPU with oneDNN enabled (the native kernel takes
-    its direct passes only where oneDNN's float32 micro-kernel runs, csrc/cpu/conv2d.cpp)."""
-    return _avx512_with_onednn() and _plain_3x3_class(
+    those passes run and were measured: an x86 CPU with AVX2 or AVX-512 and oneDNN enabled (the
+    native kernel takes its direct passes only where oneDNN's float32 micro-kernel runs,
+    csrc/cpu/conv2d.cpp)."""
+    return _direct_passes_run() and _plain_3x3_class(
         dtype, weight_shape, stride, padding, dilation, groups, REGISTER_CHANNELS
     )
 
 
-# ATen's CPU kernel level, fixed for the process (read here: torch.compile cannot trace the query).
-_CPU_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+# ATen's CPU kernel level, fixed for the process (read here: torch.compile cannot trace the query):
+# "AVX2" or "AVX512" on x86 CPUs with those instructions, "DEFAULT" (or an ARM / POWER level) else.
+_CPU_X86_SIMD = torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512"))
 
 
-def _avx512_with_onednn() -> bool:
-    """Whether ATen runs its AVX-512 kernels here with oneDNN enabled (torch.backends.mkldnn)."""
-    return _CPU_AVX512 and torch.backends.mkldnn.enabled
+def _direct_passes_run() -> bool:
+    """Whether ATen runs its AVX2 or AVX-512 kernels here with oneDNN enabled
+    (torch.backends.mkldnn): where oneDNN's float32 micro-kernel, and so the native kernel's direct
+    passes, run (checked on Intel AVX-512 and AMD AVX2 CPUs)."""
+    return _CPU_X86_SIMD and torch.backends.mkldnn.enabled
 
 
 def cpu_auto_native_min_pixels(
