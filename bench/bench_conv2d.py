@@ -111,8 +111,9 @@ def providers(
         eager = lambda x, w, b: F.relu(F.conv2d(x, w, b, stride, pad, 1, groups))  # noqa: E731
     else:
         eager = lambda x, w, b: F.conv2d(x, w, b, stride, pad, 1, groups)  # noqa: E731
-    torch._dynamo.reset()
-    out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager, "torch_compile": torch.compile(eager, dynamic=False)}
+    out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager}
+    if (compiled := ctx.compiled(op, eager, dtype)) is not None:
+        out["torch_compile"] = compiled
     act = "relu" if relu else None
     probe = lambda be: fastops._backend.why_not(OP, be, ctx.device, dtype) or ""  # noqa: E731
     for backend in ctx.fastops_backends(op, dtype, probe):

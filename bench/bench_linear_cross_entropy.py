@@ -95,8 +95,8 @@ def providers(ctx: Context, dtype: torch.dtype) -> dict[str, Callable[..., torch
         return F.cross_entropy(F.linear(x, w), t)
 
     out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager}
-    torch._dynamo.reset()
-    out["torch_compile"] = torch.compile(eager, dynamic=False)
+    if (compiled := ctx.compiled(OP, eager, dtype)) is not None:
+        out["torch_compile"] = compiled
     probe = lambda be: _probe(lambda x, w, t: FF.linear_cross_entropy(x, w, t, backend=be), ctx.device, dtype)  # noqa: E731
     for backend in ctx.fastops_backends(OP, dtype, probe):
         out[f"fastops_{backend}"] = lambda x, w, t, b=backend: FF.linear_cross_entropy(x, w, t, backend=b)

@@ -76,8 +76,8 @@ def providers(ctx: Context, dtype: torch.dtype) -> dict[str, Callable[..., torch
     import fastops.functional as FF
 
     out: dict[str, Callable[..., torch.Tensor]] = {EAGER: eager}
-    torch._dynamo.reset()
-    out["torch_compile"] = torch.compile(eager, dynamic=False)
+    if (compiled := ctx.compiled(OP, eager, dtype)) is not None:
+        out["torch_compile"] = compiled
     probe = lambda be: _probe(lambda x, w, b: FF.linear_relu(x, w, b, backend=be), ctx.device, dtype)  # noqa: E731
     for backend in ctx.fastops_backends(OP, dtype, probe):
         out[f"fastops_{backend}"] = lambda x, w, b, be=backend: FF.linear_relu(x, w, b, backend=be)

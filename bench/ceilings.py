@@ -3,16 +3,37 @@
 Bandwidth: ``dst.copy_(src)`` of a large buffer (256 MiB on CPU, 1 GiB on CUDA), counting read +
 write bytes. FLOP/s: a large square matmul (fp32 on CPU; bf16 and fp32 on CUDA, TF32 off), 2*N^3
 flops. Other dtypes are measured on first use. Both are recorded in the results file.
+
+On CPU the matmul's N is 2048 unless one call of a smaller N already takes 50 ms: a CPU without
+bf16 / fp16 matmul instructions (AMD Zen 3, Intel before AVX512-BF16 / AMX) runs a 2048 bf16 matmul
+in about a minute (measured on a 2-core AMD EPYC: 59 s bf16, 65 s fp16, 0.001 TFLOP/s at every N
+from 512 to 2048), which made the ceilings most of a --quick run. Where the rate is that slow it is
+flat in N, so the smaller N measures the same ceiling.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
 
 from .rows import dtype_name
 from .timing import Timing, time_cpu, time_cuda
+
+
+def _cpu_matmul_size(dtype: torch.dtype, largest: int = 2048, slow_s: float = 0.05) -> int:
+    """The N of the CPU matmul ceiling: doubling from 256 up to ``largest``, stopping at the first N
+    whose single ``torch.mm`` takes ``slow_s`` or more."""
+    n = 256
+    while n < largest:
+        a = torch.randn(n, n, dtype=dtype)
+        start = time.perf_counter()
+        torch.mm(a, a)
+        if time.perf_counter() - start >= slow_s:
+            break
+        n *= 2
+    return n
 
 
 class Ceilings:
@@ -47,7 +68,7 @@ class Ceilings:
     def matmul_tflops(self, dtype: torch.dtype) -> float:
         """TFLOP/s of an n x n x n matmul in ``dtype`` (2 n^3 flops; TF32 off for float32)."""
         if dtype not in self._tflops:
-            n = 8192 if self.device == "cuda" else 2048
+            n = 8192 if self.device == "cuda" else _cpu_matmul_size(dtype)
             a = torch.randn(n, n, device=self.device, dtype=dtype)
             b = torch.randn(n, n, device=self.device, dtype=dtype)
             old = torch.backends.cuda.matmul.allow_tf32

@@ -35,6 +35,7 @@ class Context:
     load_at_start: float | None = None  # 1-min load average: other work on the machine skews CPU timings
     on_row: Callable[[Row], None] | None = None
     _eager_error: dict[tuple, float] = field(default_factory=dict)
+    _compiled_ops: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.ceilings is None:
@@ -70,6 +71,20 @@ class Context:
         if sum((s.op, s.provider, s.reason) == (op, provider, reason) for s in self.skipped) == 1:
             where = " ".join(s for s in (shape, dt) if s)
             log(f"  skip {op} {provider}{' ' + where if where else ''}: {reason}")
+
+    def compiled(
+        self, op: str, fn: Callable[..., object], dtype: torch.dtype | None = None
+    ) -> Callable[..., object] | None:
+        """``torch.compile(fn, dynamic=False)`` after a ``torch._dynamo.reset()`` (a fresh compile per
+        case: no silent eager fallback past the recompile limit), or None, recorded with :meth:`skip`,
+        for every case of ``op`` after its first in --quick: Inductor's C++ compile is most of a quick
+        run's time, and one case per op already walks the provider's code."""
+        if self.quick and op in self._compiled_ops:
+            self.skip(op, "torch_compile", "--quick compiles the first case of each op only", dtype=dtype)
+            return None
+        self._compiled_ops.add(op)
+        torch._dynamo.reset()
+        return torch.compile(fn, dynamic=False)
 
     # -- measuring -------------------------------------------------------------------------------
 

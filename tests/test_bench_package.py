@@ -195,3 +195,27 @@ def test_interleaved_timing_alternates_blocks_and_keeps_failed_checks_untimed():
     # (a round in reversed order merges with the previous round's last block): back-to-back timing
     # would give two more runs, alternation at least five; peak memory's own calls come last.
     assert len(runs) >= 2 + 5 and all(a != b for a, b in zip(runs, runs[1:])), runs
+
+
+def test_quick_compiles_the_first_case_of_each_op_only():
+    """--quick: torch.compile for one case per op, the others recorded as skipped; a full run compiles
+    every case (each after a dynamo reset). Nothing is called, so nothing compiles here."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    quick = Context(device="cpu", quick=True)
+    assert quick.compiled("a", fn) is not None and quick.compiled("b", fn) is not None
+    assert quick.compiled("a", fn, torch.float32) is None
+    assert [(s.op, s.provider) for s in quick.skipped] == [("a", "torch_compile")]
+    full = Context(device="cpu", quick=False)
+    assert all(full.compiled("a", fn) is not None for _ in range(3)) and not full.skipped
+
+
+def test_cpu_matmul_ceiling_size_stops_at_the_first_slow_size():
+    """The CPU matmul ceiling's N doubles from 256 to its largest, stopping at the first N whose one
+    torch.mm takes the slow time (a bf16 2048^3 matmul takes a minute on CPUs without bf16 matmul)."""
+    from bench.ceilings import _cpu_matmul_size
+
+    assert _cpu_matmul_size(torch.float32, largest=1024, slow_s=math.inf) == 1024
+    assert _cpu_matmul_size(torch.float32, largest=1024, slow_s=0.0) == 256
