@@ -47,8 +47,13 @@ PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n
 pytest: build
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
+# CMAKE_CUDA_OBJECTS=one: the CMake library and ctest CPU-only, plus one .cu compiled by CMake's nvcc
+# rule (its flags checked); setup.py's build (make build, before pytest in make test) compiles every
+# .cu. `make ctest CMAKE_CUDA_OBJECTS=all` compiles them all in CMake too.
+CMAKE_CUDA_OBJECTS ?= one
+
 ctest: setup
-	PYTHON=$(PY) bash scripts/cmake_test.sh
+	PYTHON=$(PY) CMAKE_CUDA_OBJECTS=$(CMAKE_CUDA_OBJECTS) bash scripts/cmake_test.sh
 
 # The C++ CPU kernels built with ASan + UBSan (into build/sanitize; the editable build is untouched),
 # running the native tests, the bad-input table and the native fuzz; any sanitizer report fails it.
@@ -81,4 +86,4 @@ format: setup
 	$(VENV)/bin/ruff check --fix fastops tests bench buildsupport examples
 
 clean:
-	rm -rf build build-cmake *.egg-info fastops/_C*.so
+	rm -rf build build-cmake build-cmake-cuda *.egg-info fastops/_C*.so
