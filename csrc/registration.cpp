@@ -50,11 +50,12 @@ TORCH_LIBRARY(fastops, m) {
   // x (*, K), weight (N, K), bias (N,) or None, one floating dtype and device. out = relu(x W^T + b),
   // shape (*, N), x's dtype. Backward needs only x, weight and out (out > 0 is the ReLU mask).
   m.def("linear_relu_fwd(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  // grad_out and out (*, N). Returns grad_x (*, K), grad_weight (N, K) and grad_bias (N,) (always
-  // computed: it is a by-product of the masking pass), all in x's dtype.
+  // grad_out and out (*, N). Returns grad_x (*, K), grad_weight (N, K) and grad_bias (N,), all in x's
+  // dtype; an output masked off by output_mask is an empty (0,) tensor and its matrix product is not
+  // run (a first layer's x, a frozen weight: torch's linear backward skips them too).
   m.def(
-      "linear_relu_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor out) "
-      "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+      "linear_relu_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor out, "
+      "bool[3] output_mask=[True, True, True]) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   // ---- fused linear + cross-entropy (the LM loss head) ------------------------------------------
   // x (N, H), weight (V, H), bias (V,) or None, target (N,) int64, class_weight (V,) or None; logits
   // z = softcap(x W^T + b) are formed chunk by chunk (no (N, V) tensor). reduction: 0 none, 1 mean,

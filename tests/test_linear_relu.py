@@ -166,6 +166,66 @@ def test_saves_only_input_weight_and_activated_output(device, backend):
     assert bool((saved[2] >= 0).all())  # activated, not the pre-activation
 
 
+@pytest.mark.parametrize("device,backend", KERNELS)
+def test_bwd_output_mask(device, backend):
+    """linear_relu_bwd's output_mask: each wanted gradient equals the unmasked call's bit for bit, each
+    masked-off one is an empty (0,) tensor (as conv2d_bwd), every one of the 8 masks, float32 and
+    float64 (and the low-precision CPU dtypes, whose products run differently)."""
+    ns = namespace(backend, "linear_relu")
+    for dtype in (torch.float32, torch.float64, *low_precision_native_cpu(device, backend)):
+        x = make_tensor((3, 11, 10), dtype, device)
+        weight = make_tensor((13, 10), dtype, device, scale=0.3)
+        out = ns.linear_relu_fwd(x, weight, make_tensor((13,), dtype, device))
+        g = make_tensor(out.shape, dtype, device)
+        full = ns.linear_relu_bwd(g, x, weight, out)
+        assert [t.shape for t in full] == [x.shape, weight.shape, (13,)]
+        for bits in range(8):
+            mask = [bool(bits & 1), bool(bits & 2), bool(bits & 4)]
+            got = ns.linear_relu_bwd(g, x, weight, out, mask)
+            for want, a, e in zip(mask, got, full):
+                if want:
+                    torch.testing.assert_close(a, e, atol=0, rtol=0, msg=f"{dtype} mask {mask}")
+                else:
+                    assert a.shape == (0,) and a.dtype == dtype, (dtype, mask, a.shape)
+
+
+@pytest.mark.parametrize("device,backend", KERNELS)
+def test_backward_asks_only_for_the_wanted_gradients(device, backend, monkeypatch):
+    """A first layer's x (no grad) and a frozen weight: autograd passes output_mask to linear_relu_bwd,
+    so the products nobody wants are not run (as torch's linear backward), and the wanted gradients
+    match the reference."""
+    ns = namespace(backend, "linear_relu")
+    masks = []
+    # The autograd formula looks the op up on the namespace at call time: record what it passes.
+    bwd = ns.linear_relu_bwd
+    monkeypatch.setattr(ns, "linear_relu_bwd", lambda *a: masks.append(list(a[4])) or bwd(*a), raising=False)
+    x = make_tensor((6, 9), torch.float64, device)
+    weight = make_tensor((5, 9), torch.float64, device)
+    bias = make_tensor((5,), torch.float64, device)
+    for needs in ((False, True, True), (True, False, False), (False, True, False), (True, True, True)):
+        leaves = [t.detach().requires_grad_(n) for t, n in zip((x, weight, bias), needs)]
+        refs = [t.detach().requires_grad_(n) for t, n in zip((x, weight, bias), needs)]
+        wanted = [t for t in leaves if t.requires_grad]
+        g = torch.randn(6, 5, dtype=torch.float64, device=device)
+        got = torch.autograd.grad(FF.linear_relu(*leaves, backend=backend), wanted, g)
+        exp = torch.autograd.grad(reference.linear_relu(*refs), [t for t in refs if t.requires_grad], g)
+        for a, e in zip(got, exp):
+            assert_close_to_reference(a, e, what=f"needs {needs}")
+        assert masks[-1] == list(needs), (masks, needs)
+
+
+@pytest.mark.parametrize("device,backend", KERNELS)
+def test_double_backward_with_a_masked_bwd(device, backend):
+    """gradgradcheck through a backward that ran with output_mask [False, True, True] (x is data):
+    the masked bwd op's own derivative (double backward) is right for the gradients it returned."""
+    x = make_tensor((3, 4), torch.float64, device)
+    weight = make_tensor((5, 4), torch.float64, device, requires_grad=True)
+    bias = make_tensor((5,), torch.float64, device, requires_grad=True)
+    fn = lambda w, b: FF.linear_relu(x, w, b, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (weight, bias))
+    assert torch.autograd.gradgradcheck(fn, (weight, bias))
+
+
 @pytest.mark.parametrize("device,backend", ALL)
 def test_gradcheck_float64(device, backend):
     x = make_tensor((5, 7), torch.float64, device, requires_grad=True)

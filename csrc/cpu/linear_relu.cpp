@@ -18,7 +18,10 @@
 //                      access; column tiles walked at a 4 KiB row stride measured 5x slower) and
 //                      sums its rows into its own N-wide partial db, held in L1; the per-thread
 //                      partials are added in a fixed order at the end (no atomics).
-//                      Then dA = mm(D, B) and dB = mm(D^T, A) read D (no second masking pass).
+//                      Then dA = mm(D, B) and dB = mm(D^T, A) read D (no second masking pass),
+//                      each only where output_mask wants it: a first layer's x and a frozen weight
+//                      have no gradient, and torch's linear backward skips those products too
+//                      (without the mask a first layer's backward ran 3 products against torch's 2).
 //   bfloat16:          the products are ATen's bfloat16 mm (oneDNN: AVX512-BF16 dot products where
 //                      the CPU has them, float32 accumulation); forward is addmm with the bias (so
 //                      the bias is added to the float32 accumulator) and then an in-place ReLU pass;
@@ -66,6 +69,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <type_traits>
@@ -240,33 +244,47 @@ at::Tensor linear_relu_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, co
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                   const at::Tensor& weight, const at::Tensor& out) {
+                                                                   const at::Tensor& weight, const at::Tensor& out,
+                                                                   std::array<bool, 3> mask) {
   const BelowAutograd below_autograd;
   const auto g = check_linear_relu_args("linear_relu_bwd", x, weight, std::nullopt);
   check_linear_relu_bwd_args("linear_relu_bwd", g, x, grad_out, out);
   check_cpu_dtype("linear_relu_bwd", x);
   const auto dt = x.scalar_type(), gdt = gemm_dtype(dt);
-  const at::Tensor go = grad_out.contiguous(), c = out.contiguous();
-  const at::Tensor a = x.reshape({g.M, g.K}).to(gdt);
   const auto contiguous = x.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor dx_out = x.new_empty({0}), dw = x.new_empty({0}), db = x.new_empty({0});
+  if (!mask[0] && !mask[1] && !mask[2]) return {dx_out, dw, db};
+  const at::Tensor go = grad_out.contiguous(), c = out.contiguous();
   at::Tensor d = at::empty({g.M, g.N}, contiguous.dtype(gdt));
   // No huge-page advice for D: it is a temporary freed when the op returns, so the next call gets
   // it back from the allocator already faulted in; the madvise would only add a syscall.
-  at::Tensor db = new_output({g.N}, x.options());
+  // db is a by-product of the masking sweep: summed even when masked off (into a scratch N-vector).
+  db = mask[2] ? new_output({g.N}, x.options()) : at::empty({g.N}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "linear_relu_bwd_cpu", [&] {
     using Dt = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
     mask_grad_and_bias_grad<scalar_t, Dt>(go.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
                                           d.data_ptr<Dt>(), db.data_ptr<scalar_t>(), g.M, g.N);
   });
-  at::Tensor dx_out = new_output(x.sizes(), contiguous);  // not a view of a 2-D result (see forward)
-  at::Tensor dx = dx_out.view({g.M, g.K});
-  at::Tensor dw = new_output({g.N, g.K}, contiguous);
-  if (gdt == dt) {
-    at::mm_out(dx, d, weight);
-    at::mm_out(dw, d.t(), a);
-  } else {  // float16: float32 products, each result rounded once
-    dx.copy_(at::mm(d, weight.to(gdt)));
-    dw.copy_(at::mm(d.t(), a));
+  if (!mask[2]) db = x.new_empty({0});
+  // Each product only when its gradient is wanted: a first layer's x (the data) and a frozen weight
+  // have none, and torch's linear backward skips those products as well.
+  if (mask[0]) {
+    dx_out = new_output(x.sizes(), contiguous);  // not a view of a 2-D result (see forward)
+    at::Tensor dx = dx_out.view({g.M, g.K});
+    if (gdt == dt) {
+      at::mm_out(dx, d, weight);
+    } else {  // float16: a float32 product, rounded once
+      dx.copy_(at::mm(d, weight.to(gdt)));
+    }
+  }
+  if (mask[1]) {
+    const at::Tensor a = x.reshape({g.M, g.K}).to(gdt);
+    dw = new_output({g.N, g.K}, contiguous);
+    if (gdt == dt) {
+      at::mm_out(dw, d.t(), a);
+    } else {
+      dw.copy_(at::mm(d.t(), a));
+    }
   }
   return {dx_out, dw, db};
 }

@@ -13,6 +13,8 @@
 //   grad_w   I=N, J=K, R=M:  Y[n][m] = G[m][n] masked by [not C[m][n] <= 0]; Z = A. The blocks of the first
 //                            J tile also sum their staged (masked) Y tiles over R into db: each db
 //                            element has exactly one writer, no atomics, no extra pass over G.
+//   output_mask: grad_x's launch only when x wants a gradient, grad_w's when the weight or the bias
+//   does (db rides on it; grad_w goes to a scratch buffer when only db is wanted).
 //
 // Grid and tiling.
 //   SIMT (float32 / float64, and the fallback for any dtype): a 64 x 64 tile of P per block of
@@ -57,6 +59,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <optional>
 #include <type_traits>
 
@@ -297,7 +300,8 @@ at::Tensor linear_relu_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, c
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                    const at::Tensor& weight, const at::Tensor& out) {
+                                                                    const at::Tensor& weight, const at::Tensor& out,
+                                                                    std::array<bool, 3> mask) {
   const BelowAutograd below_autograd;
   const auto geo = check_linear_relu_args("linear_relu_bwd", x, weight, std::nullopt);
   check_linear_relu_bwd_args("linear_relu_bwd", geo, x, grad_out, out);
@@ -305,21 +309,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_bwd_cuda(const at::Te
   const at::Tensor a = x.reshape({geo.M, geo.K});
   const at::Tensor go = grad_out.reshape({geo.M, geo.N}), c = out.reshape({geo.M, geo.N});
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor dx = new_output(x.sizes(), opts), dw = new_output({geo.N, geo.K}, opts);
-  at::Tensor db = new_output({geo.N}, opts);
+  // A masked-off output is (0,) and its product is not launched; grad_w's GEMM also carries db, so it
+  // runs (into a scratch grad_w) when only db is wanted.
+  at::Tensor dx = mask[0] ? new_output(x.sizes(), opts) : x.new_empty({0});
+  at::Tensor dw = mask[1] ? new_output({geo.N, geo.K}, opts)
+                          : (mask[2] ? at::empty({geo.N, geo.K}, opts) : x.new_empty({0}));
+  at::Tensor db = mask[2] ? new_output({geo.N}, opts) : x.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_relu_bwd_cuda", [&] {
-    // grad_x (M, K) = (G . mask) (M, N) @ weight (N, K)
-    GemmArgs<scalar_t> gx{};
-    gx.y = go.const_data_ptr<scalar_t>(), gx.c = c.const_data_ptr<scalar_t>();
-    gx.z = weight.const_data_ptr<scalar_t>(), gx.p = dx.data_ptr<scalar_t>();
-    gx.I = geo.M, gx.J = geo.K, gx.R = geo.N;
-    gx.s_yi = go.stride(0), gx.s_yr = go.stride(1), gx.s_ci = c.stride(0), gx.s_cr = c.stride(1);
-    gx.s_zr = weight.stride(0), gx.s_zj = weight.stride(1);
-    launch_gemm(gx);
+    if (mask[0]) {
+      // grad_x (M, K) = (G . mask) (M, N) @ weight (N, K)
+      GemmArgs<scalar_t> gx{};
+      gx.y = go.const_data_ptr<scalar_t>(), gx.c = c.const_data_ptr<scalar_t>();
+      gx.z = weight.const_data_ptr<scalar_t>(), gx.p = dx.data_ptr<scalar_t>();
+      gx.I = geo.M, gx.J = geo.K, gx.R = geo.N;
+      gx.s_yi = go.stride(0), gx.s_yr = go.stride(1), gx.s_ci = c.stride(0), gx.s_cr = c.stride(1);
+      gx.s_zr = weight.stride(0), gx.s_zj = weight.stride(1);
+      launch_gemm(gx);
+    }
+    if (!mask[1] && !mask[2]) return;
     // grad_w (N, K) = (G . mask)^T (N, M) @ A (M, K), db from the same staged tiles
     GemmArgs<scalar_t> gw{};
     gw.y = go.const_data_ptr<scalar_t>(), gw.c = c.const_data_ptr<scalar_t>();
-    gw.z = a.const_data_ptr<scalar_t>(), gw.p = dw.data_ptr<scalar_t>(), gw.db = db.data_ptr<scalar_t>();
+    gw.z = a.const_data_ptr<scalar_t>(), gw.p = dw.data_ptr<scalar_t>();
+    gw.db = mask[2] ? db.data_ptr<scalar_t>() : nullptr;
     gw.I = geo.N, gw.J = geo.K, gw.R = geo.M;
     gw.s_yi = go.stride(1), gw.s_yr = go.stride(0), gw.s_ci = c.stride(1), gw.s_cr = c.stride(0);
     gw.s_zr = a.stride(0), gw.s_zj = a.stride(1);

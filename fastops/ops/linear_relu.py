@@ -10,7 +10,7 @@ differentiable (see :mod:`fastops.ops._autograd`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -117,13 +117,19 @@ def fwd_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 
 
 def bwd_fake(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    output_mask: Sequence[bool] = (True, True, True),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), contiguous, x's dtype."""
+    """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), contiguous, x's dtype; each one masked off
+    by ``output_mask`` is an empty (0,) tensor."""
     check_same_device("linear_relu_bwd", grad_out=grad_out, x=x, weight=weight, out=out)
     g = check_op_args("linear_relu_bwd", x, weight, None)
     check_op_bwd_args("linear_relu_bwd", g, x, grad_out, out)
-    return x.new_empty(x.shape), x.new_empty((g.N, g.K)), x.new_empty((g.N,))
+    gx, gw, gb = (x.new_empty(s if want else (0,)) for s, want in zip((x.shape, (g.N, g.K), (g.N,)), output_mask))
+    return gx, gw, gb
 
 
 if _backend.NATIVE_LOADED:
@@ -163,15 +169,21 @@ ops = partial(namespace, stem=OP)  # ops(backend): the torch.ops namespace of ba
 
 
 def _bwd_composition(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    output_mask: Sequence[bool] = (True, True, True),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """linear_relu_bwd as torch ops: D = grad_out masked where out <= 0 (threshold_backward; NaN
-    passes), grad_x = D W, grad_weight = D^T A, grad_bias = column sums of D. Differentiable in
-    grad_out, x and weight (the mask has no derivative)."""
+    passes), grad_x = D W, grad_weight = D^T A, grad_bias = column sums of D, each only where
+    ``output_mask`` asks (else an empty (0,) tensor). Differentiable in grad_out, x and weight (the
+    mask has no derivative)."""
     n, k = weight.shape
     d = torch.ops.aten.threshold_backward(grad_out, out, 0).reshape(-1, n)
-    a = x.reshape(-1, k)
-    return (d @ weight).reshape(x.shape), d.t() @ a, d.sum(0)
+    gx = (d @ weight).reshape(x.shape) if output_mask[0] else x.new_empty((0,))
+    gw = d.t() @ x.reshape(-1, k) if output_mask[1] else x.new_empty((0,))
+    return gx, gw, d.sum(0) if output_mask[2] else x.new_empty((0,))
 
 
 def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
@@ -184,9 +196,11 @@ def register(namespace) -> None:  # noqa: ANN001 - a torch.ops namespace
 
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
         x, weight, out = ctx.saved_tensors
-        gx, gw, gb = namespace.linear_relu_bwd(grad, x, weight, out)
+        # Only the wanted products run: a first layer's x and a frozen weight need none (as torch's).
         need = ctx.needs_input_grad
-        return gx if need[0] else None, gw if need[1] else None, gb if ctx.has_bias and need[2] else None
+        mask = [need[0], need[1], ctx.has_bias and need[2]]
+        gx, gw, gb = namespace.linear_relu_bwd(grad, x, weight, out, mask)
+        return gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None
 
     _autograd.register_differentiable(
         namespace.linear_relu_fwd, setup_context=setup_context, backward=backward, composition=reference.linear_relu
@@ -213,6 +227,7 @@ def opcheck_examples(ns, device: str, backend: str) -> Iterator[tuple[object, tu
         yield ns.linear_relu_fwd, (x, weight, bias), {}
         out = ns.linear_relu_fwd(x, weight, bias)
         yield ns.linear_relu_bwd, (torch.randn_like(out), x, weight, out), {}
+        yield ns.linear_relu_bwd, (torch.randn_like(out), x, weight, out, [False, True, with_bias]), {}
 
 
 if _backend.NATIVE_LOADED:

@@ -62,6 +62,7 @@ Importing this module registers the ops (see ``_register.py`` for which torch.li
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -201,23 +202,31 @@ def _launch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def _launch_bwd(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, output_mask: Sequence[bool]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "linear_relu_bwd"
     g = check_op_args(op, x, weight, None)
     check_op_bwd_args(op, g, x, grad_out, out)
     _check_triton_input(op, x)
     a, go, c = x.reshape(g.M, g.K), grad_out.reshape(g.M, g.N), out.reshape(g.M, g.N)
-    dx = new_output((g.M, g.K), x.dtype, x.device)
-    dw = new_output((g.N, g.K), x.dtype, x.device)
-    db = new_output((g.N,), x.dtype, x.device)
-    # grad_x (M, K) = (G . mask) (M, N) @ weight (N, K)
-    _gemm(go, (go.stride(0), go.stride(1)), weight, (weight.stride(0), weight.stride(1)), dx, g.M, g.K, g.N,
-          mask=c, mask_strides=(c.stride(0), c.stride(1)))  # fmt: skip
-    # grad_w (N, K) = (G . mask)^T (N, M) @ A (M, K); db from the same masked tiles
-    _gemm(go, (go.stride(1), go.stride(0)), a, (a.stride(0), a.stride(1)), dw, g.N, g.K, g.M,
-          mask=c, mask_strides=(c.stride(1), c.stride(0)), db=db)  # fmt: skip
-    return dx.view(x.shape), dw, db
+    # A masked-off output is (0,) (a tensor of its own: a custom op's outputs may not alias) and its
+    # product is not launched; grad_w's GEMM also carries db, so it runs (into a scratch grad_w) when
+    # only db is wanted.
+    dx, dw, db = (
+        new_output(shape, x.dtype, x.device) if want else x.new_empty((0,))
+        for shape, want in zip(((g.M, g.K), (g.N, g.K), (g.N,)), output_mask)
+    )
+    if output_mask[0]:
+        # grad_x (M, K) = (G . mask) (M, N) @ weight (N, K)
+        _gemm(go, (go.stride(0), go.stride(1)), weight, (weight.stride(0), weight.stride(1)), dx, g.M, g.K, g.N,
+              mask=c, mask_strides=(c.stride(0), c.stride(1)))  # fmt: skip
+        dx = dx.view(x.shape)
+    if output_mask[1] or output_mask[2]:
+        # grad_w (N, K) = (G . mask)^T (N, M) @ A (M, K); db from the same masked tiles
+        dw_buf = dw if output_mask[1] else torch.empty((g.N, g.K), dtype=x.dtype, device=x.device)
+        _gemm(go, (go.stride(1), go.stride(0)), a, (a.stride(0), a.stride(1)), dw_buf, g.N, g.K, g.M,
+              mask=c, mask_strides=(c.stride(1), c.stride(0)), db=db if output_mask[2] else None)  # fmt: skip
+    return dx, dw, db
 
 
 # ---- registered ops (schemas identical to csrc/registration.cpp) -------------------------------
@@ -237,15 +246,20 @@ def linear_relu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 @triton_library_op(
     "fastops_triton::linear_relu_bwd",
     mutates_args=(),
-    schema="(Tensor grad_out, Tensor x, Tensor weight, Tensor out) -> (Tensor grad_x, Tensor grad_weight, "
-    "Tensor grad_bias)",
+    schema="(Tensor grad_out, Tensor x, Tensor weight, Tensor out, bool[3] output_mask=[True, True, True]) -> "
+    "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
     fake=bwd_fake,
 )
 def linear_relu_bwd(
-    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    output_mask: Sequence[bool] = (True, True, True),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), x's dtype, contiguous."""
-    return _launch_bwd(grad_out, x, weight, out)
+    """(grad_x (*, K), grad_weight (N, K), grad_bias (N,)), x's dtype, contiguous; one masked off by
+    ``output_mask`` is an empty (0,) tensor."""
+    return _launch_bwd(grad_out, x, weight, out, output_mask)
 
 
 # Autograd (double backward included), vmap and autocast of the ops above: the same registration as
