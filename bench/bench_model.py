@@ -2,8 +2,9 @@
 
 Models: torchvision's ``resnet18`` (random weights; 20 convs swapped), ``mobilenet_v3_small``
 (depthwise 3x3 / 5x5, squeeze-excite 1x1s; 96x96 on CPU) and ``convnext_tiny`` (depthwise 7x7,
-LayerNorm, GELU) when torchvision is importable (the last two not in ``--quick``), and the digits
-CNN of :mod:`fastops.demo` (2 convs, a Linear+ReLU head, cross-entropy). A step is zero_grad,
+LayerNorm, GELU) when torchvision is importable (the last two not in ``--quick``), the digits
+CNN of :mod:`fastops.demo` (2 convs, a Linear+ReLU head, cross-entropy) and, not in ``--quick``, an
+image MLP (3072 -> 1024 -> 1024 -> 10, two Linear+ReLU pairs, batch 64). A step is zero_grad,
 forward, cross-entropy, backward and an AdamW step: torch's fused AdamW for the stock model (the
 best stock choice), ``fastops.optim.AdamW`` after the swap. Under ``backend="auto"`` the swapped
 CPU convs run the native kernel or torch's conv2d per shape class (the swap report says which).
@@ -69,7 +70,16 @@ def cases(quick: bool, device: str) -> list[tuple[str, Callable[[], nn.Module], 
     except ImportError:
         pass  # run() reports the skip
     out.append(("digits_cnn", lambda: demo.make_model(0), (64, 1, 8, 8)))
+    if not quick:  # linear + ReLU at model level: the first layer's x is data (its product is skipped)
+        out.append(("mlp", _mlp, (64, 3, 32, 32)))
     return out
+
+
+def _mlp() -> nn.Module:
+    """An image MLP: 3072 -> 1024 -> 1024 -> 10, two Linear + ReLU pairs (swapped to LinearReLU)."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 32 * 32, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
 
 
 def build_case(
