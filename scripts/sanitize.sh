@@ -15,7 +15,6 @@
 #   SANITIZE_DIR    build folder (default build/sanitize; reused, so a rerun recompiles what changed)
 #   MAX_JOBS        parallel compile jobs (default 2)
 #   SANITIZE_TESTS  test files to run instead of the default set (paths relative to the checkout)
-#   SANITIZE_WORKERS  pytest-xdist workers (default: one per core, at most 4; 1: one process)
 #   FASTOPS_CPU_ISA as setup.py
 # Only the extension is instrumented: python and torch are not (expected); their allocations pass
 # through libasan's malloc, which is what lets a kernel's overrun of a torch-allocated buffer show.
@@ -91,15 +90,8 @@ fi
 # -O1 (one seed gave 3.5e-5 relative on one element against 2e-5 allowed). It runs in the main pytest
 # on the optimised build; here the other Adam tests (dtypes, GradScaler, state_dict, bad inputs,
 # fuzz) exercise the same kernel for memory errors.
-# pytest-xdist workers (SANITIZE_WORKERS, default one per core up to 4), as the main pytest: each
-# worker inherits LD_PRELOAD and the options; a report aborts its worker, which xdist records as a
-# failed test ("worker crashed"), and with -s (no capture) the report itself reaches this log (both
-# checked with a planted memset past a torch buffer's end).
-workers=${SANITIZE_WORKERS:-$(n=$(nproc 2>/dev/null || echo 1); echo $((n < 4 ? n : 4)))}
-xdist=()
-((workers > 1)) && xdist=(-n "$workers" --dist worksteal)
 set +e
-LD_PRELOAD="$libasan $libstdcxx" "$PYTHON" -m pytest -s -q -p no:cacheprovider --rootdir "$ROOT" ${xdist[@]+"${xdist[@]}"} \
+LD_PRELOAD="$libasan $libstdcxx" "$PYTHON" -m pytest -s -q -p no:cacheprovider --rootdir "$ROOT" \
   -m "not triton and not gpu and not slow" \
   -k "not triton and not torch_compile and not cpu-torch and not -torch- and not matches_torch_every_combination" \
   "${tests[@]}" "$@" 2>&1 | tee "$LOG"
