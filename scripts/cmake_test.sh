@@ -49,13 +49,16 @@ case "${FASTOPS_CUDA:-${FASTOPS_BUILD_CUDA:-auto}}" in
 esac
 
 # A build dir configured against another torch keeps that torch's cached paths: start it afresh.
-if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  cached_root=$(sed -n 's/^FASTOPS_TORCH_ROOT:INTERNAL=//p' "$BUILD_DIR/CMakeCache.txt")
+wipe_if_other_torch() { # build dir
+  [[ -f "$1/CMakeCache.txt" ]] || return 0
+  local cached_root
+  cached_root=$(sed -n 's/^FASTOPS_TORCH_ROOT:INTERNAL=//p' "$1/CMakeCache.txt")
   if [[ "$cached_root" != "$torch_root" ]]; then
-    echo "cmake_test.sh: $BUILD_DIR/ was configured for ${cached_root:-another torch}; removing it"
-    rm -rf "$BUILD_DIR"
+    echo "cmake_test.sh: $1/ was configured for ${cached_root:-another torch}; removing it"
+    rm -rf "$1"
   fi
-fi
+}
+wipe_if_other_torch "$BUILD_DIR"
 build_type=Release
 [[ "${FASTOPS_DEBUG:-0}" == 1 ]] && build_type=Debug
 generator=()
@@ -78,8 +81,7 @@ objects=${CMAKE_CUDA_OBJECTS:-all}
 if [[ $objects == one && $cuda != OFF ]]; then
   command -v ninja >/dev/null || { echo "cmake_test.sh: CMAKE_CUDA_OBJECTS=one needs ninja" >&2; exit 1; }
   probe_dir=build-cmake-cuda
-  [[ -f "$probe_dir/CMakeCache.txt" ]] && ! grep -q "^FASTOPS_TORCH_ROOT:INTERNAL=$torch_root\$" "$probe_dir/CMakeCache.txt" &&
-    rm -rf "$probe_dir"
+  wipe_if_other_torch "$probe_dir"
   probe_gen=()
   [[ -f "$probe_dir/CMakeCache.txt" ]] || probe_gen=(-G Ninja)
   cu_src=$(ls -S csrc/cuda/*.cu | tail -n 1) # the smallest: the flags are what is checked
