@@ -21,6 +21,7 @@ from fastops.testing import (
     low_precision_native_cpu,
     make_tensor,
     noncontiguous,
+    triton_device_params,
 )
 
 ALL = device_backend_params()
@@ -184,6 +185,43 @@ def test_noncontiguous_and_expanded_inputs(device, backend):
     _check_against_reference(backend, row.expand(9, 57), target[:1].expand(9), None, dict(reduction="sum"))
     p = torch.softmax(make_tensor((1, 57), torch.float64, device), 1).expand(9, 57)
     _check_against_reference(backend, x, p, weight, dict(reduction="mean"))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", triton_device_params())
+@pytest.mark.parametrize(
+    "shape,tilings",
+    [((37, 781), [(256, 8), (512, 2)]), ((5, 13, 3, 7), [(4, 8), (8, 32)])],
+    ids=["37x781", "5x13x3x7"],
+)
+def test_triton_rows_and_class_tiles(device, shape, tilings):
+    """The Triton kernels' (ROWS, BLOCK_C) tiling forced to shapes the default choice does not take:
+    several rows a program and several class tiles a row together, row counts ROWS does not divide
+    (the last program's spare rows are masked off), rows of a (B, C, D) view that cross a b boundary,
+    and the in-place backward. Each against the float64 reference."""
+    import fastops.triton  # noqa: PLC0415  (registers the ops; the triton mark's tests have it)
+
+    if not fastops.triton.AVAILABLE:
+        pytest.skip(fastops.triton.REASON)
+    from fastops.triton import cross_entropy as TCE  # noqa: PLC0415
+
+    for (block_c, rows), probs, with_weight in itertools.product(tilings, [False, True], [False, True]):
+        x, target, weight = _make_case(shape, probs, with_weight, torch.float32, device)
+        kw = dict(reduction="none", label_smoothing=0.15, ignore_index=-100)
+        tile = dict(block_c=block_c, rows_per_program=rows)  # each: several tiles a row, rows a program
+        loss, stats = TCE._launch_fwd(x, target, weight, -100, 0.15, **tile)
+        g = make_tensor(loss.shape, torch.float32, device)
+        grad = TCE._launch_bwd("cross_entropy_bwd", g, x, target, weight, stats, -100, 0.15, **tile)
+        inplace = x.clone()
+        TCE._launch_bwd("cross_entropy_bwd_", g, inplace, target, weight, stats, -100, 0.15, out=inplace, **tile)
+        x64 = x.double().requires_grad_()
+        t64 = target.double() if probs else target
+        ref = reference.cross_entropy(x64, t64, None if weight is None else weight.double(), **kw)
+        (gref,) = torch.autograd.grad(ref, x64, g.double())
+        what = f"{shape} block_c={block_c} rows={rows} probs={probs} weight={with_weight}"
+        assert_close_to_reference(loss, ref.detach(), what=f"loss {what}")
+        assert_close_to_reference(grad, gref, what=f"grad {what}")
+        torch.testing.assert_close(inplace, grad, rtol=0, atol=0, msg=f"in-place {what}")
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params(("native", "triton"), ("native", "triton")))

@@ -14,12 +14,15 @@
 #   lse = m + ls rounded (see Numerics).
 #
 # Grid. logits are viewed as (B, C, D) (D = d1*..*dk, 1 for (N, C) and (C,)); row r = (b, d) holds
-# C logits at stride D starting at b*C*D + d. One program per row: grid = (B*D,). All offsets are
-# int64 (program_id is cast first): B*C*D may exceed 2^31.
+# C logits at stride D starting at b*C*D + d. A program owns ROWS consecutive rows (a power of two):
+# grid = (cdiv(B*D, ROWS),). Short rows share a program, as many as fill one tile (_launch_config:
+# C = 10 gives 256 rows a program, not 256 programs of 16 lanes with 6 masked off); a row longer than
+# half a tile has a program to itself. All offsets are int64 (program_id is cast first): B*C*D may
+# exceed 2^31.
 #
-# Tiling. A program sweeps its row in tiles of BLOCK_C classes (a power of two, <= 4096, so a 256k
-# vocabulary is 64 tiles); a tile lives in registers, nothing in shared memory beyond tl.max/tl.sum's
-# reduction scratch.
+# Tiling. A program sweeps its rows in (ROWS, BLOCK_C) tiles (BLOCK_C a power of two, <= 4096, so a
+# 256k vocabulary is 64 tiles); a tile lives in registers, nothing in shared memory beyond
+# tl.max/tl.sum's reduction scratch. Every per-row quantity below is a (ROWS,) vector.
 #   forward:  one loop over the tiles: tile max -> running max m, running sum s rescaled once per tile
 #             (one exp per element, not two), and in the same loop the sums the loss needs:
 #             sxr (smoothing), swt and swtxr (probabilities), relative to the running max and
@@ -27,8 +30,8 @@
 #   backward: one loop writing g (coef * p_c - target term) from the saved (m, ls); probability targets
 #             first need sum w_c t_c, a loop over t (and w) before the write loop.
 #   In-place backward: out == logits; each tile is read before it is written, by the same program.
-# With D > 1 a program's loads are strided by D (neighbouring programs read neighbouring addresses,
-# so sectors are shared through L1/L2, not within a warp); such inputs (segmentation) have small C.
+# With D > 1 a row's loads are strided by D, but a tile's ROWS rows are neighbouring d: for each class
+# they are ROWS neighbouring addresses (segmentation inputs, small C, read in full sectors).
 #
 # Traffic (s = bytes per logit, N rows of C classes, index targets): forward reads N*C*s and writes
 # 12N (loss, m, ls in float32); backward reads N*C*s, writes N*C*s: 3*N*C*s for forward + backward.
@@ -95,11 +98,17 @@ from fastops.ops.cross_entropy import (
     fwd_fake,
     stats_shape,
 )
+from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
 __all__ = ["cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_"]
 
+# Elements in one program's tile: at most MAX_BLOCK_C classes (half that in float64) and, for short
+# rows, as many rows as fill MAX_BLOCK_C elements (16 warps x 8 elements per thread on a GPU). The CPU
+# interpreter runs a program as numpy ops over the whole tile, its cost per program nearly independent
+# of the tile's size, so there up to INTERPRETER_TILE elements of rows share a program: fewer programs.
 MAX_BLOCK_C = 4096
+INTERPRETER_TILE = 16384
 
 
 # ---- kernels ----------------------------------------------------------------------------------
@@ -116,6 +125,7 @@ def cross_entropy_fwd_online_lse_kernel(
     wsum_ptr,  # W = sum_c w_c, 0-dim, accumulation dtype (HAS_WEIGHT; else None)
     loss_ptr,  # (B, D), accumulation dtype
     stats_ptr,  # (2, B, D), accumulation dtype: [0] row max m, [1] ls = log sum exp(x - m)
+    R,  # rows, B * D
     C,
     D,
     ignore_index,
@@ -124,52 +134,55 @@ def cross_entropy_fwd_online_lse_kernel(
     PROBS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,  # e > 0: the sum_c w_c x_c term is needed
+    ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     acc = loss_ptr.dtype.element_ty
-    r = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's rows
+    r_ok = r < R
     b = r // D
     row = b * C * D + (r - b * D)  # offset of (b, 0, d); class c is at row + c * D
     cls = tl.arange(0, BLOCK_C)
-    m = tl.full([], float("-inf"), acc)  # running max
-    s = tl.zeros([], tl.float64)  # running sum of exp(x - m), float64 whatever acc is (see Numerics)
-    shift = tl.zeros([], acc)  # m, or 0 while m is -inf: what the relative sums are taken against
-    sxr = tl.zeros([], acc)  # sum w_c (x_c - shift)
-    ws = tl.zeros([], acc)  # sum w_c over the tiles seen
-    swt = tl.zeros([], acc)  # sum w_c t_c
-    swtxr = tl.zeros([], acc)  # sum w_c t_c (x_c - shift)
+    m = tl.full([ROWS], float("-inf"), acc)  # running max
+    s = tl.zeros([ROWS], tl.float64)  # running sum of exp(x - m), float64 whatever acc is (see Numerics)
+    shift = tl.zeros([ROWS], acc)  # m, or 0 while m is -inf: what the relative sums are taken against
+    sxr = tl.zeros([ROWS], acc)  # sum w_c (x_c - shift)
+    ws = tl.zeros([ROWS], acc)  # sum w_c over the tiles seen
+    swt = tl.zeros([ROWS], acc)  # sum w_c t_c
+    swtxr = tl.zeros([ROWS], acc)  # sum w_c t_c (x_c - shift)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + cls
         live = c < C
-        off = row + c.to(tl.int64) * D
-        x = tl.load(x_ptr + off, mask=live, other=float("-inf")).to(acc)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
+        tile = r_ok[:, None] & live[None, :]
+        off = row[:, None] + c.to(tl.int64)[None, :] * D
+        x = tl.load(x_ptr + off, mask=tile, other=float("-inf")).to(acc)
+        m_new = tl.maximum(m, tl.max(x, axis=1))
         new_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: exp(-inf - 0) = 0, not NaN
-        s = s * tl.exp((m - new_shift).to(tl.float64)) + tl.sum(tl.exp(x - new_shift).to(tl.float64), axis=0)
+        s = s * tl.exp((m - new_shift).to(tl.float64)) + tl.sum(tl.exp(x - new_shift[:, None]).to(tl.float64), axis=1)
         m = m_new
         d = shift - new_shift  # <= 0: re-bases the relative sums when the max moves
         shift = new_shift
         if HAS_WEIGHT and (SMOOTHING or PROBS):
-            w = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)
-        xr = tl.where(live, x - shift, 0.0)  # x is -inf off the row; 0 * -inf would be NaN
+            w = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)[None, :]
+        xr = tl.where(tile, x - shift[:, None], 0.0)  # x is -inf off the row; 0 * -inf would be NaN
         if SMOOTHING:
-            sxr += d * ws + tl.sum(w * xr if HAS_WEIGHT else xr, axis=0)
-            ws += tl.sum(w, axis=0) if HAS_WEIGHT else tl.sum(live.to(acc), axis=0)
+            sxr += d * ws + tl.sum(w * xr if HAS_WEIGHT else xr, axis=1)
+            ws += tl.sum(w, axis=1) if HAS_WEIGHT else tl.sum(live.to(acc), axis=0)
         if PROBS:
-            wt = tl.load(tgt_ptr + off, mask=live, other=0.0).to(acc)
+            wt = tl.load(tgt_ptr + off, mask=tile, other=0.0).to(acc)
             if HAS_WEIGHT:
                 wt = w * wt
             if SMOOTHING:  # t = 0 adds nothing: its -inf comes in through sxr (loss +inf, as torch), not 0 * -inf
-                swtxr += d * swt + tl.sum(tl.where(wt == 0, 0.0, wt * xr), axis=0)
+                swtxr += d * swt + tl.sum(tl.where(wt == 0, 0.0, wt * xr), axis=1)
             else:
-                swtxr += d * swt + tl.sum(wt * xr, axis=0)
-            swt += tl.sum(wt, axis=0)
+                swtxr += d * swt + tl.sum(wt * xr, axis=1)
+            swt += tl.sum(wt, axis=1)
     ls = tl.log(s).to(acc)
     finite = (m > float("-inf")) & (m < float("inf"))  # all -inf, +inf or NaN: a NaN loss, as torch
 
-    Cf = tl.zeros([], acc) + C
+    Cf = tl.zeros([ROWS], acc) + C
     if SMOOTHING:
-        eps = (tl.zeros([], acc) + eps_hi) + eps_lo
+        eps = (tl.zeros([ROWS], acc) + eps_hi) + eps_lo
         W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Cf
     if PROBS:
         loss = swt * ls - swtxr  # sum_c w_c t_c ((m - x_c) + ls): terms >= 0
@@ -177,20 +190,19 @@ def cross_entropy_fwd_online_lse_kernel(
             loss = tl.where(eps < 1.0, (1.0 - eps) * loss, 0.0) + eps / Cf * (W * ls - sxr)
         loss = tl.where(finite, loss, float("nan"))
     else:
-        y = tl.load(tgt_ptr + r)
+        y = tl.load(tgt_ptr + r, mask=r_ok, other=ignore_index)
         keep = y != ignore_index
         inb = (y >= 0) & (y < C)  # the launcher raised already; this only keeps a traced call in bounds
-        x_y = tl.load(x_ptr + row + y * D, mask=keep & inb, other=0.0).to(acc)
+        x_y = tl.load(x_ptr + row + y * D, mask=r_ok & keep & inb, other=0.0).to(acc)
         loss = (m - x_y) + ls
         if HAS_WEIGHT:
-            loss = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) * loss
+            loss = tl.load(w_ptr + y, mask=r_ok & keep & inb, other=0.0).to(acc) * loss
         if SMOOTHING:
             loss = (1.0 - eps) * loss + eps / Cf * (W * ls - sxr)
         loss = tl.where(keep, tl.where(inb & finite, loss, float("nan")), 0.0)
-    tl.store(loss_ptr + r, loss)
-    rows = tl.num_programs(0).to(tl.int64)
-    tl.store(stats_ptr + r, m)
-    tl.store(stats_ptr + rows + r, ls)
+    tl.store(loss_ptr + r, loss, mask=r_ok)
+    tl.store(stats_ptr + r, m, mask=r_ok)
+    tl.store(stats_ptr + R + r, ls, mask=r_ok)
 
 
 @triton.jit
@@ -202,6 +214,7 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
     wsum_ptr,  # W = sum_c w_c, 0-dim (HAS_WEIGHT)
     stats_ptr,  # (2, B, D), accumulation dtype, from the forward: m, ls
     out_ptr,  # gradient (B, C, D) in logits' dtype; may be x_ptr (in-place)
+    R,  # rows, B * D
     C,
     D,
     ignore_index,
@@ -210,33 +223,36 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
     PROBS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     acc = stats_ptr.dtype.element_ty
-    r = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    r_ok = r < R
     b = r // D
     row = b * C * D + (r - b * D)
     cls = tl.arange(0, BLOCK_C)
-    g = tl.load(g_ptr + r).to(acc)
-    m = tl.load(stats_ptr + r).to(acc)
-    ls = tl.load(stats_ptr + tl.num_programs(0).to(tl.int64) + r).to(acc)
+    g = tl.load(g_ptr + r, mask=r_ok, other=0.0).to(acc)
+    m = tl.load(stats_ptr + r, mask=r_ok, other=0.0).to(acc)
+    ls = tl.load(stats_ptr + R + r, mask=r_ok, other=0.0).to(acc)
     # A row whose max or log-sum is not finite (NaN, all -inf, +inf): a NaN gradient row, as torch.
     finite = (m > float("-inf")) & (m < float("inf")) & (ls > float("-inf")) & (ls < float("inf"))
-    Cf = tl.zeros([], acc) + C
+    Cf = tl.zeros([ROWS], acc) + C
     if SMOOTHING:
-        eps = (tl.zeros([], acc) + eps_hi) + eps_lo
+        eps = (tl.zeros([ROWS], acc) + eps_hi) + eps_lo
         W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Cf
         g0 = g * eps / Cf  # per-class smoothing term, times w_c
 
     if PROBS:
-        swt = tl.zeros([], acc)
+        swt = tl.zeros([ROWS], acc)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cls
             live = c < C
-            t = tl.load(tgt_ptr + row + c.to(tl.int64) * D, mask=live, other=0.0).to(acc)
+            tile = r_ok[:, None] & live[None, :]
+            t = tl.load(tgt_ptr + row[:, None] + c.to(tl.int64)[None, :] * D, mask=tile, other=0.0).to(acc)
             if HAS_WEIGHT:
-                t = tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * t
-            swt += tl.sum(t, axis=0)
+                t = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)[None, :] * t
+            swt += tl.sum(t, axis=1)
         coef = g * swt
         g1 = g
         if SMOOTHING:
@@ -246,20 +262,21 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cls
             live = c < C
-            off = row + c.to(tl.int64) * D
-            x = tl.load(x_ptr + off, mask=live, other=0.0).to(acc)
-            tgt = g1 * tl.load(tgt_ptr + off, mask=live, other=0.0).to(acc)
+            tile = r_ok[:, None] & live[None, :]
+            off = row[:, None] + c.to(tl.int64)[None, :] * D
+            x = tl.load(x_ptr + off, mask=tile, other=0.0).to(acc)
+            tgt = g1[:, None] * tl.load(tgt_ptr + off, mask=tile, other=0.0).to(acc)
             if SMOOTHING:
-                tgt += g0
+                tgt += g0[:, None]
             if HAS_WEIGHT:
-                tgt = tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * tgt
-            grad = coef * tl.exp((x - m) - ls) - tgt  # x - m exact near the max
-            tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=live)
+                tgt = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)[None, :] * tgt
+            grad = coef[:, None] * tl.exp((x - m[:, None]) - ls[:, None]) - tgt  # x - m exact near the max
+            tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=tile)
     else:
-        y = tl.load(tgt_ptr + r)
+        y = tl.load(tgt_ptr + r, mask=r_ok, other=ignore_index)
         keep = y != ignore_index
         inb = (y >= 0) & (y < C)
-        w_y = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) if HAS_WEIGHT else 1.0
+        w_y = tl.load(w_ptr + y, mask=r_ok & keep & inb, other=0.0).to(acc) if HAS_WEIGHT else 1.0
         g1 = g * w_y  # the [c == y] term
         coef = g1  # multiplies p_c
         if SMOOTHING:
@@ -270,18 +287,21 @@ def cross_entropy_bwd_softmax_minus_target_kernel(
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cls
             live = c < C
-            off = row + c.to(tl.int64) * D
-            x = tl.load(x_ptr + off, mask=live, other=0.0).to(acc)
-            grad = coef * tl.exp((x - m) - ls) - tl.where(c == y, g1, 0.0)
+            tile = r_ok[:, None] & live[None, :]
+            off = row[:, None] + c.to(tl.int64)[None, :] * D
+            x = tl.load(x_ptr + off, mask=tile, other=0.0).to(acc)
+            grad = coef[:, None] * tl.exp((x - m[:, None]) - ls[:, None]) - tl.where(
+                c[None, :] == y[:, None], g1[:, None], 0.0
+            )
             if SMOOTHING:
                 if HAS_WEIGHT:
-                    grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * g0
+                    grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc)[None, :] * g0[:, None]
                 else:
-                    grad -= g0
+                    grad -= g0[:, None]
             # exact zeros for ignored rows, even where x is inf/NaN; NaN when the row's max is not
             # finite, as torch's log_softmax backward
-            grad = tl.where(keep, grad, tl.where(finite, 0.0, float("nan")))
-            tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=live)
+            grad = tl.where(keep[:, None], grad, tl.where(finite[:, None], 0.0, float("nan")))
+            tl.store(out_ptr + off, grad.to(out_ptr.dtype.element_ty), mask=tile)
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -302,11 +322,17 @@ def _eps_pair(e: float) -> tuple[float, float]:
     return hi, float(e - hi)
 
 
-def _launch_config(C: int, dtype: torch.dtype, block_c: int | None) -> tuple[int, int]:
-    """BLOCK_C (power of two, the whole row when it fits in MAX_BLOCK_C) and num_warps (~8 elements/thread)."""
-    cap = MAX_BLOCK_C // 2 if dtype == torch.float64 else MAX_BLOCK_C
+def _launch_config(
+    C: int, rows: int, dtype: torch.dtype, block_c: int | None = None, rows_per_program: int | None = None
+) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_C, num_warps): BLOCK_C is a power of two, the whole row when it fits in a tile;
+    ROWS (a power of two) rows share a program while the tile holds them; ~8 elements per thread.
+    ``block_c`` / ``rows_per_program`` override the choice (tests of the tiling)."""
+    cap = MAX_BLOCK_C // (2 if dtype == torch.float64 else 1)
+    tile = INTERPRETER_TILE if interpreting() else cap
     block = block_c or min(triton.next_power_of_2(C), cap)
-    return block, max(1, min(16, block // 256))
+    nrows = rows_per_program or min(triton.next_power_of_2(rows), max(1, tile // block))
+    return nrows, block, max(1, min(16, nrows * block // 256))
 
 
 def _launch_fwd(
@@ -316,6 +342,7 @@ def _launch_fwd(
     ignore_index: int,
     label_smoothing: float,
     block_c: int | None = None,
+    rows_per_program: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "cross_entropy_fwd"
     g = check_op_args(op, logits, target, weight, label_smoothing)
@@ -331,11 +358,12 @@ def _launch_fwd(
     has_w = weight is not None
     w = weight.contiguous() if has_w else None  # None: a constexpr pointer the kernel never reads
     wsum = weight.sum(dtype=acc) if has_w else None  # 0-dim on the device: no sync
-    block, warps = _launch_config(g.C, logits.dtype, block_c)
+    nrows, block, warps = _launch_config(g.C, g.rows, logits.dtype, block_c, rows_per_program)
     hi, lo = _eps_pair(label_smoothing)
-    wrap_triton(cross_entropy_fwd_online_lse_kernel)[(g.rows,)](
-        logits, target, w, wsum, loss, stats, g.C, g.D, ignore_index, hi, lo,
-        PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
+    wrap_triton(cross_entropy_fwd_online_lse_kernel)[(triton.cdiv(g.rows, nrows),)](
+        logits, target, w, wsum, loss, stats, g.rows, g.C, g.D, ignore_index, hi, lo,
+        PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, ROWS=nrows, BLOCK_C=block,
+        num_warps=warps,
     )  # fmt: skip
     return loss, stats
 
@@ -351,6 +379,7 @@ def _launch_bwd(
     label_smoothing: float,
     out: torch.Tensor | None = None,
     block_c: int | None = None,
+    rows_per_program: int | None = None,
 ) -> torch.Tensor:
     """Writes the gradient into out (contiguous, logits' shape and dtype; may be logits itself; None:
     a new tensor, made after the checks) and returns it."""
@@ -369,11 +398,12 @@ def _launch_bwd(
     acc = acc_dtype(logits.dtype)
     w = weight.contiguous() if has_w else None
     wsum = weight.sum(dtype=acc) if has_w else None
-    block, warps = _launch_config(g.C, logits.dtype, block_c)
+    nrows, block, warps = _launch_config(g.C, g.rows, logits.dtype, block_c, rows_per_program)
     hi, lo = _eps_pair(label_smoothing)
-    wrap_triton(cross_entropy_bwd_softmax_minus_target_kernel)[(g.rows,)](
-        grad_loss, logits, target, w, wsum, stats, out, g.C, g.D, ignore_index, hi, lo,
-        PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, BLOCK_C=block, num_warps=warps,
+    wrap_triton(cross_entropy_bwd_softmax_minus_target_kernel)[(triton.cdiv(g.rows, nrows),)](
+        grad_loss, logits, target, w, wsum, stats, out, g.rows, g.C, g.D, ignore_index, hi, lo,
+        PROBS=g.probs, HAS_WEIGHT=has_w, SMOOTHING=label_smoothing > 0, ROWS=nrows, BLOCK_C=block,
+        num_warps=warps,
     )  # fmt: skip
     return out
 
