@@ -50,9 +50,20 @@ from fastops.triton._register import check_kernel_input, triton_library_op
 
 # ruff: noqa: ANN001
 # 1024 elements per program on a GPU (4 warps x 8 elements per thread: 16-byte accesses). The CPU
-# interpreter runs each program as numpy ops over the block, so there a larger block only means fewer
-# (slow, Python-level) programs for the same result.
-BLOCK = 16384 if interpreting() else 1024
+# interpreter runs each program as numpy ops over the whole block, masked lanes included, so there the
+# block is the tensor's size rounded up to a power of two, at most 16384: a larger block means fewer
+# (slow, Python-level) programs, and a block no larger than the tensor keeps a 91-element tensor from
+# costing 16384-element numpy ops (the Adam tests step ~5000 small tensors: 101 s -> 62 s on a 2-core
+# AMD EPYC).
+BLOCK = 1024
+INTERPRETER_MAX_BLOCK = 16384
+
+
+def _block(numel: int) -> int:
+    """Elements per program for a tensor of ``numel`` elements (see BLOCK)."""
+    if not interpreting():
+        return BLOCK
+    return min(INTERPRETER_MAX_BLOCK, max(16, triton.next_power_of_2(numel)))
 
 
 # The per-tensor scalar table: one row per parameter tensor, these columns, in the math type (built
@@ -212,7 +223,8 @@ def adam_step_(
         work = [b.contiguous() for b in bufs]
         p, g, m, v = work[:4]
         vm = work[4] if amsgrad else m  # never read or written without AMSGRAD
-        kernel[(triton.cdiv(numel, BLOCK),)](
+        block = _block(numel)
+        kernel[(triton.cdiv(numel, block),)](
             p,
             g,
             m,
@@ -228,7 +240,7 @@ def adam_step_(
             L2=(not decoupled_weight_decay) and weight_decay != 0,
             LERP_LOW=abs(1.0 - beta1) < 0.5,
             BF16=dtype == torch.bfloat16,
-            BLOCK=BLOCK,
+            BLOCK=block,
         )
         # Decided from strides, not data pointers: the launcher is traced on fake tensors on a GPU.
         for k, (dst, src) in enumerate(zip(bufs, work)):
