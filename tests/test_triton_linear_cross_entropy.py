@@ -349,6 +349,11 @@ def test_gradcheck_float64(device: str, reduction: int) -> None:
 @pytest.mark.parametrize("reduction", [0, 1, 2], ids=list(REDUCTIONS.values()))
 def test_gradcheck_registered_autograd(device: str, reduction: int) -> None:
     """The ops' registered autograd (the glue's register(fastops_triton)): first and second derivatives."""
+    if device == "cpu" and reduction == 1:
+        # Under the interpreter each case takes ~45 s; reduction="mean" through this same registered
+        # autograd (reached by FF.linear_cross_entropy, softcap, z-loss, smoothing, class weights,
+        # ignored rows, a ragged chunk) is test_linear_cross_entropy.py::test_gradcheck[mean-cpu-triton].
+        pytest.skip("Triton interpreter: 'mean' is test_linear_cross_entropy.py::test_gradcheck's")
     (x, weight, bias, target, cw), opts = _case("everything", torch.float64, device, n=6, h=4, v=7)
     inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
 
