@@ -123,7 +123,11 @@ def _runs_on(module: nn.Module, backend: str) -> str:
         return f" (CPU {dtype}: native)"
     if isinstance(module, nn.Linear):
         limit = _lr.CPU_AUTO_TORCH_BELOW.bit_length() - 1
-        return f" (CPU: native; torch's linear + relu for calls under 2^{limit} multiply-adds)"
+        out_limit = _lr.CPU_AUTO_TORCH_OUTPUT_BELOW.bit_length() - 1
+        return (
+            f" (CPU: native; torch's linear + relu for calls under 2^{limit} multiply-adds, and float32 /"
+            f" float64 ones under 2^{out_limit} outputs)"
+        )
     if isinstance(module, nn.CrossEntropyLoss):
         limit = _ce.CPU_AUTO_TORCH_BELOW.bit_length() - 1
         return f" (CPU: native; torch's cross_entropy for logits under 2^{limit} elements)"

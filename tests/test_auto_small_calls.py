@@ -134,12 +134,24 @@ def test_small_linear_relu_runs_torch_with_the_kernels_results(dtype):
 
 
 def test_linear_relu_at_the_limit_runs_the_kernel(monkeypatch):
-    x, w = make_tensor((512, 512)), make_tensor((512, 512), scale=512**-0.5)
+    # The multiply-add rule (every dtype; bfloat16 has no other): 512^3 = 2^27 runs the kernel.
+    x, w = make_tensor((512, 512), torch.bfloat16), make_tensor((512, 512), torch.bfloat16, scale=512**-0.5)
     assert x.numel() * w.shape[0] == _lr.CPU_AUTO_TORCH_BELOW
     assert not _lr.cpu_auto_uses_torch(x, w)
     assert _runs_kernel(FF.linear_relu(x.requires_grad_(), w))
-    assert _lr.cpu_auto_uses_torch(x[:-1], w)
+    assert "multiply-adds" in _lr.cpu_auto_uses_torch(x[:-1], w)
     assert not _runs_kernel(FF.linear_relu(x[:-1], w))
+    # The output rule (float32 / float64): 2^28 multiply-adds into 2048 x 1024 = 2^21 outputs runs the
+    # kernel; one row less runs torch, though it is still far above the multiply-add rule's limit.
+    for dtype in (torch.float32, torch.float64):
+        x, w = make_tensor((2048, 128), dtype), make_tensor((1024, 128), dtype, scale=128**-0.5)
+        assert x.shape[0] * w.shape[0] == _lr.CPU_AUTO_TORCH_OUTPUT_BELOW
+        assert not _lr.cpu_auto_uses_torch(x, w)
+        assert _runs_kernel(FF.linear_relu(x.requires_grad_(), w))
+        assert x[:-1].numel() * w.shape[0] > _lr.CPU_AUTO_TORCH_BELOW
+        assert "outputs of fewer than 2^21" in _lr.cpu_auto_uses_torch(x[:-1], w)
+        assert not _runs_kernel(FF.linear_relu(x[:-1], w))
+        assert not _lr.cpu_auto_uses_torch(x[:-1].to(torch.bfloat16), w.to(torch.bfloat16))
     small = make_tensor((4, 8), requires_grad=True)
     assert _runs_kernel(FF.linear_relu(small, make_tensor((3, 8)), backend="native"))
     monkeypatch.setenv("FASTOPS_BACKEND", "native")

@@ -39,12 +39,25 @@ _backend.register_op(
 #   bfloat16 2.1M 0.81x, 16.8M 0.54x, 67M 0.90x, 134M 1.31x
 #   float64  2.1M 0.70x, 16.8M 0.91x, 67M 1.00x;  float16 2.1M 0.69x, 16.8M 0.88x, 67M 0.76x
 CPU_AUTO_TORCH_BELOW = 1 << 27  # M*K*N
+#
+# The epilogue saves passes over the M x N output, so what it earns grows with M*N, not with K: a
+# float32 / float64 batch of 64 through a 3072 -> 1024 layer is 2^27.6 multiply-adds but a 64 x 1024
+# output, and lost. Measured fwd+bwd (grads cleared each step, 3 interleaved runs), 2-core AMD EPYC
+# (AVX2), float32, session 2026-12-07, M x K x N (x needs grad?): ratio, by M*N:
+#   2^16: 64x3072x1024 (no) 0.96-0.97x, 64x1024x1024 (yes) 0.93-0.95x
+#   2^18: 256x1024x1024 (yes) 0.96-0.97x, 256x3072x1024 (no) 0.99x;  2^19: 512x1024x1024 0.98-0.99x
+#   2^20: 1024x1024x1024 0.97-1.00x, 1024x3072x1024 0.99-1.01x
+#   2^21: 2048x1024x1024 0.98-1.01x (yes), 1.00-1.01x (no);  2^23.6: 4096x768x3072 (yes) 0.99-1.09x
+# So float32 / float64 calls with an output of fewer than 2^21 elements run torch too. (float16 /
+# bfloat16 keep the first rule only: there the fused epilogue also saves a rounding pass.)
+CPU_AUTO_TORCH_OUTPUT_BELOW = 1 << 21  # M*N, float32 / float64
 
 
 def cpu_auto_uses_torch(x: torch.Tensor, weight: torch.Tensor) -> str:
     """Why ``backend="auto"`` runs torch's ``F.relu(F.linear(...))`` for this CPU call (``""``: it runs
-    the native kernel): a GEMM of fewer than CPU_AUTO_TORCH_BELOW multiply-adds, where the call's
-    fixed cost outweighs the fused epilogue. ``x`` is ``(*, K)``, ``weight`` ``(N, K)``."""
+    the native kernel): a GEMM of fewer than CPU_AUTO_TORCH_BELOW multiply-adds, or, in float32 /
+    float64, an output of fewer than CPU_AUTO_TORCH_OUTPUT_BELOW elements, where the call's fixed cost
+    outweighs the fused epilogue. ``x`` is ``(*, K)``, ``weight`` ``(N, K)``."""
     if x.dim() < 1 or weight.dim() != 2:
         return ""  # the contract's error comes from the op
     macs = x.numel() * weight.shape[0]
@@ -52,6 +65,10 @@ def cpu_auto_uses_torch(x: torch.Tensor, weight: torch.Tensor) -> str:
         return ""  # symbolic sizes (export, dynamic compile): the op, no guard on a dynamic dim
     if macs < CPU_AUTO_TORCH_BELOW:
         return f"GEMMs of fewer than 2^{CPU_AUTO_TORCH_BELOW.bit_length() - 1} multiply-adds"
+    k = x.shape[-1]
+    outputs = macs // k if k else 0
+    if x.dtype in (torch.float32, torch.float64) and outputs < CPU_AUTO_TORCH_OUTPUT_BELOW:
+        return f"float32 / float64 outputs of fewer than 2^{CPU_AUTO_TORCH_OUTPUT_BELOW.bit_length() - 1} elements"
     return ""
 
 
