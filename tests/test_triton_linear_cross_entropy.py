@@ -210,6 +210,18 @@ def test_matches_reference(device: str, dtype: torch.dtype, reduction: int, conf
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_rows_and_class_tiles(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Class tiles of 32 (V = 131: five, the last ragged) with, under the interpreter, 4 chunk rows a
+    program (8-row chunks: two programs; the last chunk's 5 rows: the second program has 1 live
+    row): test_matches_reference's checks on the tiling the default sizes never pick at V = 131."""
+    monkeypatch.setattr(TLCE, "MAX_BLOCK_V", 32)
+    monkeypatch.setattr(TLCE, "INTERPRETER_TILE", 128)
+    assert TLCE._block_v(V, CHUNK, torch.float32)[:2] == ((4, 32) if device == "cpu" else (1, 32))
+    for config, reduction in (("everything", 0), ("everything", 1), ("no_bias", 2), ("softcap", 1)):
+        test_matches_reference(device, torch.float32, reduction, config)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_chunking_does_not_change_results(device: str) -> None:
     """One chunk, the automatic size (0), 8 rows and 1 row: the same values up to summation order."""
     tensors, opts = _case("everything", torch.float64, device)

@@ -23,15 +23,17 @@
 # (R, V) block ever exists, never the (N, V) logits. The backward op (reduction "none", or a
 # forward without compute_grad) repeats the sweep from the saved statistics: one GEMM more.
 #
-# Grid. The per-chunk kernel runs one program per chunk row: grid = (R,). Global row = row0 + the
-# program id (int64 before any arithmetic; offsets into the chunk are program id * V, int64).
+# Grid. The per-chunk kernel runs ROWS chunk rows a program: grid = (cdiv(R, ROWS),). ROWS is 1 on a
+# GPU for any V above 2048 (every LM head); a small V fills a tile with rows (_block_v), and under the
+# CPU interpreter, whose cost is per program, up to 16384 elements of rows share one. Global row =
+# row0 + the chunk row (int64 before any arithmetic; offsets into the chunk are chunk row * V, int64).
 #
-# Tiling. A program sweeps its row in tiles of BLOCK_V classes (a power of two, <= 4096, 2048 for
-# float64), in registers. Forward: one loop with the online max / sum (Milakov & Gimelshein) and,
-# with smoothing, the running sum of w_c (z_c - m) re-based when the max moves; the target logit is
-# one extra load. Gradient: a second loop over the row (it hits L2: a row is V * s bytes) that
-# reads l_c, recomputes z_c and p_c and writes dL_c over l_c. The backward op runs only that loop,
-# from the saved (m, ls).
+# Tiling. A program sweeps its rows in (ROWS, BLOCK_V) tiles (BLOCK_V a power of two, <= 4096, 2048
+# for float64), in registers; every per-row quantity is a (ROWS,) vector. Forward: one loop with the
+# online max / sum (Milakov & Gimelshein) and, with smoothing, the running sum of w_c (z_c - m)
+# re-based when the max moves; the target logit is one extra load. Gradient: a second loop over the
+# row (it hits L2: a row is V * s bytes) that reads l_c, recomputes z_c and p_c and writes dL_c over
+# l_c. The backward op runs only that loop, from the saved (m, ls).
 #
 # Traffic (s = bytes per element, one chunk of R rows): the kernel reads the R x V logits twice
 # (the second read from L2 for rows up to a few MB) and writes dL once: 3 R V s, against eager
@@ -92,12 +94,14 @@ from fastops.ops.linear_cross_entropy import (
     chunk_rows_for,
     fwd_fake,
 )
+from fastops.triton import interpreting
 from fastops.triton._register import check_kernel_input, new_output, triton_library_op
 
 __all__ = ["linear_cross_entropy_bwd", "linear_cross_entropy_fwd"]
 
 OP_FWD, OP_BWD = "linear_cross_entropy_fwd", "linear_cross_entropy_bwd"
 MAX_BLOCK_V = 4096
+INTERPRETER_TILE = 16384  # elements a program under the CPU interpreter (rows of a small-V chunk)
 
 
 # ---- kernel -----------------------------------------------------------------------------------
@@ -123,6 +127,7 @@ def linear_cross_entropy_chunk_kernel(
     loss_ptr,  # (N,) per-row loss, accumulation dtype (FWD)
     stats_ptr,  # (2, N) accumulation dtype: [0] row max m of z, [1] ls; written (FWD) or read
     row0,  # global index of the chunk's first row
+    R,  # rows in the chunk
     N,
     V,
     g_stride,  # 0 (one scalar for every row) or 1
@@ -139,76 +144,81 @@ def linear_cross_entropy_chunk_kernel(
     SMOOTHING: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ZLOSS: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     acc = stats_ptr.dtype.element_ty
-    i = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # this program's chunk rows
+    i_ok = i < R
     r = row0 + i
-    zrow = z_ptr + i * V
+    zrow = z_ptr + i * V  # (ROWS,) row starts
     cls = tl.arange(0, BLOCK_V)
-    y = tl.load(tgt_ptr + r)
+    y = tl.load(tgt_ptr + r, mask=i_ok, other=ignore_index)
     keep = y != ignore_index
     inb = (y >= 0) & (y < V)  # the launcher raised already; this only keeps a traced call in bounds
-    Vf = tl.zeros([], acc) + V
+    Vf = tl.zeros([ROWS], acc) + V
     if SOFTCAP:
         cap = (tl.zeros([], tl.float64) + cap_hi) + cap_lo
     if SMOOTHING:
-        eps = (tl.zeros([], acc) + eps_hi) + eps_lo
+        eps = (tl.zeros([ROWS], acc) + eps_hi) + eps_lo
         W = tl.load(wsum_ptr).to(acc) if HAS_WEIGHT else Vf
 
     if FWD:
-        m = tl.full([], float("-inf"), acc)  # running max
-        s = tl.zeros([], tl.float64)  # running sum of exp(z - shift), float64 (see Numerics)
-        shift = tl.zeros([], acc)  # m, or 0 while m is -inf (exp(-inf - -inf) would be NaN)
-        sxr = tl.zeros([], acc)  # sum w_c (z_c - shift)
-        ws = tl.zeros([], acc)  # sum w_c over the tiles seen
+        m = tl.full([ROWS], float("-inf"), acc)  # running max
+        s = tl.zeros([ROWS], tl.float64)  # running sum of exp(z - shift), float64 (see Numerics)
+        shift = tl.zeros([ROWS], acc)  # m, or 0 while m is -inf (exp(-inf - -inf) would be NaN)
+        sxr = tl.zeros([ROWS], acc)  # sum w_c (z_c - shift)
+        ws = tl.zeros([ROWS], acc)  # sum w_c over the tiles seen
         for v0 in range(0, V, BLOCK_V):
             c = v0 + cls
             live = c < V
-            z = tl.load(zrow + c, mask=live, other=0.0)
+            tile = i_ok[:, None] & live[None, :]
+            z = tl.load(zrow[:, None] + c[None, :], mask=tile, other=0.0)
             if SOFTCAP:
                 z, _ = _cap(z, cap)
-            z = tl.where(live, z.to(acc), float("-inf"))  # a capped masked lane would be -cap, not -inf
-            m_new = tl.maximum(m, tl.max(z, axis=0))
+            z = tl.where(tile, z.to(acc), float("-inf"))  # a capped masked lane would be -cap, not -inf
+            m_new = tl.maximum(m, tl.max(z, axis=1))
             new_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp((m - new_shift).to(tl.float64)) + tl.sum(tl.exp(z - new_shift).to(tl.float64), axis=0)
+            s = s * tl.exp((m - new_shift).to(tl.float64)) + tl.sum(
+                tl.exp(z - new_shift[:, None]).to(tl.float64), axis=1
+            )
             m = m_new
             d = shift - new_shift  # <= 0: re-bases the relative sum when the max moves
             shift = new_shift
             if SMOOTHING:
-                zr = tl.where(live, z - shift, 0.0)  # z is -inf off the row; 0 * -inf would be NaN
+                zr = tl.where(tile, z - shift[:, None], 0.0)  # z is -inf off the row; 0 * -inf would be NaN
                 if HAS_WEIGHT:
-                    w = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)
-                    sxr += d * ws + tl.sum(w * zr, axis=0)
-                    ws += tl.sum(w, axis=0)
+                    w = tl.load(w_ptr + c, mask=live, other=0.0).to(acc)[None, :]
+                    sxr += d * ws + tl.sum(w * zr, axis=1)
+                    ws += tl.sum(w, axis=1)
                 else:
-                    sxr += d * ws + tl.sum(zr, axis=0)
+                    sxr += d * ws + tl.sum(zr, axis=1)
                     ws += tl.sum(live.to(acc), axis=0)
         ls = tl.log(s).to(acc)
         finite = (m > float("-inf")) & (m < float("inf"))
-        z_y = tl.load(zrow + y, mask=keep & inb, other=0.0)
+        z_y = tl.load(zrow + y, mask=i_ok & keep & inb, other=0.0)
         if SOFTCAP:
             z_y, _ = _cap(z_y, cap)
         loss = (m - z_y.to(acc)) + ls
         if HAS_WEIGHT:
-            loss = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) * loss
+            loss = tl.load(w_ptr + y, mask=i_ok & keep & inb, other=0.0).to(acc) * loss
         if SMOOTHING:
             loss = (1.0 - eps) * loss + eps / Vf * (W * ls - sxr)
         if ZLOSS:
             lse = m + ls
-            loss += ((tl.zeros([], acc) + zl_hi) + zl_lo) * lse * lse
+            loss += ((tl.zeros([ROWS], acc) + zl_hi) + zl_lo) * lse * lse
         loss = tl.where(keep, tl.where(inb & finite, loss, float("nan")), 0.0)
-        tl.store(loss_ptr + r, loss)
-        tl.store(stats_ptr + r, m)
-        tl.store(stats_ptr + N + r, ls)
+        tl.store(loss_ptr + r, loss, mask=i_ok)
+        tl.store(stats_ptr + r, m, mask=i_ok)
+        tl.store(stats_ptr + N + r, ls, mask=i_ok)
     else:
-        m = tl.load(stats_ptr + r).to(acc)
-        ls = tl.load(stats_ptr + N + r).to(acc)
+        m = tl.load(stats_ptr + r, mask=i_ok, other=0.0).to(acc)
+        ls = tl.load(stats_ptr + N + r, mask=i_ok, other=0.0).to(acc)
         finite = (m > float("-inf")) & (m < float("inf")) & (ls > float("-inf")) & (ls < float("inf"))
 
     if GRAD:
-        g = tl.load(g_ptr + r * g_stride).to(acc)
-        w_y = tl.load(w_ptr + y, mask=keep & inb, other=0.0).to(acc) if HAS_WEIGHT else 1.0
+        g = tl.load(g_ptr + r * g_stride, mask=i_ok, other=0.0).to(acc)
+        w_y = tl.load(w_ptr + y, mask=i_ok & keep & inb, other=0.0).to(acc) if HAS_WEIGHT else 1.0
         g1 = g * w_y  # the [c == y] term
         coef = g1  # multiplies p_c
         if SMOOTHING:
@@ -216,24 +226,27 @@ def linear_cross_entropy_chunk_kernel(
             g0 = g * eps / Vf  # per-class smoothing term, times w_c
             coef = g1 + g0 * W
         if ZLOSS:
-            coef += 2.0 * g * ((tl.zeros([], acc) + zl_hi) + zl_lo) * (m + ls)
+            coef += 2.0 * g * ((tl.zeros([ROWS], acc) + zl_hi) + zl_lo) * (m + ls)
         coef = tl.where(inb & finite, coef, float("nan"))
         for v0 in range(0, V, BLOCK_V):
             c = v0 + cls
             live = c < V
-            z = tl.load(zrow + c, mask=live, other=0.0)
+            tile = i_ok[:, None] & live[None, :]
+            z = tl.load(zrow[:, None] + c[None, :], mask=tile, other=0.0)
             if SOFTCAP:
                 z, dz = _cap(z, cap)
-            grad = coef * tl.exp((z.to(acc) - m) - ls) - tl.where(c == y, g1, 0.0)  # z - m exact near the max
+            grad = coef[:, None] * tl.exp((z.to(acc) - m[:, None]) - ls[:, None]) - tl.where(
+                c[None, :] == y[:, None], g1[:, None], 0.0
+            )  # z - m exact near the max
             if SMOOTHING:
                 if HAS_WEIGHT:
-                    grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc) * g0
+                    grad -= tl.load(w_ptr + c, mask=live, other=0.0).to(acc)[None, :] * g0[:, None]
                 else:
-                    grad -= g0
+                    grad -= g0[:, None]
             if SOFTCAP:
                 grad = grad * dz.to(acc)
-            grad = tl.where(keep, grad, 0.0)  # exact zeros for ignored rows
-            tl.store(zrow + c, grad.to(z_ptr.dtype.element_ty), mask=live)
+            grad = tl.where(keep[:, None], grad, 0.0)  # exact zeros for ignored rows
+            tl.store(zrow[:, None] + c[None, :], grad.to(z_ptr.dtype.element_ty), mask=tile)
 
 
 # ---- checks -----------------------------------------------------------------------------------
@@ -250,11 +263,15 @@ def _f32_pair(v: float) -> tuple[float, float]:
     return hi, float(v - hi)
 
 
-def _block_v(V: int, dtype: torch.dtype) -> tuple[int, int]:
-    """BLOCK_V (power of two, the whole row when it fits) and num_warps (~8 elements a thread)."""
+def _block_v(V: int, R: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_V, num_warps) for a chunk of R rows: BLOCK_V a power of two, the whole row when it
+    fits in MAX_BLOCK_V (half in float64); as many rows a program as fill that many elements (on a GPU
+    an LM head's V >= 4096 keeps one row a program), INTERPRETER_TILE under the interpreter (whose
+    cost is per program); ~8 elements a thread."""
     cap = MAX_BLOCK_V // 2 if dtype == torch.float64 else MAX_BLOCK_V
     block = min(triton.next_power_of_2(V), cap)
-    return block, max(1, min(16, block // 256))
+    rows = min(triton.next_power_of_2(max(R, 1)), max(1, (INTERPRETER_TILE if interpreting() else cap) // block))
+    return rows, block, max(1, min(16, rows * block // 256))
 
 
 def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -299,19 +316,19 @@ def _sweep(
     smoothing = label_smoothing > 0
     w = class_weight.to(acc).contiguous() if has_w else None
     wsum = w.sum() if has_w and smoothing else None  # 0-dim on the device: no sync
-    block, warps = _block_v(V, x.dtype)
     rows = chunk_rows_for(N, H, V, chunk_rows)
+    rows_a_program, block, warps = _block_v(V, rows, x.dtype)
     wt = weight.t()
     kernel = wrap_triton(linear_cross_entropy_chunk_kernel)
     for i0 in range(0, N, rows):
         i1 = min(N, i0 + rows)
         xc = x[i0:i1]
         logits = torch.addmm(bias, xc, wt) if bias is not None else torch.mm(xc, wt)
-        kernel[(i1 - i0,)](
-            logits, target, w, wsum, g, loss_rows, stats, i0, N, V, 0 if not want or g.dim() == 0 else 1,
+        kernel[(triton.cdiv(i1 - i0, rows_a_program),)](
+            logits, target, w, wsum, g, loss_rows, stats, i0, i1 - i0, N, V, 0 if not want or g.dim() == 0 else 1,
             ignore_index, *_f32_pair(label_smoothing), *_f32_pair(softcap), *_f32_pair(z_loss),
             FWD=loss_rows is not None, GRAD=want, HAS_WEIGHT=has_w, SMOOTHING=smoothing, SOFTCAP=softcap > 0,
-            ZLOSS=z_loss > 0, BLOCK_V=block, num_warps=warps,
+            ZLOSS=z_loss > 0, ROWS=rows_a_program, BLOCK_V=block, num_warps=warps,
         )  # fmt: skip
         if want:  # logits now holds dL
             torch.mm(logits, weight, out=grad_x[i0:i1])
