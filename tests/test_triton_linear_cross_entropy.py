@@ -2,7 +2,7 @@
 
 Ground truth: ``fastops.reference.linear_cross_entropy`` in float64 (itself checked against F.linear,
 the soft cap, F.cross_entropy and the z-loss). Shapes stay tiny (the CPU interpreter
-runs one numpy program per row): N=37, H=19, V=131 with 8-row chunks, so the last chunk is ragged.
+runs each program as numpy ops, Python-slow per op): N=37, H=19, V=131 with 8-row chunks, so the last chunk is ragged.
 """
 
 from __future__ import annotations
