@@ -13,7 +13,13 @@ import fastops
 from fastops import reference
 from fastops.ops import adam as adam_ops
 from fastops.ops import namespace
-from fastops.testing import TOLERANCES, assert_close_to_reference, device_backend_params, noncontiguous
+from fastops.testing import (
+    TOLERANCES,
+    assert_close_to_reference,
+    device_backend_params,
+    noncontiguous,
+    triton_device_params,
+)
 
 ALL = device_backend_params()
 KERNELS = device_backend_params(("native", "triton"), ("native", "triton"))
@@ -24,8 +30,9 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _make_params(device, dtype, small=False):
     """Mixed shapes: a scalar, empty tensors, odd sizes (vector tails), a multi-chunk tensor (more
     than the native kernel's 16k-element chunk), a transposed (dense, strided) param, a non-dense
-    strided view, and one that never gets a grad. ``small`` (the Triton interpreter and the torch
-    composition, both slow per tensor) drops the second empty tensor and the multi-chunk one."""
+    strided view, and one that never gets a grad. ``small`` (the torch composition, slow per tensor)
+    drops the second empty tensor and the multi-chunk one. The Triton backend gets them all: its
+    tensors under PACK_BELOW elements share one launch, the multi-chunk one has its own."""
     shapes = [(7, 13), (), (0,), (33,)] if small else [(7, 13), (), (0,), (0, 3), (33,), (16384 + 1001,)]
     ps = [torch.randn(s, dtype=torch.float64).to(device=device, dtype=dtype) for s in shapes]
     ps.append(torch.randn(9, 5, dtype=torch.float64).to(device=device, dtype=dtype).t())  # transposed
@@ -88,7 +95,7 @@ def _compare(fast, ref, ps_fast, ps_ref, what, torch_same=None):
 
 def _run_against_torch(backend, device, dtype, cls_name, amsgrad, wd, maximize, lr_tensor, steps=STEPS):
     kw = dict(weight_decay=wd, amsgrad=amsgrad, maximize=maximize, betas=(0.8, 0.99), eps=1e-6)
-    ps = _make_params(device, dtype, small=backend != "native")
+    ps = _make_params(device, dtype, small=backend == "torch")
     if dtype in LOW_PRECISION:
         # Low precision: both ours and torch's same-dtype run are measured against torch in float64.
         lists = [ps, _clone_params(ps, torch.float64), _clone_params(ps)]
@@ -158,6 +165,45 @@ def test_empty_params_with_stride_zero_state(device, backend):
     steps = [torch.tensor(1.0, device=device)]
     namespace(backend, "adam").adam_step_([p], [p * 2], [state[0]], [state[1]], [state[2]], steps, **_kwargs())
     assert steps[0].item() == 2.0 and p.shape == (2, 0, 1)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", triton_device_params())
+def test_triton_packed_small_tensors_match_one_launch_each(device):
+    """The Triton launcher steps tensors under PACK_BELOW elements together (one concatenated launch,
+    each element's step-dependent scalars gathered by its tensor's row). Against each tensor stepped in
+    a call of its own (one tensor: never packed), bit for bit: different step counts per tensor (a
+    wrong row would take another tensor's bias correction), a transposed and a strided state, a 0-d
+    parameter, amsgrad, a tensor at PACK_BELOW (not packed) in the same list, every dtype."""
+    from fastops.triton import adam as TA  # noqa: PLC0415  (registers the op; the mark's tests have it)
+
+    ns = namespace("triton", "adam")
+    for dtype, amsgrad in itertools.product(
+        [torch.float32, torch.float64, torch.bfloat16, torch.float16], [True, False]
+    ):
+        shapes = [(5, 3), (), (33,), (TA.PACK_BELOW,), (9, 4), (7,)]
+        base = [torch.randn(sh, dtype=torch.float64).to(device=device, dtype=dtype) for sh in shapes]
+        runs = []
+        for together in (True, False):
+            ps = [b.clone() for b in base]
+            ps[4] = base[4].t().contiguous().t()  # transposed, dense
+            ms = [torch.zeros_like(p) for p in ps]
+            vs = [torch.zeros_like(p) for p in ps]
+            vms = [torch.zeros_like(p) for p in ps] if amsgrad else []
+            vs[5] = noncontiguous(vs[5])
+            steps = [torch.tensor(float(3 * k), device=device) for k in range(len(ps))]
+            for it in range(3):
+                gs = [torch.sin(b.float() * (it + 1) + k).to(dtype) for k, b in enumerate(base)]
+                if together:
+                    ns.adam_step_(ps, gs, ms, vs, vms, steps, **_kwargs(amsgrad=amsgrad))
+                else:
+                    for k in range(len(ps)):
+                        one = [[t[k]] for t in (ps, gs, ms, vs)] + [[vms[k]] if amsgrad else [], [steps[k]]]
+                        ns.adam_step_(*one, **_kwargs(amsgrad=amsgrad))
+            runs.append((ps, ms, vs, vms, steps))
+        for name, a_list, b_list in zip(("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"), *runs):
+            for k, (a, b) in enumerate(zip(a_list, b_list)):
+                torch.testing.assert_close(a, b, atol=0, rtol=0, msg=f"{dtype} amsgrad={amsgrad} {name}[{k}]")
 
 
 def _fresh_step_args(n=3, amsgrad=True, device="cpu", dtype=torch.float32):

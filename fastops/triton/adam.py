@@ -11,10 +11,17 @@
 # (float64, as torch's host arithmetic; stored in the math type), so nothing is read back to the
 # host. found_inf is read by every program, which then masks all its loads and stores off.
 #
-# Grid. One launch per parameter tensor: grid = (cdiv(numel, BLOCK),), one BLOCK of elements per
-# program, offsets in int64 (a tensor may exceed 2^31 elements). A grouped launch over a pointer
-# table would save the per-tensor launch overhead on many-small-tensor lists; the native CUDA
-# kernel (csrc/cuda/adam.cu) does that, this backend keeps the simple form.
+# Grid. One launch per parameter tensor of PACK_BELOW (16384) elements or more: grid = (cdiv(numel,
+# BLOCK),), one BLOCK of elements per program, offsets in int64 (a tensor may exceed 2^31 elements).
+# The smaller tensors (two or more) share one launch: their p, g, m, v (vm) are concatenated flat, a
+# per-element int32 row index picks each element's two step-dependent scalars (neg_step_size,
+# bc2_sqrt) from the table, and p, m, v (vm) are copied back with one foreach copy each. On a GPU a
+# launch costs microseconds while a small tensor's step moves a few KB, so a model's hundred-odd
+# biases and norms were launch-bound; the concatenation and the copy back add about twice the
+# kernel's own traffic, on those small tensors only. Under the CPU interpreter (cost per launch and
+# per program) the Adam tests' ~5000 small tensor steps become ~800 launches. The native CUDA kernel
+# (csrc/cuda/adam.cu) takes a pointer table instead, which the interpreter cannot run (it copies
+# each tensor argument).
 #
 # Tiling. A program's BLOCK elements of p, g, m, v (vm) live in registers; no reuse, no shared memory.
 #
@@ -57,6 +64,9 @@ from fastops.triton._register import check_kernel_input, triton_library_op
 # AMD EPYC).
 BLOCK = 1024
 INTERPRETER_MAX_BLOCK = 16384
+# Tensors under this many elements (biases, norms, small convs) are stepped together: one launch over
+# their concatenation instead of one each (see Grid).
+PACK_BELOW = 1 << 14
 
 
 def _block(numel: int) -> int:
@@ -72,6 +82,7 @@ SCALARS = ("neg_step_size", "bc2_sqrt", "decay", "wd", "w", "one_minus_w", "beta
 _NEG_STEP_SIZE, _BC2_SQRT, _DECAY, _WD, _W, _ONE_MINUS_W, _BETA2, _ONE_MINUS_BETA2, _EPS = (
     tl.constexpr(i) for i in range(len(SCALARS))
 )
+_NSCAL = tl.constexpr(len(SCALARS))
 
 
 @triton.jit
@@ -95,10 +106,12 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     m_ptr,
     v_ptr,
     vm_ptr,
-    scal_ptr,  # (len(SCALARS),) math type: this tensor's row of the scalar table
+    scal_ptr,  # (len(SCALARS),) math type: this tensor's row of the scalar table; PACKED: the whole table
+    seg_ptr,  # PACKED: (numel,) int32, each element's row of the table (else unused)
     inv_scale_ptr,  # (1,) math type
     found_ptr,  # (1,) float32: nonzero skips the step
     numel,
+    PACKED: tl.constexpr,  # several small tensors concatenated; the step-dependent scalars per element
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     DECOUPLED: tl.constexpr,
@@ -112,9 +125,15 @@ def adam_step_elementwise_kernel(  # noqa: ANN201 - a Triton kernel returns noth
     found = tl.load(found_ptr)
     mask = (offs < numel) & ((tl.zeros([BLOCK], dtype=tl.float32) + found) == 0.0)
     # Scalars travel in the math type (float64 for fp64 params), not as float32 kernel arguments.
-    neg_step_size = tl.load(scal_ptr + _NEG_STEP_SIZE)
+    # Only the two that depend on the tensor's step count differ between rows of the table.
+    if PACKED:
+        row = tl.load(seg_ptr + offs, mask=offs < numel, other=0).to(tl.int64) * _NSCAL
+        neg_step_size = tl.load(scal_ptr + row + _NEG_STEP_SIZE, mask=offs < numel, other=0.0)
+        bc2_sqrt = tl.load(scal_ptr + row + _BC2_SQRT, mask=offs < numel, other=1.0)
+    else:
+        neg_step_size = tl.load(scal_ptr + _NEG_STEP_SIZE)
+        bc2_sqrt = tl.load(scal_ptr + _BC2_SQRT)
     acc = neg_step_size.dtype
-    bc2_sqrt = tl.load(scal_ptr + _BC2_SQRT)
     decay = tl.load(scal_ptr + _DECAY)
     wd = tl.load(scal_ptr + _WD)
     w = tl.load(scal_ptr + _W)
@@ -215,9 +234,25 @@ def adam_step_(
         else torch.zeros(1, dtype=torch.float32, device=device)
     )
     kernel = wrap_triton(adam_step_elementwise_kernel)
+    flags = dict(
+        AMSGRAD=amsgrad,
+        MAXIMIZE=maximize,
+        DECOUPLED=decoupled_weight_decay and weight_decay != 0,
+        L2=(not decoupled_weight_decay) and weight_decay != 0,
+        LERP_LOW=abs(1.0 - beta1) < 0.5,
+        BF16=dtype == torch.bfloat16,
+    )
+    small = [i for i in range(n) if 0 < params[i].numel() < PACK_BELOW]
+    if len(small) < 2:
+        small = []
+    if small:
+        _step_packed(
+            kernel, small, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scal, inv_scale, found, flags
+        )
+    packed = set(small)
     for i in range(n):
         numel = params[i].numel()
-        if numel == 0:
+        if numel == 0 or i in packed:
             continue
         bufs = [params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]] + ([max_exp_avg_sqs[i]] if amsgrad else [])
         work = [b.contiguous() for b in bufs]
@@ -225,29 +260,50 @@ def adam_step_(
         vm = work[4] if amsgrad else m  # never read or written without AMSGRAD
         block = _block(numel)
         kernel[(triton.cdiv(numel, block),)](
-            p,
-            g,
-            m,
-            v,
-            vm,
-            scal[i],
-            inv_scale,
-            found,
-            numel,
-            AMSGRAD=amsgrad,
-            MAXIMIZE=maximize,
-            DECOUPLED=decoupled_weight_decay and weight_decay != 0,
-            L2=(not decoupled_weight_decay) and weight_decay != 0,
-            LERP_LOW=abs(1.0 - beta1) < 0.5,
-            BF16=dtype == torch.bfloat16,
-            BLOCK=block,
-        )
+            p, g, m, v, vm, scal[i], scal[i], inv_scale, found, numel, PACKED=False, BLOCK=block, **flags
+        )  # fmt: skip
         # Decided from strides, not data pointers: the launcher is traced on fake tensors on a GPU.
         for k, (dst, src) in enumerate(zip(bufs, work)):
             if k != 1 and not dst.is_contiguous():
                 dst.copy_(src)
     # step += 1, or += 0 on an overflow step: no host sync.
     torch._foreach_add_(state_steps, (1 - found).reshape(()))
+
+
+def _step_packed(
+    kernel,
+    idx: list[int],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    scal: torch.Tensor,
+    inv_scale: torch.Tensor,
+    found: torch.Tensor,
+    flags: dict[str, bool],
+) -> None:
+    """Steps the tensors ``idx`` (each under PACK_BELOW elements) in one launch: each buffer list is
+    concatenated flat, stepped with every element reading its tensor's row of ``scal`` (n, len(SCALARS))
+    through a per-element row index, and the results are copied back (one foreach copy per buffer)."""
+    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if flags["AMSGRAD"] else [])
+    counts = [params[i].numel() for i in idx]
+    total = sum(counts)
+    flat = [torch.cat([buf[i].reshape(-1) for i in idx]) for buf in lists]
+    device = params[0].device
+    seg = torch.repeat_interleave(
+        torch.tensor(idx, dtype=torch.int32, device=device), torch.tensor(counts, device=device), output_size=total
+    )
+    p, g, m, v = flat[:4]
+    vm = flat[4] if flags["AMSGRAD"] else m
+    block = _block(total)
+    kernel[(triton.cdiv(total, block),)](
+        p, g, m, v, vm, scal, seg, inv_scale, found, total, PACKED=True, BLOCK=block, **flags
+    )  # fmt: skip
+    for k, (buf, src) in enumerate(zip(lists, flat)):
+        if k != 1:  # the gradient is only read
+            dsts = [buf[i] for i in idx]
+            torch._foreach_copy_(dsts, [c.view(d.shape) for c, d in zip(src.split(counts), dsts)])
 
 
 # No derivative (see fastops.ops._autograd.register_in_place), as the native op.
