@@ -206,6 +206,37 @@ def test_triton_packed_small_tensors_match_one_launch_each(device):
                 torch.testing.assert_close(a, b, atol=0, rtol=0, msg=f"{dtype} amsgrad={amsgrad} {name}[{k}]")
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("device", triton_device_params())
+def test_triton_entries_sharing_memory_step_in_order(device):
+    """A list naming one tensor twice (its states too), or two views of one storage: the Triton launcher
+    does not pack those entries (packed, both would read the old values and one step would be lost) but
+    steps them one launch at a time, in order, as the native op does: the same bits as separate calls."""
+    ns = namespace("triton", "adam")
+    base, q_base, r_base = (torch.randn(sh, device=device) for sh in ((4, 6), (7,), (3, 2)))
+    for case in ("same tensor", "views of one storage"):
+        runs = []
+        for together in (True, False):
+            p, m, v = base.clone(), torch.zeros_like(base), torch.zeros_like(base)
+            q, r = q_base.clone(), r_base.clone()  # unshared entries: these two are packed
+            qm, qv, rm, rv = (torch.zeros_like(t) for t in (q, q, r, r))
+            if case == "same tensor":
+                entries = [(p, m, v), (q, qm, qv), (p, m, v), (r, rm, rv)]
+            else:
+                entries = [(p[:2], m[:2], v[:2]), (q, qm, qv), (p[2:], m[2:], v[2:]), (r, rm, rv)]
+            steps = [torch.tensor(float(k), device=device) for k in range(4)]
+            grads = [torch.full_like(e[0], 0.5 + k) for k, e in enumerate(entries)]
+            if together:
+                ps, ms, vs = (list(t) for t in zip(*entries))
+                ns.adam_step_(ps, grads, ms, vs, [], steps, **_kwargs(amsgrad=False))
+            else:
+                for k, (pk, mk, vk) in enumerate(entries):
+                    ns.adam_step_([pk], [grads[k]], [mk], [vk], [], [steps[k]], **_kwargs(amsgrad=False))
+            runs.append((p, m, v, q, qm, qv, r, rm, rv))
+        for name, a, b in zip(("p", "m", "v", "q", "q_m", "q_v", "r", "r_m", "r_v"), *runs):
+            torch.testing.assert_close(a, b, atol=0, rtol=0, msg=f"{case}: {name}")
+
+
 def _fresh_step_args(n=3, amsgrad=True, device="cpu", dtype=torch.float32):
     ps = [torch.randn(s, device=device, dtype=dtype) for s in [(5, 3), (17,), ()]][:n]
     gs = [torch.randn_like(p) for p in ps]

@@ -23,6 +23,9 @@
 # (csrc/cuda/adam.cu) takes a pointer table instead, which the interpreter cannot run (it copies
 # each tensor argument).
 #
+# Entries that share memory with another (a tensor listed twice, views of one storage) are never
+# packed: they are stepped one launch at a time, in order, as the native op steps them.
+#
 # Tiling. A program's BLOCK elements of p, g, m, v (vm) live in registers; no reuse, no shared memory.
 #
 # Traffic per parameter and step (s = bytes per element): read p, g, m, v, write p, m, v: 7s (28
@@ -242,7 +245,8 @@ def adam_step_(
         LERP_LOW=abs(1.0 - beta1) < 0.5,
         BF16=dtype == torch.bfloat16,
     )
-    small = [i for i in range(n) if 0 < params[i].numel() < PACK_BELOW]
+    shared = _shared_entries(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [])
+    small = [i for i in range(n) if 0 < params[i].numel() < PACK_BELOW and i not in shared]
     if len(small) < 2:
         small = []
     if small:
@@ -268,6 +272,30 @@ def adam_step_(
                 dst.copy_(src)
     # step += 1, or += 0 on an overflow step: no host sync.
     torch._foreach_add_(state_steps, (1 - found).reshape(()))
+
+
+def _shared_entries(*lists: list[torch.Tensor]) -> set[int]:
+    """Indices i whose written buffers (param, exp_avg, ...) share memory with another entry's: the same
+    tensor listed twice, or views of one storage. They are stepped one launch at a time, in order, as the
+    native op steps them; packed, both entries would read the old values and the later copy back would
+    win (one step instead of two). Identity always; storages where they have an address (not fake
+    tensors under tracing, where a shared storage is the same tensor object)."""
+    seen: dict[object, int] = {}
+    shared: set[int] = set()
+    for lst in lists:
+        for i, t in enumerate(lst):
+            if t.numel() == 0:  # nothing to write; empty storages may all share one null address
+                continue
+            keys = [("id", id(t))]
+            try:
+                keys.append(("storage", t.untyped_storage().data_ptr()))
+            except (RuntimeError, NotImplementedError, AttributeError):
+                pass
+            for key in keys:
+                j = seen.setdefault(key, i)
+                if j != i:
+                    shared.update((i, j))
+    return shared
 
 
 def _step_packed(
