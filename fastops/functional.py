@@ -137,7 +137,8 @@ def conv2d(
             into the kernel epilogue (an extension; torch has no such argument).
         backend: which implementation runs. ``"auto"`` on CPU runs torch's own ``F.conv2d`` for the
             shape classes the native kernel was measured slower on (dense float32 convs larger
-            than 1x1 with more than 4 input channels per group, among others:
+            than 1x1 with more than 4 input channels per group, among others, with exceptions by
+            output size and, on AVX2-only CPUs, by class:
             :func:`fastops.ops.conv2d.cpu_auto_uses_torch`), except calls whose output sees only
             padding along H or W, on which torch 2.14's CPU conv segfaults
             (:func:`fastops.ops.conv2d.sees_only_padding`); ``"native"`` always runs the kernel.
@@ -389,16 +390,23 @@ def _is_auto(backend: str) -> bool:
 def _native_wins_at_size(
     x: torch.Tensor, weight: torch.Tensor, st: list[int], pad: list[int], dil: list[int], groups: int
 ) -> bool:
-    """Whether a normalised CPU conv2d call (x 4-D) has at least the output pixels from which its
-    class runs native under ``backend="auto"`` (:func:`fastops.ops.conv2d.cpu_auto_native_min_pixels`:
-    the Winograd and the register-blocked classes)."""
+    """Whether a normalised CPU conv2d call (x 4-D) has an output size at which its class runs native
+    under ``backend="auto"``: at least the pixels of :func:`fastops.ops.conv2d.cpu_auto_native_min_pixels`
+    (the Winograd and the register-blocked classes), or within the small-output range of
+    :func:`fastops.ops.conv2d.cpu_auto_small_output_rule` (AVX2-only CPUs)."""
     if x.dim() != 4:
         return False
     least = _conv.cpu_auto_native_min_pixels(x.dtype, weight.shape, st, pad, dil, groups)
-    if not least:
+    small = _conv.cpu_auto_small_output_rule(x.dtype, weight.shape, st, pad, dil, groups)
+    if not least and small is None:
         return False
     p, q = (_conv.out_size(int(x.shape[2 + i]), int(weight.shape[2 + i]), st[i], pad[i], dil[i]) for i in range(2))
-    return p * q >= least
+    if least and p * q >= least:
+        return True
+    if small is None:
+        return False
+    most_pixels, least_rows, most_rows = small
+    return p * q <= most_pixels and least_rows <= int(x.shape[0]) * p * q <= most_rows
 
 
 def _kernel_backend(op: str, backend: str, device: str, dtype: torch.dtype) -> str | None:

@@ -111,13 +111,19 @@ def _runs_on(module: nn.Module, backend: str) -> str:
         dtype = str(w.dtype).replace("torch.", "")
         padding = [1, 1] if module.padding == "same" else [0, 0] if module.padding == "valid" else module.padding
         args = (w.dtype, w.shape, list(module.stride), list(padding), list(module.dilation), module.groups)
-        least = _conv.cpu_auto_native_min_pixels(*args) if module.padding_mode == "zeros" else 0
-        if why and least:
-            kind = "Winograd" if _conv.cpu_auto_winograd_class(*args) else "register-blocked"
-            return (
-                f" (CPU {dtype}: native {kind} for outputs of at least {least} pixels, "
-                f"else torch's conv2d, native measured slower on smaller ones)"
-            )
+        zeros = module.padding_mode == "zeros"
+        least = _conv.cpu_auto_native_min_pixels(*args) if zeros else 0
+        small = _conv.cpu_auto_small_output_rule(*args) if zeros else None
+        if why and (least or small):
+            ranges = []
+            if least:
+                kind = "Winograd" if _conv.cpu_auto_winograd_class(*args) else "register-blocked"
+                ranges.append(f"native {kind} for outputs of at least {least} pixels")
+            if small:
+                most_pixels, least_rows, most_rows = small
+                pixels = f"at most {most_pixels} pixels and " if most_pixels < most_rows else ""
+                ranges.append(f"native for outputs of {pixels}{least_rows}-{most_rows} rows (batch x pixels)")
+            return f" (CPU {dtype}: {', '.join(ranges)}, else torch's conv2d, native measured slower elsewhere)"
         if why:
             return f" (CPU {dtype}: torch's conv2d, native measured slower on {why})"
         return f" (CPU {dtype}: native)"

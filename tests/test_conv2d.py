@@ -835,6 +835,8 @@ AUTO_CLASSES = [
     (torch.float32, (8, 8, 1, 1), (1, 1), False),  # 1x1: native below C/g x K = 2^20 at stride 1
     (torch.float32, (8, 8, 1, 1), (2, 2), False),
     (torch.float32, (8, 8, 3, 1), (1, 1), True),
+    (torch.float32, (8, 16, 2, 2), (2, 2), True),  # patch convs: native on AVX2-only CPUs (AVX2_NATIVE)
+    (torch.float32, (8, 8, 3, 3), (3, 3), True),
     (torch.bfloat16, (8, 16, 3, 3), (1, 1), True),
     (torch.bfloat16, (8, 8, 3, 3), (1, 1), False),
     (torch.bfloat16, (8, 16, 3, 3), (2, 2), False),
@@ -871,10 +873,22 @@ def _runs_torch(y: torch.Tensor) -> bool:
     return name == "ConvolutionBackward0"
 
 
+# The AUTO_CLASSES rows auto runs native on AVX2-only CPUs only: float32 patch convs (stride = kernel).
+AVX2_NATIVE = {(torch.float32, (8, 16, 2, 2), (2, 2)), (torch.float32, (8, 8, 3, 3), (3, 3))}
+
+
+@pytest.mark.parametrize("avx2_only", [False, True], ids=["avx512-or-other", "avx2-only"])
 @pytest.mark.parametrize("dtype,ws,stride,torch_runs", AUTO_CLASSES, ids=lambda v: str(v).replace("torch.", ""))
-def test_auto_routes_measured_slower_cpu_classes_to_torch(dtype, ws, stride, torch_runs, monkeypatch):
+def test_auto_routes_measured_slower_cpu_classes_to_torch(dtype, ws, stride, torch_runs, avx2_only, monkeypatch):
+    """Each class's route on CPUs with AVX-512 (or without x86 SIMD) and on AVX2-only CPUs (both
+    answers of the capability probe are taken here), with the values and gradients of either route."""
+    from fastops.ops import _contract
     from fastops.ops.conv2d import cpu_auto_uses_torch
 
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", avx2_only)
+    _contract._ROUTES.clear()  # routes remembered under the other answer
+    if avx2_only and (dtype, ws, stride) in AVX2_NATIVE:
+        torch_runs = False
     assert bool(cpu_auto_uses_torch(dtype, ws, stride)) == torch_runs
     groups = 4 if ws[1] == 1 else 1  # the depthwise rows: 4 groups of one channel, K = 8
     c = ws[1] * groups
@@ -1127,6 +1141,7 @@ def test_auto_runs_native_on_large_float32_3x3(
     from fastops.ops import _contract
 
     monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", direct_passes)
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", False)  # the AVX2-only small-output rule: below
     _contract._ROUTES.clear()  # the other probe answer's routes
     if not direct_passes and min(ws[:2]) < 32:
         native = False  # the register-blocked rows
@@ -1142,8 +1157,96 @@ def test_auto_runs_native_on_large_float32_3x3(
     assert_close_to_reference(got, exp, torch_same_dtype=same, what="auto", is_torch_composition=not native)
 
 
+# (weight shape, stride, padding, dilation, N, input H = W, runs native on an AVX2-only CPU): float32
+# 3x3 groups-1 convs with padding 1 run native there on small outputs: stride 2 with C, K >= 32 on
+# 32-800 output rows (N x P x Q), stride 1 with C, K >= 256 on at most 2 x 2 pixels and 32-128 rows.
+SMALL_OUTPUT_AUTO = [
+    ((64, 32, 3, 3), 2, 1, 1, 2, 16, True),  # 8 x 8 out, 128 rows
+    ((64, 32, 3, 3), 2, 1, 1, 2, 8, True),  # 4 x 4 out, 32 rows
+    ((64, 32, 3, 3), 2, 1, 1, 1, 8, False),  # 16 rows
+    ((64, 32, 3, 3), 2, 1, 1, 1, 56, True),  # 28 x 28 out, 784 rows
+    ((64, 32, 3, 3), 2, 1, 1, 1, 58, False),  # 29 x 29 out, 841 rows
+    ((32, 16, 3, 3), 2, 1, 1, 2, 16, False),  # C < 32
+    ((16, 32, 3, 3), 2, 1, 1, 2, 16, False),  # K < 32
+    ((64, 32, 3, 3), 2, 0, 1, 2, 17, False),  # padding 0
+    ((64, 32, 3, 3), 2, 1, 2, 2, 18, False),  # dilation 2
+    ((64, 32, 3, 3), 1, 1, 1, 2, 4, False),  # stride 1 with C < 256
+    ((256, 256, 3, 3), 1, 1, 1, 8, 2, True),  # 2 x 2 out, 32 rows
+    ((256, 256, 3, 3), 1, 1, 1, 32, 1, True),  # 1 x 1 out, 32 rows
+    ((256, 256, 3, 3), 1, 1, 1, 4, 2, False),  # 16 rows
+    ((256, 256, 3, 3), 1, 1, 1, 33, 2, False),  # 132 rows
+    ((256, 256, 3, 3), 1, 1, 1, 4, 3, False),  # 3 x 3 out
+    ((256, 128, 3, 3), 1, 1, 1, 8, 2, False),  # C < 256
+    ((256, 256, 3, 3), (1, 2), 1, 1, 8, 2, False),  # stride (1, 2)
+]
+
+
+@pytest.mark.parametrize("avx2_only", [True, False], ids=["avx2-only", "avx512-or-other"])
+@pytest.mark.parametrize("ws,stride,padding,dilation,n,hw,native", SMALL_OUTPUT_AUTO, ids=str)
+def test_auto_runs_native_on_small_float32_3x3_outputs_on_avx2(
+    ws, stride, padding, dilation, n, hw, native, avx2_only, monkeypatch
+):
+    """The AVX2-only small-output rule (fastops.ops.conv2d.cpu_auto_small_output_rule) picks the route
+    per call from the output's size; other CPUs keep torch's conv2d for these classes. Either route
+    gives the reference's values and gradients."""
+    from fastops.ops import _contract
+
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", avx2_only)
+    monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", True)
+    _contract._ROUTES.clear()
+    native = native and avx2_only
+    x = make_tensor((n, ws[1], hw, hw), torch.float32).requires_grad_()
+    w = make_tensor(ws, torch.float32, scale=(ws[1] * 9) ** -0.5).requires_grad_()
+    y = FF.conv2d(x, w, None, stride, padding, dilation)
+    _contract._ROUTES.clear()
+    assert _runs_torch(y) != native
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = reference.conv2d(xd, wd, None, stride, padding, dilation, 1)
+    same = F.conv2d(x, w, None, stride, padding, dilation)
+    got, exp, same_ = to_unit_scale(y, ref, same)
+    assert_close_to_reference(got, exp, torch_same_dtype=same_, what="auto", is_torch_composition=not native)
+    g = make_tensor(y.shape, torch.float32)
+    grads = torch.autograd.grad(y, (x, w), g)
+    want = torch.autograd.grad(ref, (xd, wd), g.double())
+    torch_grads = torch.autograd.grad(same, (x, w), g)
+    for name, a, e, t in zip(("dx", "dw"), grads, want, torch_grads):
+        got, exp, same_ = to_unit_scale(a, e, t)
+        assert_close_to_reference(got, exp, torch_same_dtype=same_, what=name, is_torch_composition=not native)
+
+
+def test_swap_report_states_the_avx2_rules(monkeypatch):
+    """On an AVX2-only CPU the report names the patch convs native and each small-output range."""
+    monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", True)
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", True)
+
+    def model() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(96, 192, 2, stride=2),
+            nn.Conv2d(192, 256, 3, stride=2, padding=1),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.Conv2d(256, 512, 3, padding=1),
+            nn.Conv2d(512, 512, 5, padding=2),
+        )
+
+    lines = str(fastops.swap(model())).splitlines()
+    assert lines[1].endswith("(CPU float32: native)"), lines
+    assert "(CPU float32: native for outputs of 32-800 rows (batch x pixels), else torch's conv2d" in lines[2], lines
+    assert (
+        "(CPU float32: native Winograd for outputs of at least 784 pixels, native for outputs of at most 4 "
+        "pixels and 32-128 rows (batch x pixels), else torch's conv2d" in lines[3]
+    ), lines
+    assert "(CPU float32: native for outputs of at most 4 pixels and 32-128 rows" in lines[4], lines
+    assert "torch's conv2d, native measured slower on float32 dense convs" in lines[5], lines
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", False)
+    lines = str(fastops.swap(model())).splitlines()
+    for line in lines[1:3] + lines[4:6]:
+        assert "torch's conv2d, native measured slower on float32 dense convs" in line, lines
+    assert "native Winograd for outputs of at least 784 pixels, else torch's conv2d" in lines[3], lines
+
+
 def test_swap_report_states_the_size_rules(monkeypatch):
     monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", True)  # where the register-blocked passes run
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", False)
     model = nn.Sequential(
         nn.Conv2d(32, 64, 3, padding=1),
         nn.Conv2d(64, 64, 3, padding="same"),

@@ -92,6 +92,29 @@ _backend.register_op(
 # C128->128 8 1.61x; but C512->2048 7x7 0.87x and C2048->512 7x7 0.92x; stride 2 (ResNet downsampling)
 # C64->128 16->8 2.29x, C128->256 1.99x, C256->512 1.67x, C1024->2048 14->7 1.41x. So auto runs them
 # native, except stride-1 1x1 convs with C/groups x K >= 2^20 (ONE_BY_ONE_MAX_CHANNEL_PRODUCT).
+# AVX2-only CPUs (ATen's capability "AVX2": x86 without AVX-512; measured on a 2-core AMD EPYC, Zen 3,
+# session 2026-12-07 #11, fwd+bwd native vs F.conv2d, x and w requiring grad, interleaved, two runs
+# where given). There oneDNN runs its AVX2 kernels, and three classes the rules above send to torch
+# are faster native:
+#   float32 stride = kernel size ("patch" convs, e.g. ConvNeXt's 2x2 s2 downsampling): batch 8 C96->192
+#   16 px 1.43/1.36x, C192->384 8 px 1.69/1.70x, C384->768 4 px 1.48x, C64->128 32 px 1.44x, C32->64
+#   56 px 1.20x, C128->256 28 px 1.25x, C16->32 4x4 s4 1.69x; batch 2 / 32 C96 16 px 1.45 / 1.30x.
+#   float32 3x3 stride 2 (groups 1, padding 1) on small outputs, by output rows N*P*Q: 32 rows (N8
+#   C256->512 2x2 out) 1.27/1.64x; 128 rows 1.29/1.43x (C128->256), 1.20x (C512), 1.28x, 1.51x (N2
+#   C64 / C32), 1.57x (N32 C256->512); 392 rows (N8 C256->512 7x7) 1.12/1.28x; 512 rows 1.08/1.15x
+#   (C64->128), 1.21x (C32->64), 1.12x (C128); 800 rows (C64->128 10x10) 1.20x. Past that level: 1568
+#   rows 1.00x, 2048 rows 0.92-1.04x, 6272 rows 1.01x; at 8 rows mixed (N2 C256->512 2x2 out 0.42x).
+#   float32 3x3 stride 1 (groups 1, padding 1) with C and K >= 256 on outputs of at most 2 x 2 pixels
+#   (ResNet's last stage at 64 x 64 input, where oneDNN's backward is slow): N8 C512 2x2 2.06/2.19x,
+#   C256 2x2 1.16/1.24x, C512 1x1 1.39x; N32 C512 2x2 1.82x, C256 1.36x, C512 1x1 4.14x. But at 8
+#   rows N2 C256 2x2 0.44x, and with fewer channels or larger outputs level or slower (C64 / C128 2x2
+#   0.88 / 1.26x, C128 1x1 0.80x, C256 / C512 3x3 out 0.90 / 1.12x, 4x4 out 0.95-1.05x).
+#   Still slower there, so still torch's: the 7x7 s2 RGB stem without input grad (0.71-0.77x), 5x5
+#   (0.57-0.94x), dense 3x3 stride 1 on 4-16 px outputs (0.83-1.12x), 8 groups of 8 (0.83-1.18x),
+#   stride-1 1x1 at C/groups x K >= 2^20 (0.75-0.80x).
+# So on AVX2-only CPUs auto also runs native for float32 patch convs (cpu_auto_uses_torch) and for the
+# two small-output 3x3 classes within their measured row ranges (cpu_auto_small_output_rule, checked
+# per call in functional.conv2d). Not measured on an Intel CPU without AVX-512.
 
 
 def cpu_auto_uses_torch(
@@ -100,8 +123,9 @@ def cpu_auto_uses_torch(
     """The measured-slower class (e.g. ``"float64 dense 1x1 convs"``) for which ``backend="auto"``
     runs torch's own ``F.conv2d`` on CPU, or ``""`` when it runs the native kernel.
     ``weight_shape`` is ``(K, C / groups, R, S)``; the rule depends on the dtype, C / groups, the
-    kernel size and the stride only (not on N, H, W), so a swap report can state it per layer. The
-    measurements behind it are in the comment above."""
+    kernel size and the stride (and, for float32 patch convs, on whether the CPU is AVX2-only) only,
+    not on N, H, W, so a swap report can state it per layer. The measurements behind it are in the
+    comment above."""
     if len(weight_shape) != 4:
         return ""
     cg, r, s = int(weight_shape[1]), int(weight_shape[2]), int(weight_shape[3])
@@ -114,6 +138,8 @@ def cpu_auto_uses_torch(
             if list(stride) != [1, 1] or cg * int(weight_shape[0]) < ONE_BY_ONE_MAX_CHANNEL_PRODUCT:
                 return ""
             return "float32 stride-1 1x1 convs with C/groups x K >= 2^20"
+        if _CPU_AVX2_ONLY and list(stride) == [r, s]:
+            return ""  # patch convs (stride = kernel size), measured faster native on AVX2-only CPUs
         return "float32 dense convs larger than 1x1 with C/groups > 4 or a stride"
     if dtype == torch.bfloat16:
         if cg >= 16 and list(stride) == [1, 1] and r * s >= 9:
@@ -197,7 +223,40 @@ def cpu_auto_register_class(
 
 # ATen's CPU kernel level, fixed for the process (read here: torch.compile cannot trace the query):
 # "AVX2" or "AVX512" on x86 CPUs with those instructions, "DEFAULT" (or an ARM / POWER level) else.
-_CPU_X86_SIMD = torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512"))
+_CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+_CPU_X86_SIMD = _CPU_CAPABILITY.startswith(("AVX2", "AVX512"))
+# An x86 CPU with AVX2 and no AVX-512, where the AVX2-only rules above were measured.
+_CPU_AVX2_ONLY = _CPU_CAPABILITY == "AVX2"
+
+# AVX2-only CPUs, float32 3x3 groups-1 convs with padding 1: (stride, least C and K, most output pixels
+# per sample, least and most output rows N * P * Q) within which auto runs native (comment above).
+SMALL_OUTPUT_CLASSES = (((2, 2), 32, 800, 32, 800), ((1, 1), 256, 4, 32, 128))
+
+
+def cpu_auto_small_output_rule(
+    dtype: torch.dtype,
+    weight_shape: tuple[int, ...] | torch.Size,
+    stride: list[int] | tuple[int, int],
+    padding: list[int] | tuple[int, int],
+    dilation: list[int] | tuple[int, int],
+    groups: int,
+) -> tuple[int, int, int] | None:
+    """``(most output pixels per sample, least rows, most rows)`` (rows: ``N * P * Q``) within which
+    ``backend="auto"`` runs a CPU conv2d of a class :func:`cpu_auto_uses_torch` names on the native
+    kernel because it wins on small outputs, or None. Only on AVX2-only CPUs with oneDNN enabled (where
+    it was measured): float32 3x3 stride-2 convs with C, K >= 32 and stride-1 ones with C, K >= 256,
+    groups 1, padding 1, dilation 1 (``weight_shape`` ``(K, C, 3, 3)``; the comment above)."""
+    if not (_CPU_AVX2_ONLY and _direct_passes_run()) or dtype != torch.float32 or groups != 1:
+        return None
+    if len(weight_shape) != 4 or tuple(int(v) for v in weight_shape[2:]) != (3, 3):
+        return None
+    if list(padding) != [1, 1] or list(dilation) != [1, 1]:
+        return None
+    channels = min(int(weight_shape[0]), int(weight_shape[1]))
+    for st, least_channels, most_pixels, least_rows, most_rows in SMALL_OUTPUT_CLASSES:
+        if list(stride) == list(st) and channels >= least_channels:
+            return most_pixels, least_rows, most_rows
+    return None
 
 
 def _direct_passes_run() -> bool:
