@@ -847,12 +847,13 @@ AUTO_CLASSES = [
 ]
 
 
-def test_auto_one_by_one_rule():
+def test_auto_one_by_one_rule(monkeypatch):
     """float32 1x1 convs run native under auto except at stride 1 with C/groups x K >= 2^20 (measured
     0.87-0.92x at 512 x 2048 on 7 x 7); the rule alone (a conv of that size against the float64
     reference would sum 1024+ products, past what the float32 tolerance is set for)."""
     from fastops.ops.conv2d import ONE_BY_ONE_MAX_CHANNEL_PRODUCT, cpu_auto_uses_torch
 
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", False)
     assert ONE_BY_ONE_MAX_CHANNEL_PRODUCT == 2**20
     assert cpu_auto_uses_torch(torch.float32, (2048, 512, 1, 1), (1, 1))
     assert cpu_auto_uses_torch(torch.float32, (1024, 1024, 1, 1), [1, 1])
@@ -860,6 +861,9 @@ def test_auto_one_by_one_rule():
     assert not cpu_auto_uses_torch(torch.float32, (2048, 1024, 1, 1), (2, 2))
     assert not cpu_auto_uses_torch(torch.float32, (2048, 1024, 1, 1), (1, 2))
     assert cpu_auto_uses_torch(torch.float64, (64, 64, 1, 1), (1, 1))  # float64's own rule
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", True)  # the float32 rule holds there too (0.75-0.80x)
+    assert cpu_auto_uses_torch(torch.float32, (2048, 512, 1, 1), (1, 1))
+    assert not cpu_auto_uses_torch(torch.float64, (64, 64, 1, 1), (1, 1))  # measured 1.02-1.26x there
 
 
 def _runs_torch(y: torch.Tensor) -> bool:
@@ -873,8 +877,14 @@ def _runs_torch(y: torch.Tensor) -> bool:
     return name == "ConvolutionBackward0"
 
 
-# The AUTO_CLASSES rows auto runs native on AVX2-only CPUs only: float32 patch convs (stride = kernel).
-AVX2_NATIVE = {(torch.float32, (8, 16, 2, 2), (2, 2)), (torch.float32, (8, 8, 3, 3), (3, 3))}
+# The AUTO_CLASSES rows auto runs native on AVX2-only CPUs only: float32 patch convs (stride = kernel),
+# bfloat16 dense convs and float64 1x1 convs.
+AVX2_NATIVE = {
+    (torch.float32, (8, 16, 2, 2), (2, 2)),
+    (torch.float32, (8, 8, 3, 3), (3, 3)),
+    (torch.bfloat16, (8, 16, 3, 3), (1, 1)),  # and every bfloat16 conv
+    (torch.float64, (8, 16, 1, 1), (1, 1)),
+}
 
 
 @pytest.mark.parametrize("avx2_only", [False, True], ids=["avx512-or-other", "avx2-only"])

@@ -112,9 +112,15 @@ _backend.register_op(
 #   Still slower there, so still torch's: the 7x7 s2 RGB stem without input grad (0.71-0.77x), 5x5
 #   (0.57-0.94x), dense 3x3 stride 1 on 4-16 px outputs (0.83-1.12x), 8 groups of 8 (0.83-1.18x),
 #   stride-1 1x1 at C/groups x K >= 2^20 (0.75-0.80x).
-# So on AVX2-only CPUs auto also runs native for float32 patch convs (cpu_auto_uses_torch) and for the
-# two small-output 3x3 classes within their measured row ranges (cpu_auto_small_output_rule, checked
-# per call in functional.conv2d). Not measured on an Intel CPU without AVX-512.
+#   bfloat16 (no AVX512-BF16: the native kernel widens to its float32 passes, and torch's oneDNN conv
+#   has no fast bfloat16 path): dense stride-1 3x3 at batch 8, C16 32 px 11.0x, C32 16 px 12.7x, C64
+#   8 / 28 / 56 px 11.1 / 10.3 / 12.7x, C128 14 px 12.8x, C256 4 px 24.6x, 5x5 C16 28 px 6.7x; batch 2
+#   C64 8 px 6.3x, C512 2 px 3.7x.
+#   float64 dense 1x1: C64 28 px 1.26x, C256 14 px 1.02x.
+# So on AVX2-only CPUs auto also runs native for float32 patch convs, every bfloat16 conv and float64
+# 1x1 convs (cpu_auto_uses_torch), and for the two small-output float32 3x3 classes within their
+# measured row ranges (cpu_auto_small_output_rule, checked per call in functional.conv2d). Not
+# measured on an Intel CPU without AVX-512.
 
 
 def cpu_auto_uses_torch(
@@ -142,10 +148,12 @@ def cpu_auto_uses_torch(
             return ""  # patch convs (stride = kernel size), measured faster native on AVX2-only CPUs
         return "float32 dense convs larger than 1x1 with C/groups > 4 or a stride"
     if dtype == torch.bfloat16:
+        if _CPU_AVX2_ONLY:
+            return ""  # torch's bfloat16 conv has no fast path there (measured 3.7-25x slower)
         if cg >= 16 and list(stride) == [1, 1] and r * s >= 9:
             return "bfloat16 dense stride-1 convs >= 3x3 with C/groups >= 16"
         return ""
-    if dtype == torch.float64 and cg >= 16 and r == s == 1:
+    if dtype == torch.float64 and cg >= 16 and r == s == 1 and not _CPU_AVX2_ONLY:
         return "float64 dense 1x1 convs"
     return ""
 
