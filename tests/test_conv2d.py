@@ -1169,7 +1169,7 @@ def test_auto_runs_native_on_large_float32_3x3(
 
 # (weight shape, stride, padding, dilation, N, input H = W, runs native on an AVX2-only CPU): float32
 # 3x3 groups-1 convs with padding 1 run native there on small outputs: stride 2 with C, K >= 32 on
-# 32-800 output rows (N x P x Q), stride 1 with C, K >= 256 on at most 2 x 2 pixels and 32-128 rows.
+# 32-800 output rows (N x P x Q), stride 1 with C, K >= 256 on at most 2 x 2 pixels and 32-512 rows.
 SMALL_OUTPUT_AUTO = [
     ((64, 32, 3, 3), 2, 1, 1, 2, 16, True),  # 8 x 8 out, 128 rows
     ((64, 32, 3, 3), 2, 1, 1, 2, 8, True),  # 4 x 4 out, 32 rows
@@ -1184,7 +1184,8 @@ SMALL_OUTPUT_AUTO = [
     ((256, 256, 3, 3), 1, 1, 1, 8, 2, True),  # 2 x 2 out, 32 rows
     ((256, 256, 3, 3), 1, 1, 1, 32, 1, True),  # 1 x 1 out, 32 rows
     ((256, 256, 3, 3), 1, 1, 1, 4, 2, False),  # 16 rows
-    ((256, 256, 3, 3), 1, 1, 1, 33, 2, False),  # 132 rows
+    ((256, 256, 3, 3), 1, 1, 1, 128, 2, True),  # 512 rows
+    ((256, 256, 3, 3), 1, 1, 1, 129, 2, False),  # 516 rows
     ((256, 256, 3, 3), 1, 1, 1, 4, 3, False),  # 3 x 3 out
     ((256, 128, 3, 3), 1, 1, 1, 8, 2, False),  # C < 256
     ((256, 256, 3, 3), (1, 2), 1, 1, 8, 2, False),  # stride (1, 2)
@@ -1243,9 +1244,9 @@ def test_swap_report_states_the_avx2_rules(monkeypatch):
     assert "(CPU float32: native for outputs of 32-800 rows (batch x pixels), else torch's conv2d" in lines[2], lines
     assert (
         "(CPU float32: native Winograd for outputs of at least 784 pixels, native for outputs of at most 4 "
-        "pixels and 32-128 rows (batch x pixels), else torch's conv2d" in lines[3]
+        "pixels and 32-512 rows (batch x pixels), else torch's conv2d" in lines[3]
     ), lines
-    assert "(CPU float32: native for outputs of at most 4 pixels and 32-128 rows" in lines[4], lines
+    assert "(CPU float32: native for outputs of at most 4 pixels and 32-512 rows" in lines[4], lines
     assert "torch's conv2d, native measured slower on float32 dense convs" in lines[5], lines
     monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", False)
     lines = str(fastops.swap(model())).splitlines()

@@ -104,9 +104,11 @@ _backend.register_op(
 #   C64 / C32), 1.57x (N32 C256->512); 392 rows (N8 C256->512 7x7) 1.12/1.28x; 512 rows 1.08/1.15x
 #   (C64->128), 1.21x (C32->64), 1.12x (C128); 800 rows (C64->128 10x10) 1.20x. Past that level: 1568
 #   rows 1.00x, 2048 rows 0.92-1.04x, 6272 rows 1.01x; at 8 rows mixed (N2 C256->512 2x2 out 0.42x).
+#   (N64 / N128 C256->512 2x2 out, 256 / 512 rows: 1.60 / 1.62x; N64 C128->256 4x4 out, 1024 rows: 1.17x.)
 #   float32 3x3 stride 1 (groups 1, padding 1) with C and K >= 256 on outputs of at most 2 x 2 pixels
 #   (ResNet's last stage at 64 x 64 input, where oneDNN's backward is slow): N8 C512 2x2 2.06/2.19x,
-#   C256 2x2 1.16/1.24x, C512 1x1 1.39x; N32 C512 2x2 1.82x, C256 1.36x, C512 1x1 4.14x. But at 8
+#   C256 2x2 1.16/1.24x, C512 1x1 1.39x; N32 C512 2x2 1.82x, C256 1.36x, C512 1x1 4.14x; N64 / N128
+#   (256 / 512 rows) C512 2x2 1.64 / 1.61x, C256 1.37 / 1.52x, C512 1x1 (64 / 128 rows) 3.94 / 4.24x. But at 8
 #   rows N2 C256 2x2 0.44x, and with fewer channels or larger outputs level or slower (C64 / C128 2x2
 #   0.88 / 1.26x, C128 1x1 0.80x, C256 / C512 3x3 out 0.90 / 1.12x, 4x4 out 0.95-1.05x).
 #   Still slower there, so still torch's: the 7x7 s2 RGB stem without input grad (0.71-0.77x), 5x5
@@ -238,7 +240,7 @@ _CPU_AVX2_ONLY = _CPU_CAPABILITY == "AVX2"
 
 # AVX2-only CPUs, float32 3x3 groups-1 convs with padding 1: (stride, least C and K, most output pixels
 # per sample, least and most output rows N * P * Q) within which auto runs native (comment above).
-SMALL_OUTPUT_CLASSES = (((2, 2), 32, 800, 32, 800), ((1, 1), 256, 4, 32, 128))
+SMALL_OUTPUT_CLASSES = (((2, 2), 32, 800, 32, 800), ((1, 1), 256, 4, 32, 512))
 
 
 def cpu_auto_small_output_rule(
