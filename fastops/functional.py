@@ -393,13 +393,16 @@ def _native_wins_at_size(
     """Whether a normalised CPU conv2d call (x 4-D) has an output size at which its class runs native
     under ``backend="auto"``: at least the pixels of :func:`fastops.ops.conv2d.cpu_auto_native_min_pixels`
     (the Winograd and the register-blocked classes), or within the small-output range of
-    :func:`fastops.ops.conv2d.cpu_auto_small_output_rule` (AVX2-only CPUs)."""
+    :func:`fastops.ops.conv2d.cpu_auto_small_output_rule` (AVX2-only CPUs). Symbolic sizes (export,
+    dynamic compile) take the native op: reading them would put a guard on a dynamic dim."""
     if x.dim() != 4:
         return False
     least = _conv.cpu_auto_native_min_pixels(x.dtype, weight.shape, st, pad, dil, groups)
     small = _conv.cpu_auto_small_output_rule(x.dtype, weight.shape, st, pad, dil, groups)
     if not least and small is None:
         return False
+    if not all(isinstance(v, int) for v in (*x.shape, *weight.shape)):
+        return True
     p, q = (_conv.out_size(int(x.shape[2 + i]), int(weight.shape[2 + i]), st[i], pad[i], dil[i]) for i in range(2))
     if least and p * q >= least:
         return True

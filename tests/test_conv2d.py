@@ -104,8 +104,12 @@ def _relu_reference(x64, w64, b64, kw, seed, out):
     bl = None if b64 is None else b64.detach().clone().requires_grad_()
     pre = reference.conv2d(leaves[0], leaves[1], bl, **{k: v for k, v in kw.items() if k != "activation"})
     p = pre.detach()
-    scale = max(p.pow(2).mean().sqrt().item() if p.numel() else 1.0, 1e-30)
-    ref = pre * relu_decisions(p, out)
+    ref = torch.where(relu_decisions(p, out), pre, 0.0)
+    finite = p[torch.isfinite(p)]
+    scale = finite.pow(2).mean().sqrt().item() if finite.numel() else 1.0
+    kept = ref.detach()[torch.isfinite(ref.detach())]
+    # at most 2x the ReLU output's own RMS: a mostly clipped output must not loosen the bound further
+    scale = max(min(scale, 2 * (kept.pow(2).mean().sqrt().item() if kept.numel() else 0.0)), 1e-30)
     g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     inputs = leaves + ([bl] if bl is not None else [])
     return ref.detach(), torch.autograd.grad(ref, inputs, g), scale
@@ -1188,7 +1192,8 @@ SMALL_OUTPUT_AUTO = [
     ((256, 256, 3, 3), 1, 1, 1, 129, 2, False),  # 516 rows
     ((256, 256, 3, 3), 1, 1, 1, 4, 3, False),  # 3 x 3 out
     ((256, 128, 3, 3), 1, 1, 1, 8, 2, False),  # C < 256
-    ((256, 256, 3, 3), (1, 2), 1, 1, 8, 2, False),  # stride (1, 2)
+    ((256, 256, 3, 3), (1, 2), 1, 1, 32, 2, False),  # stride (1, 2): 2 x 1 out, 64 rows
+    ((128, 256, 3, 3), 1, 1, 1, 8, 2, False),  # K < 256
 ]
 
 
@@ -1223,6 +1228,36 @@ def test_auto_runs_native_on_small_float32_3x3_outputs_on_avx2(
     for name, a, e, t in zip(("dx", "dw"), grads, want, torch_grads):
         got, exp, same_ = to_unit_scale(a, e, t)
         assert_close_to_reference(got, exp, torch_same_dtype=same_, what=name, is_torch_composition=not native)
+
+
+class _StridedConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(make_tensor((64, 32, 3, 3), scale=(32 * 9) ** -0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return FF.conv2d(x, self.w, None, 2, 1)
+
+
+def test_small_output_rule_puts_no_guard_on_a_dynamic_batch(monkeypatch):
+    """The call-time size rules read concrete sizes only (symbolic ones take the native op): an export
+    with a dynamic batch of a class they rule succeeds and serves batches inside and far outside the
+    row range, while eager runs the same call native at 32 rows and torch's conv at 16. (torch.export
+    traces with oneDNN disabled, where the oneDNN-conditioned rules are off.)"""
+    from fastops.ops import _contract
+
+    monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", True)
+    monkeypatch.setattr(conv2d_ops, "_CPU_X86_SIMD", True)
+    _contract._ROUTES.clear()
+    model, x, big = _StridedConv(), make_tensor((2, 32, 8, 8)), make_tensor((300, 32, 8, 8))
+    assert not _runs_torch(model(x.clone().requires_grad_()))  # 4 x 4 out, 32 rows
+    assert _runs_torch(model(make_tensor((1, 32, 8, 8), requires_grad=True)))  # 16 rows
+    _contract._ROUTES.clear()
+    batch = torch.export.Dim("batch", min=2, max=1 << 16)
+    ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+    for inp in (x, big):  # 32 and 4800 rows
+        torch.testing.assert_close(ep.module()(inp), F.conv2d(inp, model.w, None, 2, 1), rtol=1e-4, atol=1e-4)
+    _contract._ROUTES.clear()
 
 
 def test_swap_report_states_the_avx2_rules(monkeypatch):

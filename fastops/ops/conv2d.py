@@ -96,7 +96,8 @@ _backend.register_op(
 # session 2026-12-07 #11, fwd+bwd native vs F.conv2d, x and w requiring grad, interleaved, two runs
 # where given). There oneDNN runs its AVX2 kernels, and three classes the rules above send to torch
 # are faster native:
-#   float32 stride = kernel size ("patch" convs, e.g. ConvNeXt's 2x2 s2 downsampling): batch 8 C96->192
+#   float32 stride = kernel size ("patch" convs, e.g. ConvNeXt's 2x2 s2 downsampling; measured at
+#   padding 0, groups 1, the rule takes any padding, dilation and groups): batch 8 C96->192
 #   16 px 1.43/1.36x, C192->384 8 px 1.69/1.70x, C384->768 4 px 1.48x, C64->128 32 px 1.44x, C32->64
 #   56 px 1.20x, C128->256 28 px 1.25x, C16->32 4x4 s4 1.69x; batch 2 / 32 C96 16 px 1.45 / 1.30x.
 #   float32 3x3 stride 2 (groups 1, padding 1) on small outputs, by output rows N*P*Q: 32 rows (N8
@@ -105,7 +106,8 @@ _backend.register_op(
 #   (C64->128), 1.21x (C32->64), 1.12x (C128); 800 rows (C64->128 10x10) 1.20x. Past that level: 1568
 #   rows 1.00x, 2048 rows 0.92-1.04x, 6272 rows 1.01x; at 8 rows mixed (N2 C256->512 2x2 out 0.42x).
 #   (N64 / N128 C256->512 2x2 out, 256 / 512 rows: 1.60 / 1.62x; N64 C128->256 4x4 out, 1024 rows: 1.17x.)
-#   float32 3x3 stride 1 (groups 1, padding 1) with C and K >= 256 on outputs of at most 2 x 2 pixels
+#   float32 3x3 stride 1 (groups 1, padding 1) with C and K >= 256 on outputs of at most 4 pixels
+#   (measured at 2 x 2 and 1 x 1)
 #   (ResNet's last stage at 64 x 64 input, where oneDNN's backward is slow): N8 C512 2x2 2.06/2.19x,
 #   C256 2x2 1.16/1.24x, C512 1x1 1.39x; N32 C512 2x2 1.82x, C256 1.36x, C512 1x1 4.14x; N64 / N128
 #   (256 / 512 rows) C512 2x2 1.64 / 1.61x, C256 1.37 / 1.52x, C512 1x1 (64 / 128 rows) 3.94 / 4.24x. But at 8
@@ -131,9 +133,9 @@ def cpu_auto_uses_torch(
     """The measured-slower class (e.g. ``"float64 dense 1x1 convs"``) for which ``backend="auto"``
     runs torch's own ``F.conv2d`` on CPU, or ``""`` when it runs the native kernel.
     ``weight_shape`` is ``(K, C / groups, R, S)``; the rule depends on the dtype, C / groups, the
-    kernel size and the stride (and, for float32 patch convs, on whether the CPU is AVX2-only) only,
-    not on N, H, W, so a swap report can state it per layer. The measurements behind it are in the
-    comment above."""
+    kernel size and the stride (and, for float32 patch convs, bfloat16 and float64 1x1 convs, on
+    whether the CPU is AVX2-only) only, not on N, H, W, so a swap report can state it per layer.
+    The measurements behind it are in the comment above."""
     if len(weight_shape) != 4:
         return ""
     cg, r, s = int(weight_shape[1]), int(weight_shape[2]), int(weight_shape[3])
