@@ -169,6 +169,40 @@ def relu_decisions(pre64: torch.Tensor, kernel_out: torch.Tensor) -> torch.Tenso
     return torch.where(near, kernel_out.detach().to(p.device) > 0, p > 0)
 
 
+# |g/scale ± weight_decay·p| below which the tests' Adam first step (from a zero second moment) is
+# ill-conditioned under L2 weight decay. That step is lr·g/(|g| + eps), with g = grad/scale + wd·p:
+# where the two terms cancel, g keeps only their rounding error (~1e-7 of wd·|p| in float32, which
+# two correct implementations may round differently), and the step amplifies it by up to 1/eps (1e3
+# to 1e8). CI saw it once (seed 823266030): the Triton step moved one element 7.4e-5 from torch's own
+# float32 Adam, 2.7x the tolerance, from a g of 1e-8. Outside the margin that rounding moves a
+# parameter by at most lr·δ/(4·margin) on the first step and ~2·lr·δ/margin on the next (δ the
+# rounding of g): for wd <= 0.1, lr <= 0.1, over 50x below the float32 tolerance's rtol part alone.
+ADAM_L2_CANCEL_MARGIN = 1e-2
+
+
+def without_l2_cancellation(
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    weight_decay: float,
+    draw: Callable[[int], torch.Tensor],
+    *,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """``grad`` (any shape, float64) with each element where Adam's L2-decayed first-step gradient
+    cancels (``||grad|/grad_scale - weight_decay·|param|| < ADAM_L2_CANCEL_MARGIN``, for either sign
+    of the gradient: maximize flips it) replaced by a fresh ``draw(n)`` value (n elements, float64),
+    until none is left. ``param`` has ``grad``'s shape. Use it for the first step of a fresh state
+    only: later steps divide by a second moment the first step made no smaller than the margin."""
+    g = grad.detach().double().clone()
+    decay = weight_decay * param.detach().double().abs()
+    for _ in range(1000):
+        bad = ((g.abs() / grad_scale) - decay).abs() < ADAM_L2_CANCEL_MARGIN
+        if not bool(bad.any()):
+            return g
+        g[bad] = draw(int(bad.sum())).to(g)
+    raise AssertionError("without_l2_cancellation: draw keeps landing within the margin")
+
+
 def to_unit_scale(
     actual: torch.Tensor,
     expected64: torch.Tensor,

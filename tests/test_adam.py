@@ -19,6 +19,7 @@ from fastops.testing import (
     device_backend_params,
     noncontiguous,
     triton_device_params,
+    without_l2_cancellation,
 )
 
 ALL = device_backend_params()
@@ -51,13 +52,20 @@ def _clone_params(ps, dtype=None):
     return out
 
 
-def _set_grads(grad_lists, step):
-    """The same fresh gradient (scale varying by step, so bias correction and v matter) for every copy."""
+def _set_grads(grad_lists, step, l2=0.0):
+    """The same fresh gradient (scale varying by step, so bias correction and v matter) for every copy.
+    ``l2``: Adam's L2 weight decay; the first step's gradient then avoids cancelling it (see
+    fastops.testing.without_l2_cancellation: there the step amplifies rounding by up to 1/eps)."""
     template = grad_lists[0]
     gs = [
         None if i == len(template) - 1 else torch.randn_like(p, dtype=torch.float64) * (1 + step % 3)
         for i, p in enumerate(template)
     ]
+    if step == 0 and l2:
+        gs = [
+            g if g is None else without_l2_cancellation(g, p, l2, lambda n: torch.randn(n, dtype=torch.float64))
+            for g, p in zip(gs, template)
+        ]
     for ps in grad_lists:
         for p, g in zip(ps, gs):
             p.grad = None if g is None else g.to(p.dtype)
@@ -105,8 +113,9 @@ def _run_against_torch(backend, device, dtype, cls_name, amsgrad, wd, maximize, 
         lists = [ps, _clone_params(ps)]
         fast, ref = _optimizers(cls_name, kw, lists, backend, lr_tensor)
         same = None
+    l2 = wd if cls_name == "Adam" else 0.0
     for s in range(steps):
-        _set_grads(lists, s)
+        _set_grads(lists, s, l2)
         fast.step()
         ref.step()
         if same is not None:
@@ -342,7 +351,7 @@ def test_state_dict_round_trips_both_ways(device, backend):
             first, second = (fast, ref) if ours_first else (ref, fast)
             first_ps = lists[0] if ours_first else lists[1]
             for s in range(5):
-                _set_grads(lists, s)
+                _set_grads(lists, s, kw["weight_decay"] if cls_name == "Adam" else 0.0)
                 first.step()
             # Continue from first's checkpoint in both optimizers: second loads it.
             for p, q in zip(lists[1] if ours_first else lists[0], first_ps):
