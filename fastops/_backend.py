@@ -122,6 +122,14 @@ def why_not(op: str, backend: str, device: str, dtype: torch.dtype) -> str:
     return reason
 
 
+# Under torch.compile the answer is taken at trace time as a constant (torch.compiler.
+# assume_constant_result's mark, set without importing dynamo): traced, the memo lookup above put a
+# guard on _WHY_NOT not holding the key, which the trace's own call then broke, so every compiled
+# function recompiled once on its second call. The answer depends on the build and the installed
+# packages only, which do not change within a process.
+why_not._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def resolve(op: str, backend: str, device: str, dtype: torch.dtype) -> str:
     """The backend that runs ``op`` for a tensor on ``device`` of ``dtype``.
 

@@ -335,6 +335,31 @@ def test_autocast_inside_torch_compile():
     assert_close_to_reference(got, ref64, torch_same_dtype=want, what="compiled under autocast")
 
 
+@pytest.mark.parametrize("dynamic", [None, True], ids=["dynamic-default", "dynamic-true"])
+def test_compiles_no_more_often_than_stock(monkeypatch: pytest.MonkeyPatch, dynamic: bool | None) -> None:
+    """A swapped model + fastops loss under torch.compile compiles exactly as often as the stock model +
+    torch's loss over a run of batch sizes, from a fresh process's state (the first fastops calls are
+    traced). The memo of why_not used to put a guard on itself that its own traced call broke: one
+    extra compile per compiled function."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    stock = _SmallCNN()
+    swapped = copy.deepcopy(stock)
+    assert len(fastops.swap(swapped).replaced) == 3
+    counts = {}
+    for name, model, loss in (("stock", stock, F.cross_entropy), ("fastops", swapped, FF.cross_entropy)):
+        torch._dynamo.reset()
+        monkeypatch.setattr(_backend, "_WHY_NOT", {})
+        counter = CompileCounter()
+        step = torch.compile(lambda x, t, model=model, loss=loss: loss(model(x), t), backend=counter, dynamic=dynamic)
+        for n in (3, 3, 5, 3, 20, 5, 20):
+            step(torch.randn(n, 3, 8, 8), torch.randint(0, 4, (n,))).backward()
+        counts[name] = counter.frame_count
+    torch._dynamo.reset()
+    assert counts["fastops"] == counts["stock"], counts
+
+
 # ---- export ------------------------------------------------------------------------------------------
 
 
