@@ -560,9 +560,10 @@ def _check_adam(
         maximize=maximize,
         decoupled_weight_decay=decoupled_weight_decay,
     )
+    first_taken_step = 1 if found_inf_at_step == 0 else 0  # a found_inf step leaves the state fresh
     for step in range(steps):
         grads = [torch.randn(shape, dtype=torch.float64, generator=gen) for shape, _, _ in params]
-        if step == 0 and not warm_start and weight_decay and not decoupled_weight_decay:
+        if step == first_taken_step and not warm_start and weight_decay and not decoupled_weight_decay:
             # A fresh state's first step is ill-conditioned where the L2 term cancels the gradient.
             def draw(n: int) -> torch.Tensor:
                 return torch.randn(n, dtype=torch.float64, generator=gen)
