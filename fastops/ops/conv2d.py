@@ -96,10 +96,12 @@ _backend.register_op(
 # session 2026-12-07 #11, fwd+bwd native vs F.conv2d, x and w requiring grad, interleaved, two runs
 # where given). There oneDNN runs its AVX2 kernels, and three classes the rules above send to torch
 # are faster native:
-#   float32 stride = kernel size ("patch" convs, e.g. ConvNeXt's 2x2 s2 downsampling; measured at
-#   padding 0, groups 1, the rule takes any padding, dilation and groups): batch 8 C96->192
-#   16 px 1.43/1.36x, C192->384 8 px 1.69/1.70x, C384->768 4 px 1.48x, C64->128 32 px 1.44x, C32->64
-#   56 px 1.20x, C128->256 28 px 1.25x, C16->32 4x4 s4 1.69x; batch 2 / 32 C96 16 px 1.45 / 1.30x.
+#   float32 stride = kernel size ("patch" convs, e.g. ConvNeXt's 2x2 s2 downsampling): batch 8
+#   C96->192 16 px 1.43/1.36x, C192->384 8 px 1.69/1.70x, C384->768 4 px 1.48x, C64->128 32 px 1.44x,
+#   C32->64 56 px 1.20x, C128->256 28 px 1.25x, C16->32 4x4 s4 1.69x; batch 2 / 32 C96 16 px 1.45 /
+#   1.30x. The rule takes any padding, dilation and groups; those measured in session 2026-12-07
+#   #12: N8 C96->192 32x32 2x2 s2 padding 1 1.18x, dilation 2 1.08x, groups 2 1.65x, groups 96
+#   4.90x; C64->128 64x64 groups 4 2.28x; C32->64 64x64 4x4 s4 padding 2 1.06x.
 #   float32 3x3 stride 2 (groups 1, padding 1) on small outputs, by output rows N*P*Q: 32 rows (N8
 #   C256->512 2x2 out) 1.27/1.64x; 128 rows 1.29/1.43x (C128->256), 1.20x (C512), 1.28x, 1.51x (N2
 #   C64 / C32), 1.57x (N32 C256->512); 392 rows (N8 C256->512 7x7) 1.12/1.28x; 512 rows 1.08/1.15x
