@@ -1242,8 +1242,9 @@ class _StridedConv(nn.Module):
 def test_small_output_rule_puts_no_guard_on_a_dynamic_batch(monkeypatch):
     """The call-time size rules read concrete sizes only (symbolic ones take the native op): an export
     with a dynamic batch of a class they rule succeeds and serves batches inside and far outside the
-    row range, while eager runs the same call native at 32 rows and torch's conv at 16. (torch.export
-    traces with oneDNN disabled, where the oneDNN-conditioned rules are off.)"""
+    row range, while eager runs the same call native at 32 rows and torch's conv at 16. torch.export
+    traces with oneDNN disabled; the rule decides as if it were enabled, as eager does (the graph
+    used to hold torch's conv2d here)."""
     from fastops.ops import _contract
 
     monkeypatch.setattr(conv2d_ops, "_CPU_AVX2_ONLY", True)
@@ -1255,6 +1256,8 @@ def test_small_output_rule_puts_no_guard_on_a_dynamic_batch(monkeypatch):
     _contract._ROUTES.clear()
     batch = torch.export.Dim("batch", min=2, max=1 << 16)
     ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("fastops" in t and "conv2d_fwd" in t for t in targets), targets
     for inp in (x, big):  # 32 and 4800 rows
         torch.testing.assert_close(ep.module()(inp), F.conv2d(inp, model.w, None, 2, 1), rtol=1e-4, atol=1e-4)
     _contract._ROUTES.clear()

@@ -276,8 +276,11 @@ def cpu_auto_small_output_rule(
 def _direct_passes_run() -> bool:
     """Whether ATen runs its AVX2 or AVX-512 kernels here with oneDNN enabled
     (torch.backends.mkldnn): where oneDNN's float32 micro-kernel, and so the native kernel's direct
-    passes, run (checked on Intel AVX-512 and AMD AVX2 CPUs)."""
-    return _CPU_X86_SIMD and torch.backends.mkldnn.enabled
+    passes, run (checked on Intel AVX-512 and AMD AVX2 CPUs). torch.export traces with oneDNN
+    disabled (so its graph holds no oneDNN op); the exported program runs later under the caller's
+    setting, enabled by default, so an export decides as if it were enabled, as eager does: it used to
+    hold torch's conv2d for the classes that run native in eager."""
+    return _CPU_X86_SIMD and (torch.backends.mkldnn.enabled or torch.compiler.is_exporting())
 
 
 def cpu_auto_native_min_pixels(
