@@ -12,8 +12,11 @@ Work (the TFLOP/s column; % of ceiling is against the large matmul measured in t
     fwd+bwd  6 * M * N * K
 
 Shapes: transformer-MLP sizes on CUDA (M = 4096-16384 tokens, K/N = 1024-8192), smaller on CPU
-including the issue's target M=2048, K=N=1024, in float32 and bfloat16 (on CPU both sides' products
-are oneDNN's bfloat16 GEMM; ours adds the bias inside it and fuses the masking with db).
+including M=2048, K=N=1024 and issue 15's MLP shapes 4096x768x3072 and 1000^3, in float32 and
+bfloat16 (on CPU both sides' products are oneDNN's bfloat16 GEMM; ours adds the bias inside it and
+fuses the masking with db). The providers of one shape are timed together
+(:meth:`bench.context.Context.bench_autograd_together`): on CPU their fwd+bwd in alternating blocks,
+as conv2d's: timed in turn, one provider's fwd+bwd once read 0.85x and 1.15x in two runs minutes apart.
 Correctness: output and the three gradients against ``fastops.reference.linear_relu`` in float64,
 with the harness's upstream gradient (a fixed seed-0 normal tensor of the output's shape).
 """
@@ -111,17 +114,15 @@ def run(ctx: Context) -> list[Row]:
             weight = (torch.randn(n, k, device=ctx.device, dtype=dtype) / k**0.5).requires_grad_()
             bias = torch.randn(n, device=ctx.device, dtype=dtype, requires_grad=True)
             check = make_check(x, weight, bias)
-            for name, fwd in providers(ctx, dtype).items():
-                rows += ctx.bench_autograd(
-                    op=OP,
-                    shape=shape,
-                    dtype=dtype,
-                    provider=name,
-                    forward=fwd,
-                    inputs=[x, weight, bias],
-                    check=check,
-                    work=flops(m, k, n),
-                )
+            rows += ctx.bench_autograd_together(
+                op=OP,
+                shape=shape,
+                dtype=dtype,
+                providers=providers(ctx, dtype),
+                inputs=[x, weight, bias],
+                check=check,
+                work=flops(m, k, n),
+            )
             del x, weight, bias, check
             if ctx.device == "cuda":
                 torch.cuda.empty_cache()
