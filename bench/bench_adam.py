@@ -110,31 +110,28 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     for dtype in ctx.select_dtypes(DTYPES[ctx.device]):
         elem = torch.finfo(dtype).bits // 8
+        makers = {
+            name: make
+            for name, make in providers(ctx, dtype).items()
+            if not (name == "torch_fused" and dtype != torch.float32 and ctx.device == "cpu")
+        }
         for name, shapes in cases(ctx.device, ctx.quick).items():
             numel = sum(torch.Size(s).numel() for s in shapes)
             shape = f"{name} ({len(shapes)} tensors, {numel / 1e6:.1f}M)"
-            need = numel * elem * 5 + numel * 8 * 5  # params, grads, 2 states (+ the float64 check)
+            # every provider's params, grads and 2 states at once, plus the float64 check's copies
+            need = numel * elem * 4 * len(makers) + numel * 8 * 5
             if not ctx.fits(need):
                 ctx.skip(OP, "all", f"needs about {need / 2**30:.1f} GiB, more than is free", shape, dtype)
                 continue
             work = Work(bytes={"step": 7 * elem * numel})
-            for provider, make in providers(ctx, dtype).items():
-                if provider == "torch_fused" and dtype != torch.float32 and ctx.device == "cpu":
-                    continue
-                ps = _params(shapes, ctx.device, dtype, seed=1)
-                opt = make(ps)
+            # Every provider's parameters and state live at once: their steps are timed together
+            # (alternating blocks on CPU), so a drifting machine slows each alike.
+            timed: dict[str, tuple[Callable[[], object], Callable[[], float]]] = {}
+            for provider, make in makers.items():
+                opt = make(_params(shapes, ctx.device, dtype, seed=1))
                 opt.step()  # state allocated outside the timing
-                rows.append(
-                    ctx.bench_fn(
-                        op=OP,
-                        shape=shape,
-                        dtype=dtype,
-                        provider=provider,
-                        fn=opt.step,
-                        check=lambda make=make, shapes=shapes, dtype=dtype: _check(make, shapes, ctx.device, dtype),
-                        work=work,
-                        pass_="step",
-                    )
-                )
-                del opt, ps
+                check = lambda make=make, shapes=shapes, dtype=dtype: _check(make, shapes, ctx.device, dtype)  # noqa: E731
+                timed[provider] = (opt.step, check)
+            rows += ctx.bench_fns_together(op=OP, shape=shape, dtype=dtype, providers=timed, work=work, pass_="step")
+            del timed
     return rows
