@@ -118,8 +118,9 @@ def run(ctx: Context) -> list[Row]:
         for name, shapes in cases(ctx.device, ctx.quick).items():
             numel = sum(torch.Size(s).numel() for s in shapes)
             shape = f"{name} ({len(shapes)} tensors, {numel / 1e6:.1f}M)"
-            # every provider's params, grads and 2 states at once, plus the float64 check's copies
-            need = numel * elem * 4 * len(makers) + numel * 8 * 5
+            # every provider's params, grads and 2 states at once; the check's own 4 (and eager's or
+            # foreach's ~2 step temporaries) in the bench dtype, and its float64 reference's 5
+            need = numel * elem * (4 * len(makers) + 6) + numel * 8 * 5
             if not ctx.fits(need):
                 ctx.skip(OP, "all", f"needs about {need / 2**30:.1f} GiB, more than is free", shape, dtype)
                 continue
@@ -133,5 +134,7 @@ def run(ctx: Context) -> list[Row]:
                 check = lambda make=make, shapes=shapes, dtype=dtype: _check(make, shapes, ctx.device, dtype)  # noqa: E731
                 timed[provider] = (opt.step, check)
             rows += ctx.bench_fns_together(op=OP, shape=shape, dtype=dtype, providers=timed, work=work, pass_="step")
-            del timed
+            del timed, opt, check
+            if ctx.device == "cuda":
+                torch.cuda.empty_cache()
     return rows

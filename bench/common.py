@@ -25,7 +25,9 @@ Put ``bench/bench_<stem>.py`` next to this file with::
 ``ctx.fits(nbytes)``) and over its providers, and returns the rows it measured. Ops with an
 autograd forward use :meth:`Context.bench_autograd`, which clones the inputs, runs the check once
 (a forward and a backward), then times the passes ``fwd``, ``bwd`` and ``fwd+bwd`` and builds one
-row each. Anything else (an optimizer step) uses :meth:`Context.bench_fn` for one pass. Measure
+row each (:meth:`Context.bench_autograd_together` times a shape's providers together, on CPU in
+alternating blocks). Anything else (an optimizer step) uses :meth:`Context.bench_fn` for one pass,
+or :meth:`Context.bench_fns_together` for a shape's providers together. Measure
 the ``torch_eager`` provider (:data:`EAGER`) first for each case: its check error is the baseline
 of the low-precision tolerance and its median the denominator of the speed-up. A provider that
 cannot run here is reported with :meth:`Context.skip` (logged and recorded, no row).

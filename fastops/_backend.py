@@ -96,12 +96,18 @@ def _triton_reason(device: str) -> str:
 
 
 def why_not(op: str, backend: str, device: str, dtype: torch.dtype) -> str:
-    """Why ``backend`` cannot run ``op`` on ``device`` in ``dtype``; ``""`` when it can."""
+    """Why ``backend`` cannot run ``op`` on ``device`` in ``dtype``; ``""`` when it can.
+    ValueError for a backend name that is not one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    return _why_not(op, backend, device, dtype)
+
+
+def _why_not(op: str, backend: str, device: str, dtype: torch.dtype) -> str:
+    """:func:`why_not` for a valid backend name, remembered per argument tuple."""
     key = (op, backend, device, dtype)
     if key in _WHY_NOT:
         return _WHY_NOT[key]
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     table = _SUPPORT[op][backend]
     reason = ""
     if backend == "torch":
@@ -125,9 +131,11 @@ def why_not(op: str, backend: str, device: str, dtype: torch.dtype) -> str:
 # Under torch.compile the answer is taken at trace time as a constant (torch.compiler.
 # assume_constant_result's mark, set without importing dynamo): traced, the memo lookup above put a
 # guard on _WHY_NOT not holding the key, which the trace's own call then broke, so every compiled
-# function recompiled once on its second call. The answer depends on the build and the installed
-# packages only, which do not change within a process.
-why_not._dynamo_marked_constant = True  # type: ignore[attr-defined]
+# function recompiled once on its second call. The answer depends on the build, the installed
+# packages, TRITON_INTERPRET and CUDA's visibility, all fixed for the process by the memo anyway.
+# The name check stays outside: an exception raised in a constant call reaches the caller as
+# dynamo's InternalTorchDynamoError, not the ValueError eager raises.
+_why_not._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def resolve(op: str, backend: str, device: str, dtype: torch.dtype) -> str:

@@ -335,6 +335,7 @@ def test_autocast_inside_torch_compile():
     assert_close_to_reference(got, ref64, torch_same_dtype=want, what="compiled under autocast")
 
 
+@pytest.mark.skipif(not _backend.NATIVE_LOADED, reason="the native extension is not built")
 @pytest.mark.parametrize("dynamic", [None, True], ids=["dynamic-default", "dynamic-true"])
 def test_compiles_no_more_often_than_stock(monkeypatch: pytest.MonkeyPatch, dynamic: bool | None) -> None:
     """A swapped model + fastops loss under torch.compile compiles exactly as often as the stock model +
@@ -358,6 +359,21 @@ def test_compiles_no_more_often_than_stock(monkeypatch: pytest.MonkeyPatch, dyna
         counts[name] = counter.frame_count
     torch._dynamo.reset()
     assert counts["fastops"] == counts["stock"], counts
+
+
+def test_bad_backend_name_raises_value_error_under_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong backend name (argument or FASTOPS_BACKEND) is the same ValueError compiled as eager:
+    the name check runs outside the trace-time constant (an exception there reached the caller as
+    dynamo's internal error)."""
+    x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        torch.compile(lambda x: FF.linear_relu(x, w, b, backend="fast"), backend="eager")(x)
+    monkeypatch.setenv("FASTOPS_BACKEND", "fast")
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        torch.compile(lambda x: FF.cross_entropy(x, torch.tensor([0, 1, 2])), backend="eager")(torch.randn(3, 4))
+    torch._dynamo.reset()
 
 
 # ---- export ------------------------------------------------------------------------------------------
