@@ -5,6 +5,8 @@ these tests by listing itself there and giving its ``fastops.ops.<stem>`` module
 from __future__ import annotations
 
 import importlib
+import uuid
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -87,6 +89,33 @@ def test_triton_schema_is_the_native_schema(stem: str) -> None:
         ours = str(getattr(triton_ns, name).default._schema)
         assert ours.replace("fastops_triton::", "fastops::") == native, (ours, native)
     assert _op_names(stem, "fastops_triton") == names
+
+
+@TRITON
+@pytest.mark.triton
+def test_triton_op_kind_registers_the_given_schema() -> None:
+    """On a GPU the Triton ops are ``torch.library.triton_op``s. torch 2.11-2.13's ``triton_op`` drops
+    ``schema=`` and infers one from the launcher's annotations: a NameError for a string annotation
+    (``Sequence[bool]``) that ``_register``'s globals lack, else ``SymInt[]`` for ``int[2]``. This
+    broke the import of ``fastops.triton.linear_relu`` under torch 2.13 and 2.11 (the GPU image's).
+    Registering is enough to check it (the launcher never runs), so it holds under the interpreter."""
+    from fastops.triton._register import _check_schema, triton_library_op
+
+    name = f"fastops_test::schema_{uuid.uuid4().hex[:12]}"
+    schema = "(Tensor x, int[2] stride, bool[3] output_mask=[True, True, True]) -> Tensor"
+
+    def fake(x: torch.Tensor, stride: Sequence[int], output_mask: Sequence[bool] = (True, True, True)) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    def launcher(
+        x: torch.Tensor, stride: Sequence[int], output_mask: Sequence[bool] = (True, True, True)
+    ) -> torch.Tensor:
+        return x.clone()
+
+    op = triton_library_op(name, mutates_args=(), schema=schema, fake=fake, kind="triton_op")(launcher)
+    assert str(op._opoverload._schema) == name + schema
+    with pytest.raises(RuntimeError, match="not the contract's"):
+        _check_schema(op, name, "(Tensor x, int[] stride, bool[3] output_mask=[True, True, True]) -> Tensor")
 
 
 @pytest.mark.parametrize("stem", STEMS)

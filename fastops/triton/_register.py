@@ -53,7 +53,7 @@ import contextlib
 import functools
 import importlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -95,11 +95,50 @@ def triton_library_op(
             with device_guard(first_tensor(*args, *kwargs.values())):
                 return fn(*args, **kwargs)
 
-        op = make(name, guarded, mutates_args=tuple(mutates_args), schema=schema)
+        if kind == "triton_op":
+            with _schema_honoured(schema):
+                op = make(name, guarded, mutates_args=tuple(mutates_args), schema=schema)
+        else:
+            op = make(name, guarded, mutates_args=tuple(mutates_args), schema=schema)
+        _check_schema(op, name, schema)
         op.register_fake(fake)
         return op
 
     return register
+
+
+@contextlib.contextmanager
+def _schema_honoured(schema: str) -> Iterator[None]:
+    """Make ``torch.library.triton_op`` register ``schema``, on every torch version we support.
+
+    torch 2.11 to 2.13 accept ``triton_op(..., schema=...)`` and drop it: they always infer the schema
+    from the launcher's annotations. That breaks two ways. The inference evaluates string annotations
+    (``from __future__ import annotations``) in the globals of the function it is given, here
+    ``guarded`` in this module, so ``Sequence[bool]`` from a launcher's module is a NameError at import
+    (torch 2.13's CI run and the GPU machine's torch 2.11 both failed so). And where it succeeds it
+    infers ``SymInt[]`` for ``int[2]`` and ``bool[]`` for ``bool[3]``, not the native op's schema.
+    torch 2.14 uses the schema it is given, and never calls the inference then, so this substitution
+    is inert there. ``_check_schema`` verifies the outcome either way.
+    """
+    from torch._library import triton as torch_triton
+
+    inferred = getattr(torch_triton, "infer_schema", None)
+    if inferred is None:  # a torch that no longer imports it there: nothing to substitute
+        yield
+        return
+    torch_triton.infer_schema = lambda *_args, **_kwargs: schema
+    try:
+        yield
+    finally:
+        torch_triton.infer_schema = inferred
+
+
+def _check_schema(op: CustomOpDef, name: str, schema: str) -> None:
+    """Raise unless the registered ``op`` has exactly ``schema`` (compared parsed, so spacing is free)."""
+    want = str(torch._C.parse_schema(name + schema))
+    got = str(op._opoverload._schema)
+    if got != want:
+        raise RuntimeError(f"{name}: torch registered the schema {got!r}, not the contract's {want!r}")
 
 
 def first_tensor(*args: object) -> torch.Tensor | None:
