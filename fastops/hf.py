@@ -46,6 +46,11 @@ _KNOWN_DECORATORS = {
 }
 # The loss's keyword arguments that HF's ForCausalLMLoss reads from the forward's **kwargs.
 _LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
+# transformers before slice_logits_to_keep (5.17 and earlier: 309 of its models) slices the hidden
+# state inline: this statement, then `self.lm_head(hidden_states[:, slice_indices, :])`. The fused
+# path runs only when logits_to_keep is the int 0, where slice(-0, None) keeps every position.
+_SLICE_INDICES = "slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep"
+_TO_HEAD_DTYPE = (".to(self.lm_head.weight.dtype)", ".to(dtype=self.lm_head.weight.dtype)")
 _SOFTCAP_BLOCK = (
     "if self.config.final_logit_softcapping is not None:\n"
     "    logits = logits / self.config.final_logit_softcapping\n"
@@ -217,8 +222,12 @@ def _plan(model: nn.Module) -> _Plan:
     output_cls: type | None = None
     output_fields: dict[str, tuple[str, str | int]] = {}
     hidden_sources = {f"{out_name}.last_hidden_state": False, f"{out_name}[0]": True}
+    head_inputs = ["hidden_states"]
     for stmt in body:
         text = ast.unparse(stmt)
+        if not saw_head and text == _SLICE_INDICES and "logits_to_keep" in names:
+            head_inputs.append("hidden_states[:, slice_indices, :]")
+            continue
         if not saw_head and isinstance(stmt, ast.Assign) and text.startswith("hidden_states = "):
             rhs = text[len("hidden_states = ") :]
             keep = rhs.startswith("slice_logits_to_keep(") and rhs.endswith(", logits_to_keep)")
@@ -231,14 +240,15 @@ def _plan(model: nn.Module) -> _Plan:
             raise bad(stmt, "transforms the hidden state before lm_head")
         if not saw_head and isinstance(stmt, ast.Assign) and "self.lm_head(" in text:
             allowed = {
-                f"{lhs} = self.lm_head({arg}){suffix}"
+                f"{lhs} = self.lm_head({arg}{cast}){suffix}"
                 for lhs in ("logits", "lm_logits")
-                for arg in ("hidden_states", "hidden_states.to(self.lm_head.weight.dtype)")
+                for arg in head_inputs
+                for cast in ("", *_TO_HEAD_DTYPE)
                 for suffix in ("", ".float()", ".contiguous()")
             }
             if text not in allowed:
                 raise bad(stmt, "computes the logits in a way the patch does not reproduce")
-            hidden_to_head = ".to(self.lm_head.weight.dtype)" in text
+            hidden_to_head = any(cast in text for cast in _TO_HEAD_DTYPE)
             saw_head = True
             continue
         if saw_head and not saw_loss and text == _SOFTCAP_BLOCK:

@@ -43,6 +43,8 @@ def tiny(kind: str, **config):
             cfg, cls = transformers.LlamaConfig(**llama_like), transformers.LlamaForCausalLM
         elif kind == "qwen2":
             cfg, cls = transformers.Qwen2Config(**llama_like), transformers.Qwen2ForCausalLM
+        elif kind == "llama_inline_slice":
+            cfg, cls = transformers.LlamaConfig(**llama_like), InlineSliceLlamaForCausalLM
         elif kind == "bloom":  # an older forward: a return_dict parameter, its own tuple form
             cfg = transformers.BloomConfig(
                 hidden_size=H, n_layer=2, n_head=4, hidden_dropout=0.0, attention_dropout=0.0
@@ -60,6 +62,49 @@ def tiny(kind: str, **config):
     for k, v in {**common, **config}.items():
         setattr(cfg, k, v)
     return cls(cfg).train()
+
+
+CausalLMOutputWithPast = transformers.modeling_outputs.CausalLMOutputWithPast
+
+
+class InlineSliceLlamaForCausalLM(transformers.LlamaForCausalLM):
+    """Llama with the forward of transformers before ``slice_logits_to_keep`` (5.17 and earlier, the GPU
+    image's): a ``slice_indices`` statement, then ``lm_head`` on the sliced hidden state."""
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 def batch():
@@ -388,6 +433,26 @@ def test_older_forward_with_return_dict_parameter(backend):
     as_tuple = model(input_ids=ids, labels=labels, return_dict=False, use_cache=False)
     assert isinstance(as_tuple, tuple)
     assert_close_to_reference(as_tuple[0], ref_out.loss, what="bloom tuple loss")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_slicing_the_hidden_state_inline(backend):
+    """transformers <= 5.17's forwards (309 of its models) slice inline; they were refused, every one."""
+    stock = tiny("llama_inline_slice").double()
+    ref = reference64(stock)
+    model = fastops.patch_causal_lm(copy.deepcopy(stock), backend=backend)
+    ids, labels = batch()
+    out, grads = loss_and_grads(model, ids, labels)
+    ref_out, ref_grads = loss_and_grads(ref, ids, labels)
+    assert out.logits is None and type(out) is type(ref_out)  # the fused path ran
+    assert_close_to_reference(out.loss, ref_out.loss, what="inline-slice loss")
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert_close_to_reference(g, ref_grads[name], what=f"inline-slice grad {name}")
+    # logits_to_keep=2 keeps two positions (labels for those): the original forward runs, logits and all
+    got = model(input_ids=ids, labels=labels[:, -2:], logits_to_keep=2)
+    want = stock(input_ids=ids, labels=labels[:, -2:], logits_to_keep=2)
+    assert got.logits.shape == (B, 2, V) and torch.equal(got.logits, want.logits) and torch.equal(got.loss, want.loss)
 
 
 def test_mixture_of_experts_fused_unless_router_logits_are_on():
