@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # A SHELL for make that times each recipe line: `make test SHELL=scripts/timed_shell.sh` runs every
-# line as bash would and appends "<seconds> s  <the line, cut short>" to $TIMED_SHELL_LOG. .ci/run
-# uses it to end its log with where the time went (the CI service shows only the log's tail, and its
-# machines have taken 1.4-2x this repository's local time, stage unknown).
+# line with /bin/sh, as make's default SHELL would, and appends "<seconds> s  <the line, cut short>"
+# to $TIMED_SHELL_LOG. .ci/run uses it to end its log with where the time went (the CI service shows
+# only the log's tail, and its machines have taken 1.4-2x this repository's local time, stage unknown).
 start=$(date +%s)
-bash "$@"
+/bin/sh "$@"
 rc=$?
 if [[ -n ${TIMED_SHELL_LOG:-} ]]; then
   line=${*: -1}
-  printf '%5d s  %s\n' "$(($(date +%s) - start))" "$(tr -s ' \n' ' ' <<<"${line:0:120}")" >>"$TIMED_SHELL_LOG"
+  line=${line:0:120}
+  printf '%5d s  %s\n' "$(($(date +%s) - start))" "${line//[$'\n\t']/ }" >>"$TIMED_SHELL_LOG"
 fi
 exit $rc

@@ -53,6 +53,7 @@ import contextlib
 import functools
 import importlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -96,7 +97,7 @@ def triton_library_op(
                 return fn(*args, **kwargs)
 
         if kind == "triton_op":
-            with _schema_honoured(schema):
+            with _schema_honoured(guarded, schema):
                 op = make(name, guarded, mutates_args=tuple(mutates_args), schema=schema)
         else:
             op = make(name, guarded, mutates_args=tuple(mutates_args), schema=schema)
@@ -107,30 +108,41 @@ def triton_library_op(
     return register
 
 
+# Held while torch's schema inference is substituted: the Triton modules are imported on first use,
+# so two threads can register ops at once, and interleaved substitutions could leave one in place.
+_SCHEMA_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def _schema_honoured(schema: str) -> Iterator[None]:
-    """Make ``torch.library.triton_op`` register ``schema``, on every torch version we support.
+def _schema_honoured(fn: Callable[..., object], schema: str) -> Iterator[None]:
+    """Make ``torch.library.triton_op(name, fn, schema=schema)`` register ``schema`` on every torch we support.
 
     torch 2.11 to 2.13 accept ``triton_op(..., schema=...)`` and drop it: they always infer the schema
     from the launcher's annotations. That breaks two ways. The inference evaluates string annotations
     (``from __future__ import annotations``) in the globals of the function it is given, here
     ``guarded`` in this module, so ``Sequence[bool]`` from a launcher's module is a NameError at import
-    (torch 2.13's CI run and the GPU machine's torch 2.11 both failed so). And where it succeeds it
-    infers ``SymInt[]`` for ``int[2]`` and ``bool[]`` for ``bool[3]``, not the native op's schema.
+    (torch 2.13's CI run failed so; the GPU image's torch 2.11 has the same code). And where it succeeds
+    it infers ``SymInt[]`` for ``int[2]`` and ``bool[]`` for ``bool[3]``, not the native op's schema.
     torch 2.14 uses the schema it is given, and never calls the inference then, so this substitution
-    is inert there. ``_check_schema`` verifies the outcome either way.
+    is inert there. Only ``fn``'s inference is answered with ``schema``; any other function (another
+    thread's op) gets torch's own. ``_check_schema`` verifies the outcome either way.
     """
     from torch._library import triton as torch_triton
 
-    inferred = getattr(torch_triton, "infer_schema", None)
-    if inferred is None:  # a torch that no longer imports it there: nothing to substitute
-        yield
-        return
-    torch_triton.infer_schema = lambda *_args, **_kwargs: schema
-    try:
-        yield
-    finally:
-        torch_triton.infer_schema = inferred
+    with _SCHEMA_LOCK:
+        inferred = getattr(torch_triton, "infer_schema", None)
+        if inferred is None:  # a torch that no longer imports it there: nothing to substitute
+            yield
+            return
+
+        def given(f: Callable[..., object], *args: object, **kwargs: object) -> str:
+            return schema if f is fn else inferred(f, *args, **kwargs)
+
+        torch_triton.infer_schema = given
+        try:
+            yield
+        finally:
+            torch_triton.infer_schema = inferred
 
 
 def _check_schema(op: CustomOpDef, name: str, schema: str) -> None:
